@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh machine: system packages, a .venv with every vpp package
+# installed editable, torch pinned to the CPU build 2.13.0 (pip finds the wheel on disk;
+# an unpinned torch would pull several GB of CUDA packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${VPP_PYTHON:-python3.11}
+stamp=.venv/.vpp-setup-stamp
+inputs=$(cat scripts/setup.sh packages/*/pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && "$(cat $stamp)" == "$inputs" ]]; then
+    exit 0
+fi
+
+if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    # ffmpeg libs are bundled by PyAV; the GL stack is for MuJoCo's off-screen rendering.
+    need=()
+    for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if ((${#need[@]})); then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -c constraints.txt \
+    -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
+echo "$inputs" > "$stamp"
