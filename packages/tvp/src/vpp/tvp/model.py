@@ -1,0 +1,266 @@
+"""The text-guided video predictor: SVD's spatio-temporal UNet with CLIP text cross-attention."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+from vpp.tvp import edm
+from vpp.tvp.config import CONFIG_NAME, TVPConfig, preset
+from vpp.tvp.text import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class TextGuidedVideoPredictor(nn.Module):
+    """Predicts a video from its first frame and an instruction.
+
+    Videos are (B, T, 3, H, W) in [-1, 1]; latents are (B, T, C, h, w), scaled by the VAE's
+    scaling factor. The UNet input per frame is ``c_in * noisy latent ++ first-frame latent``
+    (the latter unscaled, as SVD). Only the UNet (and the optional text projection) train; the
+    VAE and the CLIP text encoder stay frozen.
+    """
+
+    def __init__(
+        self,
+        config: TVPConfig,
+        unet: UNetSpatioTemporalConditionModel | None = None,
+        vae: AutoencoderKLTemporalDecoder | None = None,
+        text_encoder: CLIPTextModelWithProjection | None = None,
+        tokenizer: CLIPTokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = unet if unet is not None else UNetSpatioTemporalConditionModel(**config.unet)
+        self.vae = vae if vae is not None else AutoencoderKLTemporalDecoder(**config.vae)
+        self.text_encoder = (
+            text_encoder
+            if text_encoder is not None
+            else CLIPTextModelWithProjection(CLIPTextConfig(**config.text_encoder))
+        )
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
+        if config.text_to_unet == "linear":
+            self.text_projection: nn.Linear | None = nn.Linear(config.text_hidden_size, config.cross_attention_dim)
+        else:
+            self.text_projection = None
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TextGuidedVideoPredictor:
+        config = preset(name)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return cls(TVPConfig.from_dict(config.to_dict()))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> TextGuidedVideoPredictor:
+        """Loads a folder written by :meth:`save_pretrained`."""
+        folder = Path(folder)
+        config = TVPConfig.load(folder)
+        model = cls(
+            config,
+            unet=UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=torch_dtype),
+            vae=AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=torch_dtype),
+            text_encoder=CLIPTextModelWithProjection.from_pretrained(
+                folder / "text_encoder", local_files_only=True, dtype=torch_dtype
+            ),
+            tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+        )
+        if model.text_projection is not None:
+            from safetensors.torch import load_file
+
+            model.text_projection.load_state_dict(load_file(folder / "text_projection.safetensors"))
+        return model
+
+    @classmethod
+    def from_svd(
+        cls,
+        svd_folder: str | Path,
+        clip_folder: str | Path,
+        image_size: int = 256,
+        num_frames: int = 16,
+        torch_dtype: torch.dtype | None = None,
+        **config_overrides,
+    ) -> TextGuidedVideoPredictor:
+        """Builds a TVP from a local Stable Video Diffusion pipeline folder (``unet/``, ``vae/``)
+        and a local CLIP folder (``text_encoder/`` + ``tokenizer/`` subfolders, or a flat
+        transformers CLIP checkpoint with its tokenizer files)."""
+        svd_folder, clip_folder = Path(svd_folder), Path(clip_folder)
+        for sub in ("unet", "vae"):
+            if not (svd_folder / sub / "config.json").is_file():
+                raise FileNotFoundError(f"{svd_folder / sub} has no config.json: not a diffusers SVD folder")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(svd_folder / "unet", torch_dtype=torch_dtype)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_folder / "vae", torch_dtype=torch_dtype)
+        text_folder = clip_folder / "text_encoder" if (clip_folder / "text_encoder").is_dir() else clip_folder
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(text_folder, local_files_only=True, dtype=torch_dtype)
+        tokenizer = load_tokenizer(str(clip_folder))
+        config = TVPConfig.from_dict(
+            dict(
+                image_size=image_size,
+                num_frames=num_frames,
+                unet=dict(unet.config),
+                vae=dict(vae.config),
+                text_encoder=text_encoder.config.to_diff_dict(),
+                tokenizer=str(clip_folder),
+                preset=None,
+                **config_overrides,
+            )
+        )
+        return cls(config, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(folder / "unet")
+        self.vae.save_pretrained(folder / "vae")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        if self.text_projection is not None:
+            from safetensors.torch import save_file
+
+            save_file(self.text_projection.state_dict(), folder / "text_projection.safetensors")
+        self.config.save(folder)
+        return folder / CONFIG_NAME
+
+    # -- conditioning ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def tokenize(self, instructions: Sequence[str]) -> torch.Tensor:
+        if isinstance(instructions, str):
+            raise TypeError("instructions must be a sequence of strings, got a single str")
+        return self.tokenizer(
+            list(instructions),
+            padding="max_length",
+            max_length=self.config.text_max_tokens,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (CLIP hidden states (B, L, D_text), projected text embedding (B, D_proj))."""
+        out = self.text_encoder(input_ids=self.tokenize(instructions))
+        return out.last_hidden_state, out.text_embeds
+
+    def text_conditioning(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        """Maps CLIP hidden states to the UNet's cross-attention width (tile, as the official
+        code does, or a trained linear projection)."""
+        if self.text_projection is not None:
+            return self.text_projection(text_hidden)
+        repeats = self.config.cross_attention_dim // text_hidden.shape[-1]
+        return text_hidden.repeat(1, 1, repeats)
+
+    def added_time_ids(self, batch: int, fps_id: int | None = None) -> torch.Tensor:
+        ids = [
+            self.config.fps_id if fps_id is None else fps_id,
+            self.config.motion_bucket_id,
+            self.config.noise_aug_strength,
+        ]
+        return torch.tensor([ids], dtype=self.dtype, device=self.device).repeat(batch, 1)
+
+    # -- VAE ---------------------------------------------------------------------------------
+
+    def _check_video(self, video: torch.Tensor, name: str) -> None:
+        size = self.config.image_size
+        if video.ndim != 5 or video.shape[2] != 3 or video.shape[-2:] != (size, size):
+            raise ValueError(f"{name} has shape {tuple(video.shape)}; expected (B, T, 3, {size}, {size})")
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) in [-1, 1] -> scaled latents (B, T, C, h, w), using the posterior mode."""
+        self._check_video(video, "video")
+        b, t = video.shape[:2]
+        latents = self.vae.encode(video.flatten(0, 1).to(self.device, self.dtype)).latent_dist.mode()
+        return (latents * self.scaling_factor).unflatten(0, (b, t))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Scaled latents (B, T, C, h, w) -> video (B, T, 3, H, W) in [-1, 1]."""
+        b, t = latents.shape[:2]
+        flat = latents.flatten(0, 1) / self.scaling_factor
+        frames = [self.vae.decode(part, num_frames=part.shape[0]).sample for part in flat.split(chunk)]
+        return torch.cat(frames).unflatten(0, (b, t)).clamp(-1, 1)
+
+    def condition_latent(self, first_latent: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The first-frame latent as SVD conditions on it: unscaled, optionally noise-augmented."""
+        cond = first_latent / self.scaling_factor
+        if self.config.noise_aug_strength > 0:
+            noise = torch.randn(cond.shape, generator=generator, dtype=cond.dtype).to(cond.device)
+            cond = cond + self.config.noise_aug_strength * noise
+        return cond
+
+    # -- the denoiser ------------------------------------------------------------------------
+
+    def denoise(
+        self,
+        noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        text: torch.Tensor,
+        cond_latent: torch.Tensor,
+        fps_id: int | None = None,
+    ) -> torch.Tensor:
+        """EDM denoiser D(x; sigma): ``text`` already mapped to cross_attention_dim (B, L, D)."""
+        c_in, c_out, c_skip, c_noise = edm.preconditioning(sigma.to(noisy.dtype))
+        unet_in = self.unet_input(noisy, c_in, cond_latent)
+        out = self.unet(
+            unet_in, c_noise, encoder_hidden_states=text, added_time_ids=self.added_time_ids(noisy.shape[0], fps_id)
+        ).sample
+        return edm.expand_like(c_skip, noisy) * noisy + edm.expand_like(c_out, noisy) * out
+
+    @staticmethod
+    def unet_input(noisy: torch.Tensor, c_in: torch.Tensor, cond_latent: torch.Tensor) -> torch.Tensor:
+        frames = noisy.shape[1]
+        cond = cond_latent.unsqueeze(1).expand(-1, frames, -1, -1, -1)
+        return torch.cat([edm.expand_like(c_in, noisy) * noisy, cond], dim=2)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        text_hidden: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The training loss; ``forward`` so that DDP/FSDP wrappers see the call."""
+        return self.training_loss(latents, text_hidden, generator)
+
+    def training_loss(
+        self,
+        latents: torch.Tensor,
+        text_hidden: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """EDM loss on scaled latents (B, T, C, h, w) given CLIP hidden states (B, L, D_text).
+
+        Text is zeroed for a random ``edm.text_dropout`` share of videos so that the same model
+        serves as the unconditional branch of classifier-free guidance.
+        """
+        cfg = self.config.edm
+        batch = latents.shape[0]
+        sigma = edm.sample_training_sigmas(batch, cfg.p_mean, cfg.p_std, generator).to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        keep_text = (torch.rand(batch, generator=generator) >= cfg.text_dropout).to(latents.device)
+        text = self.text_conditioning(text_hidden) * edm.expand_like(keep_text.float(), text_hidden)
+        noisy = latents + edm.expand_like(sigma, latents) * noise
+        cond = self.condition_latent(latents[:, 0], generator)
+        denoised = self.denoise(noisy, sigma, text, cond)
+        weight = edm.expand_like(edm.loss_weight(sigma), latents)
+        return (weight * (denoised.float() - latents.float()) ** 2).mean()

@@ -1,0 +1,58 @@
+"""Tokenizers for the CLIP text encoder that need no download.
+
+The built-in ``bytes`` tokenizer is a CLIP BPE tokenizer with no merges: every UTF-8 byte is a
+symbol (with a word-final variant), so any instruction tokenizes, and the vocabulary (514 ids)
+is generated here rather than fetched. Presets trained from scratch use it; a model built from a
+real CLIP folder keeps that folder's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+from vpp.tvp.config import BYTES_VOCAB_SIZE
+
+
+@lru_cache(maxsize=1)
+def _byte_symbols() -> tuple[str, ...]:
+    """The 256 printable stand-ins for bytes that byte-level BPE tokenizers use, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols: dict[int, str] = {b: chr(b) for b in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in symbols:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return tuple(symbols[b] for b in range(256))
+
+
+def byte_vocabulary() -> dict[str, int]:
+    symbols = _byte_symbols()
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    assert len(tokens) == BYTES_VOCAB_SIZE
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def byte_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(byte_vocabulary()))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n")
+        # transformers 5 ignores vocab_file=/merges_file= keywords; from_pretrained reads them.
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def load_tokenizer(spec: str) -> CLIPTokenizer:
+    """``"bytes"`` for the built-in tokenizer, otherwise a local folder holding a CLIP tokenizer."""
+    if spec == "bytes":
+        return byte_tokenizer()
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer {spec!r} is neither 'bytes' nor an existing folder")
+    if (folder / "tokenizer").is_dir():
+        folder = folder / "tokenizer"
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
