@@ -34,6 +34,11 @@ def sample_training_sigmas(
     return torch.exp(p_mean + p_std * normal)
 
 
+def text_keep_mask(batch: int, dropout: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """1.0 where a video keeps its text, 0.0 (probability ``dropout``) where it trains unconditioned."""
+    return (torch.rand(batch, generator=generator) >= dropout).float()
+
+
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """The Karras et al. schedule, descending from sigma_max to sigma_min, with a final 0."""
     if num_steps < 1:

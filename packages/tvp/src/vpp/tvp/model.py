@@ -257,8 +257,8 @@ class TextGuidedVideoPredictor(nn.Module):
         batch = latents.shape[0]
         sigma = edm.sample_training_sigmas(batch, cfg.p_mean, cfg.p_std, generator).to(latents.device)
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-        keep_text = (torch.rand(batch, generator=generator) >= cfg.text_dropout).to(latents.device)
-        text = self.text_conditioning(text_hidden) * edm.expand_like(keep_text.float(), text_hidden)
+        keep_text = edm.text_keep_mask(batch, cfg.text_dropout, generator).to(latents.device)
+        text = self.text_conditioning(text_hidden) * edm.expand_like(keep_text, text_hidden)
         noisy = latents + edm.expand_like(sigma, latents) * noise
         cond = self.condition_latent(latents[:, 0], generator)
         denoised = self.denoise(noisy, sigma, text, cond)

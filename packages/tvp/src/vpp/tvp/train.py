@@ -204,3 +204,39 @@ class TVPTrainer:
             model.save_pretrained(self.output_dir / "model")
             logger.info("trained model written to %s", self.output_dir / "model")
         return losses
+
+
+def fit_vae(
+    model: TextGuidedVideoPredictor,
+    dataset: MixtureClipDataset,
+    steps: int,
+    learning_rate: float = 1e-3,
+    batch_size: int = 4,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+) -> list[float]:
+    """Fits the VAE to reconstruct the dataset's frames, for presets trained without SVD's
+    pretrained VAE (a random VAE makes every generated video noise). The VAE is frozen again
+    afterwards, as in TVP training."""
+    vae = model.vae
+    vae.requires_grad_(True)
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in tqdm(range(steps), desc="vae fit"):
+        clips = collate_clips([dataset[step * batch_size + i] for i in range(batch_size)])
+        if "video" not in clips:
+            raise ValueError("fit_vae needs frames; detach the latent cache first")
+        frames = clips["video"].flatten(0, 1).to(model.device)
+        posterior = vae.encode(frames).latent_dist
+        latents = posterior.sample(generator=generator)
+        recon = vae.decode(latents, num_frames=clips["video"].shape[1]).sample
+        loss = torch.nn.functional.mse_loss(recon, frames) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    vae.eval()
+    vae.requires_grad_(False)
+    return losses

@@ -1,0 +1,237 @@
+"""``vpp-tvp``: train, generate, extract predictive features, cache latents, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("vpp.tvp")
+
+
+def parse_source(spec: str, default_name: str):
+    """``builtin:squares``, ``lerobot:PATH[#camera]``, ``videos:PATH``; ``name=`` prefix names it."""
+    from vpp.tvp.data.sources import ArrayClipSource, LeRobotClipSource, VideoFolderSource
+    from vpp.tvp.data.synthetic import moving_squares
+
+    name = default_name
+    if "=" in spec.split(":", 1)[0]:
+        name, spec = spec.split("=", 1)
+    kind, _, target = spec.partition(":")
+    if kind == "builtin" and target == "squares":
+        videos, instructions = moving_squares(num_frames=16, size=64)
+        return ArrayClipSource(videos, instructions, name=name if name != default_name else "squares", stride=1)
+    if kind == "lerobot":
+        path, _, camera = target.partition("#")
+        return LeRobotClipSource(path, camera=camera or None, name=name)
+    if kind == "videos":
+        return VideoFolderSource(target, name=name)
+    raise SystemExit(f"unknown data source {spec!r}; expected builtin:squares, lerobot:PATH[#camera] or videos:PATH")
+
+
+def build_dataset(args, model):
+    from vpp.tvp.data.mixture import MixtureClipDataset
+
+    sources = [parse_source(spec, f"source{i}") for i, spec in enumerate(args.data)]
+    weights = None
+    if args.weights:
+        weights = {s.name: 1.0 for s in sources}
+        for item in args.weights:
+            key, _, value = item.partition("=")
+            weights[key] = float(value)
+    return MixtureClipDataset(
+        sources, num_frames=model.config.num_frames, image_size=model.config.image_size, weights=weights, seed=args.seed
+    )
+
+
+def load_model(args):
+    from vpp.tvp.model import TextGuidedVideoPredictor
+
+    if getattr(args, "model", None):
+        return TextGuidedVideoPredictor.from_pretrained(args.model)
+    if getattr(args, "svd", None):
+        if not args.clip:
+            raise SystemExit("--svd needs --clip (a local CLIP text encoder + tokenizer folder)")
+        return TextGuidedVideoPredictor.from_svd(args.svd, args.clip)
+    torch.manual_seed(args.seed)
+    return TextGuidedVideoPredictor.from_preset(args.preset)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def write_comparison(path: Path, truth: torch.Tensor | None, predicted: torch.Tensor, instructions: list[str]) -> list[Path]:
+    """A PNG grid (per example: ground-truth row above predicted row) and a GIF of the prediction."""
+    import imageio.v3 as iio
+
+    rows = []
+    for i in range(predicted.shape[0]):
+        if truth is not None:
+            rows.append(np.concatenate(list(to_uint8(truth[i])), axis=1))
+        rows.append(np.concatenate(list(to_uint8(predicted[i])), axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = path.with_suffix(".png")
+    iio.imwrite(png, np.concatenate(rows, axis=0))
+    gif = path.with_suffix(".gif")
+    frames = np.concatenate(list(to_uint8(predicted)), axis=2)  # examples side by side
+    iio.imwrite(gif, frames, duration=150, loop=0)
+    path.with_suffix(".json").write_text(json.dumps({"instructions": instructions, "rows": "truth/predicted" if truth is not None else "predicted"}, indent=2))
+    return [png, gif]
+
+
+def cmd_train(args) -> None:
+    from vpp.tvp.data.latent_cache import LatentCache
+    from vpp.tvp.train import TrainConfig, TVPTrainer, fit_vae
+
+    model = load_model(args)
+    dataset = build_dataset(args, model)
+    if args.fit_vae_steps and not (Path(args.output) / "base").exists():
+        fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed)
+    if args.latent_cache:
+        cache = LatentCache.for_model(args.latent_cache, model)
+        cache.build(dataset, model)
+        dataset.latent_cache = cache
+    config = TrainConfig(
+        output_dir=args.output,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        num_workers=args.num_workers,
+    )
+    trainer = TVPTrainer(model, dataset, config)
+    losses = trainer.train()
+    if losses:
+        logger.info("steps %d..%d: first loss %.4f, last loss %.4f", trainer.start_step - len(losses) + 1, trainer.start_step, losses[0], losses[-1])
+
+
+def cmd_generate(args) -> None:
+    from vpp.tvp.data.mixture import collate_clips
+    from vpp.tvp.sampling import generate_video
+
+    model = load_model(args).eval()
+    generator = torch.Generator().manual_seed(args.seed)
+    truth = None
+    if args.image:
+        import imageio.v3 as iio
+
+        from vpp.tvp.data.mixture import resize_frames
+
+        if not args.instruction:
+            raise SystemExit("--image needs --instruction")
+        first = resize_frames(iio.imread(args.image)[None, ..., :3], model.config.image_size)
+        instructions = [args.instruction]
+    else:
+        dataset = build_dataset(args, model)
+        batch = collate_clips([dataset[i] for i in range(args.num)])
+        truth = batch["video"]
+        first = truth[:, 0]
+        instructions = batch["instruction"]
+    predicted = generate_video(model, first, instructions, num_steps=args.steps, generator=generator, progress=True)
+    for path in write_comparison(Path(args.out), truth, predicted, instructions):
+        print(path)
+
+
+def cmd_features(args) -> None:
+    import imageio.v3 as iio
+    from safetensors.torch import save_file
+
+    from vpp.tvp.data.mixture import resize_frames
+    from vpp.tvp.features import predictive_features
+
+    model = load_model(args).eval()
+    views = torch.stack([resize_frames(iio.imread(p)[None, ..., :3], model.config.image_size)[0] for p in args.image])
+    features = predictive_features(model, views[None], [args.instruction], generator=torch.Generator().manual_seed(args.seed))
+    save_file({"features": features.contiguous()}, args.out, metadata={"instruction": args.instruction, "seed": str(args.seed)})
+    print(f"{args.out}: features {tuple(features.shape)} (batch, views, frames, channels, height, width)")
+
+
+def cmd_demo(args) -> None:
+    """Tiny TVP on the built-in moving squares: fit its VAE, train it, predict futures."""
+    args.preset, args.model, args.svd = "tiny", None, None
+    args.data, args.weights = ["builtin:squares"], None
+    args.fit_vae_steps, args.latent_cache, args.mixed_precision = args.vae_steps, None, "no"
+    args.gradient_checkpointing, args.num_workers = False, 0
+    args.checkpoint_every = max(1, args.steps // 4)
+    args.output = str(Path(args.out) / "run")
+    cmd_train(args)
+    args.model = str(Path(args.out) / "run" / "model")
+    args.image, args.num, args.steps = None, 4, args.sampling_steps
+    args.out = str(Path(args.out) / "prediction")
+    cmd_generate(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="vpp-tvp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p, preset_default: str | None = "tiny"):
+        p.add_argument("--model", help="folder written by a TVP run (run/model) or save_pretrained")
+        p.add_argument("--svd", help="local diffusers Stable Video Diffusion folder (unet/, vae/)")
+        p.add_argument("--clip", help="local CLIP folder (text encoder + tokenizer), with --svd")
+        p.add_argument("--preset", default=preset_default, choices=["tiny", "small", "paper"])
+        p.add_argument("--seed", type=int, default=0)
+
+    def data_args(p):
+        p.add_argument("--data", action="append", default=[], help="builtin:squares | lerobot:PATH[#camera] | videos:PATH, optionally NAME=... (repeatable)")
+        p.add_argument("--weights", nargs="*", help="NAME=WEIGHT per source (default: equal)")
+
+    train = sub.add_parser("train", help="fine-tune a TVP with the EDM objective (resumes from --output)")
+    model_args(train)
+    data_args(train)
+    train.add_argument("--output", required=True)
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=6)
+    train.add_argument("--lr", type=float, default=5e-6)
+    train.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--latent-cache", help="folder for pre-encoded VAE latents (built first, resumable)")
+    train.add_argument("--fit-vae-steps", type=int, default=0, help="first fit the VAE for this many steps (models without a pretrained VAE)")
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="predict videos from first frames and instructions")
+    model_args(gen)
+    data_args(gen)
+    gen.add_argument("--image", help="a first frame (PNG/JPEG) instead of --data")
+    gen.add_argument("--instruction")
+    gen.add_argument("--num", type=int, default=4, help="clips to take from --data")
+    gen.add_argument("--steps", type=int, default=None, help="Euler steps (default: config, 30)")
+    gen.add_argument("--out", required=True, help="output path stem: writes .png grid, .gif and .json")
+    gen.set_defaults(func=cmd_generate)
+
+    feats = sub.add_parser("features", help="predictive features of one observation (one image per view)")
+    model_args(feats)
+    feats.add_argument("--image", action="append", required=True, help="one per camera view")
+    feats.add_argument("--instruction", required=True)
+    feats.add_argument("--out", required=True, help=".safetensors file")
+    feats.set_defaults(func=cmd_features)
+
+    demo = sub.add_parser("demo", help="tiny TVP trained on built-in moving squares, then a predicted future")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--vae-steps", type=int, default=150)
+    demo.add_argument("--sampling-steps", type=int, default=30)
+    demo.add_argument("--batch-size", type=int, default=4)
+    demo.add_argument("--lr", type=float, default=1e-3)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

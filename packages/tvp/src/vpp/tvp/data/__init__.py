@@ -1,0 +1,1 @@
+"""Video clip sources, the weighted mixture and the latent cache for TVP training."""
