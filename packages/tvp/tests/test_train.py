@@ -1,0 +1,58 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from vpp.tvp.checkpoint import latest_checkpoint
+from vpp.tvp.model import TextGuidedVideoPredictor
+from vpp.tvp.train import TrainConfig, TVPTrainer
+
+
+def make_trainer(output, dataset, steps=6, lr=1e-3, every=3):
+    torch.manual_seed(0)
+    model = TextGuidedVideoPredictor.from_preset("tiny")
+    config = TrainConfig(output_dir=str(output), max_steps=steps, batch_size=2, learning_rate=lr, checkpoint_every=every, log_every=1)
+    return TVPTrainer(model, dataset, config)
+
+
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, squares_dataset):
+    straight = make_trainer(tmp_path / "straight", squares_dataset).train()
+    assert len(straight) == 6
+
+    first = make_trainer(tmp_path / "resumed", squares_dataset).train(stop_after=4)  # "killed" after step 4
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step-00000004"
+    # a checkpoint half-written when the process died is ignored
+    (tmp_path / "resumed" / "checkpoints" / ".tmp-step-00000005").mkdir()
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-00000004")  # lose the last one too
+    resumed = make_trainer(tmp_path / "resumed", squares_dataset)
+    assert resumed.start_step == 3
+    rest = resumed.train()
+    assert len(rest) == 3
+    assert first[:3] + rest == pytest.approx(straight, rel=1e-5, abs=1e-7)
+    logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in logged] == pytest.approx(straight, rel=1e-5, abs=1e-7)
+    assert (tmp_path / "resumed" / "model" / "tvp_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_a_fixed_clip_set(tmp_path, squares_dataset):
+    trainer = make_trainer(tmp_path, squares_dataset, steps=150, lr=2e-3, every=1000)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    batch = [squares_dataset[j] for j in range(8)]
+    video = torch.stack([b["video"] for b in batch])
+    instructions = [b["instruction"] for b in batch]
+
+    def eval_loss():
+        # the same noise and noise levels every time: only the weights change
+        model.eval()
+        with torch.no_grad():
+            latents = model.encode_video(video)
+            hidden = model.encode_text(instructions)[0]
+            return sum(model.training_loss(latents, hidden, torch.Generator().manual_seed(s)).item() for s in range(4)) / 4
+
+    before = eval_loss()
+    trainer.train()
+    after = eval_loss()
+    assert after < before / 3, (before, after)
