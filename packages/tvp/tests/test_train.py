@@ -56,3 +56,36 @@ def test_tiny_model_overfits_a_fixed_clip_set(tmp_path, squares_dataset):
     trainer.train()
     after = eval_loss()
     assert after < before / 3, (before, after)
+
+
+def test_mixed_precision_and_gradient_checkpointing_train(tmp_path, squares_dataset):
+    torch.manual_seed(0)
+    model = TextGuidedVideoPredictor.from_preset("tiny")
+    config = TrainConfig(
+        output_dir=str(tmp_path), max_steps=2, batch_size=2, learning_rate=1e-3,
+        mixed_precision="bf16", gradient_checkpointing=True, checkpoint_every=2,
+    )
+    trainer = TVPTrainer(model, squares_dataset, config)
+    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).unet.state_dict().items()}
+    losses = trainer.train()
+    after = trainer.accelerator.unwrap_model(trainer.model).unet.state_dict()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert trainer.accelerator.unwrap_model(trainer.model).unet.is_gradient_checkpointing
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_the_same_entry_point_runs_distributed_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--nproc_per_node", "2", "-m", "vpp.tvp.cli", "train", "--preset", "tiny", "--data", "builtin:squares",
+        "--steps", "2", "--batch-size", "1", "--lr", "1e-3", "--checkpoint-every", "2", "--output", str(tmp_path),
+    ]
+    subprocess.run(command, check=True, timeout=300, capture_output=True)
+    state = json.loads((tmp_path / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["step"] == 2
+    assert (tmp_path / "model" / "unet").is_dir()

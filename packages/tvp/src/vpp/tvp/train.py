@@ -78,9 +78,12 @@ class TVPTrainer:
         self.dataset = dataset
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(
+            # without cpu=True, accelerate ignores torchrun's process group on machines with no GPU
+            cpu=not torch.cuda.is_available(),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
         )
+        logger.info("process %d of %d on %s", self.accelerator.process_index, self.accelerator.num_processes, self.accelerator.device)
         self.start_step = 0
         self.base_dir = self.output_dir / "base"
         checkpoint = latest_checkpoint(self.output_dir / "checkpoints")
@@ -140,7 +143,8 @@ class TVPTrainer:
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
 
-        write_checkpoint(self.output_dir / "checkpoints", step, write, {"seed": self.config.seed}, self.config.keep_checkpoints)
+        state = {"seed": self.config.seed, "num_processes": self.accelerator.num_processes}
+        write_checkpoint(self.output_dir / "checkpoints", step, write, state, self.config.keep_checkpoints)
 
     def _latents(self, batch: dict) -> torch.Tensor:
         model = self.accelerator.unwrap_model(self.model)
