@@ -39,10 +39,12 @@ def predictive_features(
     instructions: Sequence[str] | None = None,
     text_hidden: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Current frames of every view (B, V, 3, H, W) in [-1, 1] -> (B, V, T, C, S, S).
 
-    Give either ``instructions`` or precomputed CLIP ``text_hidden`` (B, L, D_text).
+    Give either ``instructions`` or precomputed CLIP ``text_hidden`` (B, L, D_text). The starting
+    noise is drawn from ``generator``, or given as unit-variance ``noise`` (B, V, T, C, h, w).
     """
     cfg = model.config
     size = cfg.image_size
@@ -61,7 +63,11 @@ def predictive_features(
     cond = model.condition_latent(first_latent, generator)
     sigma_value = feature_sigma(model)
     shape = (batch * views, cfg.num_frames, *first_latent.shape[1:])
-    noisy = torch.randn(shape, generator=generator, dtype=torch.float32).to(model.device, model.dtype) * sigma_value
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    elif noise.shape != (batch, views, *shape[1:]):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(batch, views, *shape[1:])}")
+    noisy = noise.reshape(shape).to(model.device, model.dtype) * sigma_value
     sigma = torch.full((batch * views,), sigma_value, device=model.device, dtype=model.dtype)
     c_in, _, _, c_noise = edm.preconditioning(sigma)
 
