@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = sub.add_parser("demo", help="tiny TVP trained on built-in moving squares, then a predicted future")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--vae-steps", type=int, default=150)
+    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--vae-steps", type=int, default=300)
     demo.add_argument("--sampling-steps", type=int, default=30)
     demo.add_argument("--batch-size", type=int, default=4)
     demo.add_argument("--lr", type=float, default=1e-3)
