@@ -1,0 +1,1 @@
+"""Simulated benchmarks the policy is collected on and evaluated in."""
