@@ -77,3 +77,25 @@ def test_weights_must_name_the_sources():
 
 def test_paper_mixture_table_sums_to_one():
     assert sum(PAPER_TABLE8_MIXTURE.values()) == pytest.approx(1.0)
+
+
+def test_video_folder_source_reads_instructions_and_frames(tmp_path):
+    import json
+
+    from vpp.tvp.data.sources import VideoFolderSource
+    from vpp.tvp.data.video_io import write_video
+
+    write_video(tmp_path / "a.mp4", random_video(20, 32, seed=1), fps=10)
+    write_video(tmp_path / "b.mp4", random_video(20, 32, seed=2), fps=10)
+    (tmp_path / "b.txt").write_text("wipe the table\n")
+    write_video(tmp_path / "c.mp4", random_video(20, 32, seed=3), fps=10)  # no instruction
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "instructions.json").write_text(json.dumps({"a.mp4": "fold the towel", "broken.mp4": "x"}))
+    source = VideoFolderSource(tmp_path)
+    dataset = MixtureClipDataset([source], num_frames=8, image_size=16)
+    assert dataset.report.accepted == {tmp_path.name: 2}
+    assert dataset.report.rejected[(tmp_path.name, "no instruction")] == 1
+    assert dataset.report.rejected[(tmp_path.name, "unreadable")] == 1
+    assert {dataset[j]["instruction"] for j in range(20)} == {"fold the towel", "wipe the table"}
+    # internet clips are spread over the whole video
+    assert list(source.clip_indices(20, 8, np.random.default_rng(0))) == [0, 3, 5, 8, 11, 14, 16, 19]
