@@ -181,9 +181,9 @@ def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
-    """Dataset statistics from per-episode ones: exact min/max/mean/std; quantiles bounded as LeRobot does
-    (lowest q<=50 and highest q>50 over episodes), which ``LeRobotDatasetWriter.finalize`` replaces with
-    exact ones for vector features."""
+    """Dataset statistics from per-episode ones: exact min/max/mean/std; quantiles combined as LeRobot
+    does (lowest q01..q50 and highest q90/q99 over episodes), an approximation that
+    ``LeRobotDatasetWriter.finalize`` replaces with exact quantiles for vector features."""
     keys = {key for stats in per_episode for key in stats}
     result: dict[str, dict[str, np.ndarray]] = {}
     for key in sorted(keys):
@@ -348,7 +348,7 @@ class LeRobotEpisode:
         relative = template.format(chunk_index=self.metadata["data/chunk_index"], file_index=self.metadata["data/file_index"])
         path = self.dataset._resolve(relative)
         start, stop = self.dataset_from_index, int(self.metadata["dataset_to_index"])
-        table = pq.read_table(path, columns=[name, "index"], filters=[("index", ">=", start), ("index", "<", stop)])
+        table = pq.read_table(path, columns=list(dict.fromkeys([name, "index"])), filters=[("index", ">=", start), ("index", "<", stop)])
         if table.num_rows != self.length:
             raise LeRobotFormatError(
                 f"{path}: {table.num_rows} rows with index in [{start}, {stop}) for episode {self.index}; expected {self.length}"
