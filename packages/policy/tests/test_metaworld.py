@@ -56,3 +56,13 @@ def test_evaluation_writes_table_json_and_videos(tmp_path):
 def test_group_scores_follow_the_paper_groups():
     scores = group_scores({"reach": 1.0, "door-open": 0.5, "hammer": 0.25, "assembly": 0.0})
     assert scores == {"easy": 0.75, "middle": 0.25, "hard": 0.0, "average": 0.4375}
+
+
+def test_cli_collects_and_evaluates_the_oracle(tmp_path, capsys):
+    from vpp.policy.cli import main
+
+    main(["collect", "--tasks", "reach", "--episodes", "1", "--size", "32", "--out", str(tmp_path / "demos")])
+    assert "1 successful oracle episodes kept" in capsys.readouterr().out
+    main(["eval", "--policy", "oracle", "--tasks", "reach", "--episodes", "1", "--size", "32", "--out", str(tmp_path / "eval")])
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| MetaWorld oracle (1 tasks)" in table and "1.000" in table

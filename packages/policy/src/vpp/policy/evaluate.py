@@ -44,15 +44,15 @@ def format_table(name: str, scores: dict[str, float | None], tasks_evaluated: in
     def cell(value: float | None) -> str:
         return "  -  " if value is None else f"{value:.3f}"
 
-    header = f"| {'method':<28} | easy  | middle | hard  | average |"
-    rule = "|" + "-" * 30 + "|-------|--------|-------|---------|"
+    header = f"| {'method':<36} | easy  | middle | hard  | average |"
+    rule = "|" + "-" * 38 + "|-------|--------|-------|---------|"
     rows = [
-        f"| {method + ' (paper, 50 tasks)':<28} | {r['easy']:.3f} | {r['middle']:.3f}  | {r['hard']:.3f} | {r['average']:.3f}   |"
+        f"| {method + ' (paper, 50 tasks)':<36} | {r['easy']:.3f} | {r['middle']:.3f}  | {r['hard']:.3f} | {r['average']:.3f}   |"
         for method, r in PAPER_TABLE2.items()
     ]
     ours = f"{name} ({tasks_evaluated} tasks)"
     rows.append(
-        f"| {ours:<28} | {cell(scores['easy'])} | {cell(scores['middle'])}  | {cell(scores['hard'])} | {cell(scores['average'])}   |"
+        f"| {ours:<36} | {cell(scores['easy'])} | {cell(scores['middle'])}  | {cell(scores['hard'])} | {cell(scores['average'])}   |"
     )
     return "\n".join([header, rule, *rows])
 
