@@ -1,0 +1,219 @@
+"""Franka (FR3 / Panda) driver on franky-control (libfranka 0.21).
+
+Every `send` starts an asynchronous franky motion to the filtered absolute target; franky lets
+a new motion take over a running one smoothly, so streaming targets at the policy rate works
+without a real-time loop in Python. Faults from a running motion surface on the next
+`observe`/`send` (franky re-raises them from `poll_motion`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from vpp.robots.interfaces import (
+    ControllerFault,
+    EndEffectorPose,
+    GripperCommand,
+    JointPositions,
+    Robot,
+    RobotConnectionError,
+    RobotState,
+)
+from vpp.robots.safety import SafetyFilter
+
+logger = logging.getLogger(__name__)
+
+_RECOVERY_TIMEOUT_S = 2.0
+
+
+def _blocked_modes():
+    """Modes in which the arm accepts no motion until someone intervenes."""
+    import franky
+
+    return (franky.RobotMode.Reflex, franky.RobotMode.UserStopped)
+
+
+def _franky_idle_mode():
+    import franky
+
+    return franky.RobotMode.Idle
+
+
+@dataclass(frozen=True)
+class FrankaConfig:
+    hostname: str
+    relative_dynamics_factor: float = 0.1
+    use_gripper: bool = True
+    gripper_speed_m_s: float = 0.05
+    # Targets closer than this to the last commanded width are not resent (gripper commands
+    # are slow, blocking actions on the Franka hand, unlike arm targets).
+    gripper_deadband_m: float = 0.002
+    # Real robots need a real-time kernel; a simulator or a development PC does not.
+    enforce_realtime: bool = True
+
+
+class FrankaRobot(Robot):
+    num_joints = 7
+
+    def __init__(self, config: FrankaConfig, safety_filter: SafetyFilter):
+        super().__init__(safety_filter)
+        self.config = config
+        self._robot = None
+        self._gripper = None
+        self._gripper_max_width = 0.0
+        self._gripper_future = None
+        self._gripper_target_m: float | None = None
+
+    def connect(self) -> None:
+        import franky
+
+        realtime = franky.RealtimeConfig.Enforce if self.config.enforce_realtime else franky.RealtimeConfig.Ignore
+        try:
+            self._robot = franky.Robot(self.config.hostname, realtime_config=realtime)
+            self._robot.relative_dynamics_factor = self.config.relative_dynamics_factor
+            if self.config.use_gripper:
+                self._gripper = franky.Gripper(self.config.hostname)
+                self._gripper_max_width = float(self._gripper.max_width)
+        except franky.NetworkException as error:
+            self._robot = self._gripper = None
+            raise RobotConnectionError(f"cannot connect to Franka at {self.config.hostname}: {error}") from error
+        if self._robot.has_errors:
+            logger.warning("Franka at %s starts with errors %s; recovering", self.config.hostname, self._robot.state.current_errors)
+            self._robot.recover_from_errors()
+        self.safety_filter.reset()
+        logger.info("Franka at %s connected", self.config.hostname)
+
+    def _require_robot(self):
+        if self._robot is None:
+            raise RobotConnectionError(f"Franka at {self.config.hostname} is not connected; call connect() first")
+        return self._robot
+
+    def _translate_failures(self, action: str, call):
+        """Runs `call`, turning franky's exceptions into ours after stopping the arm."""
+        import franky
+
+        try:
+            return call()
+        except franky.NetworkException as error:
+            self._stop_after_failure()
+            raise RobotConnectionError(f"lost connection to Franka at {self.config.hostname} during {action}: {error}") from error
+        except (franky.ControlException, franky.CommandException, franky.GripperException) as error:
+            self._stop_after_failure()
+            errors = self._current_errors()
+            raise ControllerFault(
+                f"Franka controller fault during {action}: {error}; arm stopped, call recover()", code=errors
+            ) from error
+
+    def _current_errors(self) -> str | None:
+        try:
+            return str(self._robot.state.last_motion_errors)
+        except Exception:  # a dead link must not hide the fault being reported
+            return None
+
+    def observe(self) -> RobotState:
+        robot = self._require_robot()
+
+        def read() -> RobotState:
+            robot.poll_motion()
+            state = robot.state
+            if state.robot_mode in _blocked_modes():
+                raise_fault_from_state(state)
+            pose = state.O_T_EE
+            opening = None
+            if self._gripper is not None and self._gripper_max_width > 0:
+                opening = float(np.clip(self._gripper.width / self._gripper_max_width, 0.0, 1.0))
+            return RobotState(
+                joint_positions=np.asarray(state.q, dtype=np.float64),
+                ee_position=np.asarray(pose.translation, dtype=np.float64),
+                ee_quaternion=np.asarray(pose.quaternion, dtype=np.float64),
+                gripper_opening=opening,
+                timestamp=time.monotonic(),
+                joint_velocities=np.asarray(state.dq, dtype=np.float64),
+            )
+
+        def raise_fault_from_state(state) -> None:
+            self._stop_after_failure()
+            raise ControllerFault(
+                f"Franka at {self.config.hostname} is in mode {state.robot_mode.name} with errors "
+                f"{state.current_errors}; arm stopped, call recover()",
+                code=str(state.current_errors),
+            )
+
+        return self._translate_failures("observe", read)
+
+    def _send_filtered(self, command: EndEffectorPose | JointPositions | GripperCommand) -> None:
+        import franky
+
+        robot = self._require_robot()
+        if isinstance(command, EndEffectorPose):
+            motion = franky.CartesianMotion(
+                franky.Affine(command.position, command.quaternion), franky.ReferenceType.Absolute
+            )
+            self._translate_failures("Cartesian move", lambda: robot.move(motion, asynchronous=True))
+        elif isinstance(command, JointPositions):
+            motion = franky.JointMotion(command.positions)
+            self._translate_failures("joint move", lambda: robot.move(motion, asynchronous=True))
+        opening = command.opening if isinstance(command, GripperCommand) else command.gripper
+        if opening is not None and self._gripper is not None:
+            self._translate_failures("gripper move", lambda: self._move_gripper(opening))
+
+    def _move_gripper(self, opening: float) -> None:
+        width = opening * self._gripper_max_width
+        if self._gripper_target_m is not None and abs(width - self._gripper_target_m) < self.config.gripper_deadband_m:
+            return
+        if self._gripper_future is not None and not self._gripper_future.wait(0):
+            return  # the next send retries once the hand has finished its current move
+        self._gripper_future = self._gripper.move_async(width, self.config.gripper_speed_m_s)
+        self._gripper_target_m = width
+
+    def _stop_after_failure(self) -> None:
+        self.safety_filter.reset()
+        try:
+            self.stop()
+        except Exception:  # the failure being reported matters more than a failed stop
+            logger.exception("stopping Franka after a failure also failed")
+
+    def stop(self) -> None:
+        import franky
+
+        if self._robot is None:
+            return
+        try:
+            self._robot.stop()
+        except (franky.NetworkException, franky.CommandException, franky.ControlException) as error:
+            logger.warning("Franka stop: %s", error)
+        if self._gripper is not None and self._gripper_future is not None and not self._gripper_future.wait(0):
+            try:
+                self._gripper.stop()
+            except (franky.NetworkException, franky.CommandException, franky.GripperException) as error:
+                logger.warning("Franka gripper stop: %s", error)
+        self._gripper_future = None
+        self._gripper_target_m = None
+
+    def recover(self) -> None:
+        robot = self._require_robot()
+        self._translate_failures("error recovery", robot.recover_from_errors)
+        # Recovery is acknowledged before the state stream shows it; wait for a clean state.
+        deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
+        while self._translate_failures("error recovery", lambda: robot.state.robot_mode) != _franky_idle_mode():
+            if time.monotonic() > deadline:
+                raise ControllerFault(
+                    f"Franka at {self.config.hostname} still reports errors {self._current_errors()} "
+                    f"{_RECOVERY_TIMEOUT_S} s after error recovery; expected it idle",
+                    code=self._current_errors(),
+                )
+            time.sleep(0.01)
+        self.safety_filter.reset()
+
+    def close(self) -> None:
+        if self._robot is None:
+            return
+        try:
+            self.stop()
+        finally:
+            self._robot = None
+            self._gripper = None

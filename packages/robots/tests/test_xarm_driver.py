@@ -1,0 +1,158 @@
+"""XArmRobot against the loopback fake controller: nothing outside the limits reaches it."""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_xarm_controller import (  # noqa: E402
+    CLEAN_ERR,
+    MOTION_EN,
+    SET_MODE,
+    SET_STATE,
+    STATE_STOPPED,
+    FakeXArmController,
+)
+from vpp.robots.drivers.xarm import XArmConfig, XArmRobot  # noqa: E402
+from vpp.robots.interfaces import (  # noqa: E402
+    ControllerFault,
+    EndEffectorDelta,
+    EndEffectorPose,
+    JointPositions,
+    RobotConnectionError,
+)
+from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolation  # noqa: E402
+
+LIMITS = SafetyLimits.xarm7(
+    workspace_min=(0.3, -0.2, 0.1),
+    workspace_max=(0.5, 0.2, 0.4),
+    control_period_s=0.01,
+    max_position_step_m=0.005,
+    max_linear_velocity_m_s=0.5,
+    max_linear_acceleration_m_s2=50.0,
+    max_rotation_step_rad=0.02,
+    max_joint_step_rad=0.01,
+    max_joint_velocity_rad_s=1.0,
+    max_joint_acceleration_rad_s2=50.0,
+)
+TOLERANCE = 1e-4  # fp32 on the wire
+
+
+@pytest.fixture(scope="module")
+def fake_controller():
+    from xarm.core.config.x_config import XCONF
+    from xarm.x3.report import ReportDataStructure
+
+    fake = FakeXArmController().start()
+    original_create = ReportDataStructure.create.__func__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(XCONF.SocketConf, "TCP_CONTROL_PORT", fake.control_port)
+        patch.setattr(XCONF.SocketConf, "TCP_REPORT_NORM_PORT", fake.report_port)
+        # The SDK picks the report layout by the well-known port number; map ours onto it.
+        patch.setattr(
+            ReportDataStructure,
+            "create",
+            classmethod(lambda cls, port, **kw: original_create(cls, 30001 if port == fake.report_port else port, **kw)),
+        )
+        yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def robot(fake_controller):
+    fake_controller.inject_error(0)
+    fake_controller.inject_warning(0)
+    fake_controller.joints = [0.0, -0.3, 0.0, 0.6, 0.0, 0.9, 0.0]
+    fake_controller.pose = [400.0, 0.0, 300.0, math.pi, 0.0, 0.0]
+    arm = XArmRobot(XArmConfig("127.0.0.1"), SafetyFilter(LIMITS))
+    arm.connect()
+    fake_controller.received.clear()
+    yield arm
+    arm.close()
+
+
+def stream(robot, commands, period_s=0.01):
+    for command in commands:
+        robot.send(command)
+        time.sleep(period_s)
+
+
+def test_connect_enables_servo_mode_over_loopback_tcp(fake_controller, robot):
+    assert fake_controller.enabled and fake_controller.mode == 1
+    assert {MOTION_EN, SET_MODE, SET_STATE} <= set(fake_controller.function_codes)
+    state = robot.observe()
+    np.testing.assert_allclose(state.ee_position, [0.4, 0.0, 0.3], atol=TOLERANCE)
+    np.testing.assert_allclose(state.joint_positions, fake_controller.joints, atol=TOLERANCE)
+    assert abs(np.linalg.norm(state.ee_quaternion) - 1) < 1e-9
+
+
+def test_wild_cartesian_actions_never_leave_the_limits(fake_controller, robot):
+    rng = np.random.default_rng(0)
+    actions = [
+        EndEffectorDelta(rng.uniform(-0.5, 0.5, 3), rng.uniform(-1.0, 1.0, 3)) for _ in range(40)
+    ] + [EndEffectorPose([2.0, -3.0, -1.0], [0, 0, 0, 1])] * 20
+    stream(robot, actions)
+
+    received = [m for m in fake_controller.received if m.kind == "servo_cartesian"]
+    assert len(received) == len(actions)
+    positions_m = np.array([m.values[:3] for m in received]) / 1000.0
+    assert np.all(positions_m >= np.array(LIMITS.workspace_min) - TOLERANCE)
+    assert np.all(positions_m <= np.array(LIMITS.workspace_max) + TOLERANCE)
+    steps = np.linalg.norm(np.diff(np.vstack([[0.4, 0.0, 0.3], positions_m]), axis=0), axis=1)
+    assert steps.max() <= LIMITS.position_step_limit_m + TOLERANCE
+    # The unreachable absolute target ends up pulling the arm to the nearest box corner.
+    assert positions_m[-1, 1] < positions_m[-20, 1] and positions_m[-1, 2] < positions_m[-20, 2]
+
+
+def test_nan_action_is_rejected_before_the_controller(fake_controller, robot):
+    robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+    before = len(fake_controller.received)
+    for bad in ([math.nan, 0, 0], [0, math.inf, 0]):
+        with pytest.raises(SafetyViolation, match="translation"):
+            robot.send(EndEffectorDelta(bad, [0, 0, 0]))
+    assert len(fake_controller.received) == before
+
+
+def test_joint_targets_are_clamped_and_rate_limited(fake_controller, robot):
+    far = np.array(LIMITS.joint_max) + 1.0
+    stream(robot, [JointPositions(far)] * 30)
+    received = np.array([m.values for m in fake_controller.received if m.kind == "servo_joint"])
+    assert len(received) == 30
+    assert np.all(received <= np.array(LIMITS.joint_max) + TOLERANCE)
+    start = np.array([0.0, -0.3, 0.0, 0.6, 0.0, 0.9, 0.0])
+    steps = np.abs(np.diff(np.vstack([start, received]), axis=0))
+    assert steps.max() <= LIMITS.joint_step_limit_rad + TOLERANCE
+
+
+def test_controller_error_raises_stops_and_recovers(fake_controller, robot):
+    robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+    fake_controller.inject_error(22)
+    fake_controller.state = 2  # a stop issued by the driver must be seen, not inherited
+    time.sleep(0.05)
+    with pytest.raises(ControllerFault, match="22.*Self-Collision") as fault:
+        robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+    assert fault.value.code == 22
+    assert fake_controller.state == STATE_STOPPED
+    assert all(m.executed for m in fake_controller.received)
+
+    robot.recover()
+    assert CLEAN_ERR in fake_controller.function_codes
+    robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+    assert fake_controller.received[-1].executed
+
+
+def test_lost_connection_raises_within_the_report_timeout(fake_controller, robot):
+    robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+    fake_controller.drop_connections()
+    started = time.monotonic()
+    with pytest.raises(RobotConnectionError, match="lost connection"):
+        deadline = started + 3.0
+        while time.monotonic() < deadline:
+            robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
+            time.sleep(0.01)
+    assert time.monotonic() - started < 2.5
