@@ -1,0 +1,49 @@
+"""Starts tests/franky_sim_server.py as a child process and stops it again."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SERVER_SCRIPT = Path(__file__).with_name("franky_sim_server.py")
+START_TIMEOUT_S = 30.0
+
+
+class FrankySimProcess:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = self._read_line(START_TIMEOUT_S)
+        except Exception:
+            self.stop()
+            raise
+        if line.strip() != "READY":
+            self.stop()
+            raise RuntimeError(f"franky-sim printed {line!r}; expected READY")
+
+    def _read_line(self, timeout_s: float) -> str:
+        import selectors
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout_s):
+                raise TimeoutError(f"franky-sim did not start within {timeout_s} s")
+        return self.process.stdout.readline()
+
+    def inject_reflex(self) -> None:
+        self.process.stdin.write("reflex\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process.stdout.close()

@@ -1,0 +1,130 @@
+"""FrankaRobot against franky-sim (MuJoCo FR3 speaking the libfranka protocol on 127.0.0.1)."""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from franky_sim_process import FrankySimProcess  # noqa: E402
+from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot  # noqa: E402
+from vpp.robots.interfaces import (  # noqa: E402
+    ControllerFault,
+    EndEffectorDelta,
+    GripperCommand,
+    JointPositions,
+)
+from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolation  # noqa: E402
+
+PERIOD_S = 0.05
+LIMITS = SafetyLimits.franka_fr3(
+    workspace_min=(0.4, -0.06, 0.4),
+    workspace_max=(0.7, 0.06, 0.6),
+    control_period_s=PERIOD_S,
+    max_position_step_m=0.01,
+    max_linear_velocity_m_s=0.4,
+    max_linear_acceleration_m_s2=20.0,
+    max_joint_step_rad=0.05,
+    max_joint_acceleration_rad_s2=100.0,
+    gripper_max=0.75,
+)
+TRACKING_TOLERANCE_M = 0.01  # the simulated arm lags its streamed targets slightly
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    sim = FrankySimProcess()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def robot(simulator):
+    arm = FrankaRobot(
+        FrankaConfig("127.0.0.1", enforce_realtime=False, relative_dynamics_factor=0.3), SafetyFilter(LIMITS)
+    )
+    arm.connect()
+    yield arm
+    arm.close()
+
+
+def stream(robot, commands):
+    sent = []
+    for command in commands:
+        sent.append(robot.send(command))
+        time.sleep(PERIOD_S)
+    return sent
+
+
+def test_observe_reads_the_simulated_fr3(robot):
+    state = robot.observe()
+    assert state.joint_positions.shape == (7,)
+    assert abs(np.linalg.norm(state.ee_quaternion) - 1) < 1e-6
+    assert 0.3 < state.ee_position[0] < 0.8 and 0.3 < state.ee_position[2] < 0.7
+    assert 0.0 <= state.gripper_opening <= 1.0
+
+
+def test_wild_deltas_stay_inside_the_workspace_on_the_arm(robot):
+    rng = np.random.default_rng(1)
+    actions = [EndEffectorDelta(rng.uniform(-0.3, 0.3, 3), [0, 0, 0]) for _ in range(12)]
+    actions += [EndEffectorDelta([0.0, 0.5, 0.0], [0, 0, 0])] * 12
+    sent = stream(robot, actions)
+    time.sleep(0.5)
+    final = robot.observe().ee_position
+
+    targets = np.array([c.position for c in sent])
+    assert np.all(targets >= np.array(LIMITS.workspace_min) - 1e-9)
+    assert np.all(targets <= np.array(LIMITS.workspace_max) + 1e-9)
+    assert np.all(np.linalg.norm(np.diff(targets, axis=0), axis=1) <= LIMITS.position_step_limit_m + 1e-9)
+    # Pushed toward +y for 12 steps, the arm rests on the workspace wall, not beyond it.
+    assert final[1] == pytest.approx(LIMITS.workspace_max[1], abs=TRACKING_TOLERANCE_M)
+    assert np.all(final <= np.array(LIMITS.workspace_max) + TRACKING_TOLERANCE_M)
+
+
+def test_nan_action_is_rejected_and_the_arm_holds(robot):
+    before = robot.observe().ee_position
+    with pytest.raises(SafetyViolation, match="nan"):
+        robot.send(EndEffectorDelta([0.0, math.nan, 0.0], [0, 0, 0]))
+    time.sleep(0.2)
+    np.testing.assert_allclose(robot.observe().ee_position, before, atol=2e-3)
+
+
+def test_joint_targets_beyond_limits_are_clamped(robot):
+    start = robot.observe().joint_positions
+    target = start.copy()
+    target[6] = 10.0  # far beyond the FR3's 3.0159 rad
+    sent = stream(robot, [JointPositions(target)] * 10)
+    assert all(c.positions[6] <= LIMITS.joint_max[6] for c in sent)
+    steps = np.abs(np.diff(np.vstack([start] + [c.positions for c in sent]), axis=0))
+    assert steps.max() <= LIMITS.joint_step_limit_rad + 1e-9
+    time.sleep(0.5)
+    moved = robot.observe().joint_positions
+    assert moved[6] > start[6] + 0.2 and moved[6] <= LIMITS.joint_max[6]
+
+
+def test_gripper_opening_is_clamped_to_the_configured_range(robot):
+    sent = robot.send(GripperCommand(1.0))
+    assert sent.opening == LIMITS.gripper_max
+    deadline = time.monotonic() + 3.0
+    while abs(robot.observe().gripper_opening - LIMITS.gripper_max) > 0.03 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert robot.observe().gripper_opening == pytest.approx(LIMITS.gripper_max, abs=0.03)
+
+
+def test_reflex_raises_a_fault_stops_and_recovers(robot, simulator):
+    stream(robot, [EndEffectorDelta([0.0, 0.0, -0.05], [0, 0, 0])] * 2)
+    simulator.inject_reflex()
+    with pytest.raises(ControllerFault, match="joint_position_limits_violation"):
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            robot.send(EndEffectorDelta([0.0, 0.0, -0.05], [0, 0, 0]))
+            time.sleep(PERIOD_S)
+    robot.recover()
+    before = robot.observe().ee_position
+    stream(robot, [EndEffectorDelta([0.0, 0.0, 0.05], [0, 0, 0])] * 5)
+    time.sleep(0.3)
+    assert robot.observe().ee_position[2] > before[2] + 0.02
