@@ -1,7 +1,8 @@
-"""Franka link loss: its own module, because franky-sim's ports are fixed and the main Franka
-module keeps a simulator running for all of its tests."""
+"""Franka link loss and stalls: each test owns a simulator (franky-sim's ports are fixed, and
+these tests leave the connection unusable), so they live apart from the main Franka module."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from franky_sim_process import FrankySimProcess  # noqa: E402
 from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot  # noqa: E402
-from vpp.robots.interfaces import RobotConnectionError  # noqa: E402
+from vpp.robots.interfaces import EndEffectorDelta, RobotConnectionError, RobotError  # noqa: E402
 from vpp.robots.safety import SafetyFilter, SafetyLimits  # noqa: E402
 
 
@@ -23,6 +24,32 @@ def test_lost_connection_raises_connection_error():
         sim.stop()
         with pytest.raises(RobotConnectionError, match="lost connection"):
             arm.observe()
+    finally:
+        arm.close()
+        sim.stop()
+
+
+def test_reflex_as_a_motion_ends_is_never_silent():
+    """With this timing franky's control loop stalls and keeps serving one cached state; the
+    driver must notice (robot clock frozen) instead of streaming targets into the void."""
+    sim = FrankySimProcess()
+    arm = FrankaRobot(
+        FrankaConfig("127.0.0.1", enforce_realtime=False, relative_dynamics_factor=0.3),
+        SafetyFilter(SafetyLimits.franka_fr3(control_period_s=0.1)),
+    )
+    try:
+        arm.connect()
+        for _ in range(10):
+            arm.send(EndEffectorDelta([0.0, 0.05, 0.0], [0, 0, 0], gripper=0.2))
+            time.sleep(0.1)
+        time.sleep(0.5)
+        arm.send(EndEffectorDelta([0.0, 0.05, 0.0], [0, 0, 0]))
+        sim.inject_reflex()
+        with pytest.raises(RobotError):
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                arm.observe()
+                time.sleep(0.05)
     finally:
         arm.close()
         sim.stop()

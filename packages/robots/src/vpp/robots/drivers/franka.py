@@ -54,6 +54,9 @@ class FrankaConfig:
     gripper_deadband_m: float = 0.002
     # Real robots need a real-time kernel; a simulator or a development PC does not.
     enforce_realtime: bool = True
+    # The robot clock in each state must advance; a frozen clock means franky's control loop
+    # stalled (seen when a reflex lands as a motion ends) and its cached state is stale.
+    state_timeout_s: float = 0.2
 
 
 class FrankaRobot(Robot):
@@ -67,6 +70,8 @@ class FrankaRobot(Robot):
         self._gripper_max_width = 0.0
         self._gripper_future = None
         self._gripper_target_m: float | None = None
+        self._last_robot_time_ms: int | None = None
+        self._last_robot_time_seen_at = 0.0
 
     def connect(self) -> None:
         import franky
@@ -85,6 +90,7 @@ class FrankaRobot(Robot):
             logger.warning("Franka at %s starts with errors %s; recovering", self.config.hostname, self._robot.state.current_errors)
             self._robot.recover_from_errors()
         self.safety_filter.reset()
+        self._last_robot_time_ms = None
         logger.info("Franka at %s connected", self.config.hostname)
 
     def _require_robot(self):
@@ -122,6 +128,7 @@ class FrankaRobot(Robot):
             state = robot.state
             if state.robot_mode in _blocked_modes():
                 raise_fault_from_state(state)
+            check_state_is_fresh(state)
             pose = state.O_T_EE
             opening = None
             if self._gripper is not None and self._gripper_max_width > 0:
@@ -142,6 +149,21 @@ class FrankaRobot(Robot):
                 f"{state.current_errors}; arm stopped, call recover()",
                 code=str(state.current_errors),
             )
+
+        def check_state_is_fresh(state) -> None:
+            now = time.monotonic()
+            robot_time_ms = state.time.to_msec()
+            if robot_time_ms != self._last_robot_time_ms:
+                self._last_robot_time_ms = robot_time_ms
+                self._last_robot_time_seen_at = now
+                return
+            stalled_for = now - self._last_robot_time_seen_at
+            if stalled_for > self.config.state_timeout_s:
+                self._stop_after_failure()
+                raise RobotConnectionError(
+                    f"lost connection to Franka at {self.config.hostname}: robot clock frozen at "
+                    f"{robot_time_ms} ms for {stalled_for:.3f} s (limit {self.config.state_timeout_s} s)"
+                )
 
         return self._translate_failures("observe", read)
 
