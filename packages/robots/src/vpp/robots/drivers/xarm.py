@@ -74,6 +74,7 @@ class XArmRobot(Robot):
         self._report_lock = threading.Lock()
         self._latest_report: tuple[float, list[float], list[float]] | None = None
         self._last_warning = 0
+        self._warned_about_gripper = False
 
     @property
     def num_joints(self) -> int:
@@ -192,8 +193,9 @@ class XArmRobot(Robot):
             code = arm.set_servo_angle_j(command.positions.tolist(), is_radian=True)
             self._check_code(code, "set_servo_angle_j")
         gripper = command.opening if isinstance(command, GripperCommand) else command.gripper
-        if gripper is not None:
-            logger.debug("xArm gripper target %.3f ignored: no gripper support in this driver yet", gripper)
+        if gripper is not None and not self._warned_about_gripper:
+            self._warned_about_gripper = True
+            logger.warning("xArm gripper targets are ignored: this driver does not drive a gripper yet")
 
     def _check_code(self, code: int, call: str) -> None:
         if code == 0:
