@@ -27,5 +27,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -c constraints.txt \
-    -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
+    -e "packages/data[test]" -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
 echo "$inputs" > "$stamp"

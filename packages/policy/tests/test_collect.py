@@ -7,7 +7,7 @@ pytest.importorskip("metaworld")
 
 from vpp.policy.collect import collect_metaworld
 from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
-from vpp.tvp.data.lerobot import LeRobotDataset
+from vpp.data.lerobot import LeRobotDataset
 from vpp.tvp.data.mixture import MixtureClipDataset
 from vpp.tvp.data.sources import LeRobotClipSource
 

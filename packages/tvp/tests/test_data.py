@@ -83,7 +83,7 @@ def test_video_folder_source_reads_instructions_and_frames(tmp_path):
     import json
 
     from vpp.tvp.data.sources import VideoFolderSource
-    from vpp.tvp.data.video_io import write_video
+    from vpp.data.video_io import write_video
 
     write_video(tmp_path / "a.mp4", random_video(20, 32, seed=1), fps=10)
     write_video(tmp_path / "b.mp4", random_video(20, 32, seed=2), fps=10)

@@ -100,7 +100,7 @@ def collect_metaworld(
     max_attempts_per_episode: int = 3,
     progress: bool = True,
 ) -> CollectionState:
-    from vpp.tvp.data.lerobot import LeRobotDatasetWriter
+    from vpp.data.lerobot import LeRobotDatasetWriter
 
     tasks = [check_task(t) for t in tasks]
     output = Path(output)

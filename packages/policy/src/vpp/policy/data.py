@@ -116,7 +116,7 @@ class LeRobotEpisodeSource(EpisodeSource):
     """Episodes of a LeRobotDataset v3 folder; cameras are video keys (or their last component)."""
 
     def __init__(self, root: str | Path, action_key: str = "action", state_key: str | None = "observation.state") -> None:
-        from vpp.tvp.data.lerobot import LeRobotDataset
+        from vpp.data.lerobot import LeRobotDataset
 
         self.dataset = LeRobotDataset(root)
         self.name = Path(root).name

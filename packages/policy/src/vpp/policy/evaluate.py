@@ -132,7 +132,7 @@ def evaluate_metaworld(
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
-    from vpp.tvp.data.video_io import write_video
+    from vpp.data.video_io import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, np.stack(frames), fps=fps)

@@ -145,7 +145,7 @@ class VideoFolderSource(ClipSource):
         return sidecar.read_text().strip() if sidecar.is_file() else ""
 
     def episode(self, index: int) -> Episode:
-        from vpp.tvp.data import video_io
+        from vpp.data import video_io
 
         path = self.paths[index]
         if index not in self._lengths:
@@ -174,7 +174,7 @@ class LeRobotClipSource(ClipSource):
         sampling: Sampling = "stride",
         stride: int = 2,
     ) -> None:
-        from vpp.tvp.data.lerobot import LeRobotDataset
+        from vpp.data.lerobot import LeRobotDataset
 
         self.dataset = LeRobotDataset(root)
         keys = list(self.dataset.video_keys)

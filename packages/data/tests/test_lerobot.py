@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vpp.tvp.data.lerobot import (
+from vpp.data.lerobot import (
     LeRobotDataset,
     LeRobotDatasetWriter,
     LeRobotFormatError,
@@ -213,7 +213,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from test_lerobot import FEATURES, FPS, TASKS, LENGTHS, make_episode
-    import vpp.tvp.data.lerobot as lerobot
+    import vpp.data.lerobot as lerobot
 
     mode = {mode!r}
     writer = lerobot.LeRobotDatasetWriter({root!r}, FPS, FEATURES)
@@ -353,14 +353,3 @@ def test_reader_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"videos/{WRIST}/chunk-000/file-000.mp4 is missing"):
         dataset.episode(0).read_frames(WRIST, [0])
 
-
-def test_tvp_clip_source_reads_the_folder(tmp_path):
-    from vpp.tvp.data.sources import LeRobotClipSource
-
-    episodes = write_dataset(tmp_path / "ds")
-    source = LeRobotClipSource(tmp_path / "ds", camera="wrist")
-    assert len(source) == 3
-    clip = source.episode(2)
-    assert (clip.length, clip.instruction) == (20, TASKS[2])
-    frames = clip.read_frames(np.array([4, 5]))
-    assert mean_abs_error(frames, episodes[2][WRIST][[4, 5]]) < 6.0

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpp.tvp.data import video_io
+from vpp.data import video_io
 
 logger = logging.getLogger(__name__)
 

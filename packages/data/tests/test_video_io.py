@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from vpp.tvp.data import video_io
+from vpp.data import video_io
 
 FPS = 10
 
@@ -123,6 +123,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, vpp.tvp.data.video_io, vpp.tvp.data.lerobot; print(sorted(m for m in ('torch', 'pandas', 'diffusers') if m in sys.modules))"
+    code = "import sys, vpp.data.video_io, vpp.data.lerobot; print(sorted(m for m in ('torch', 'pandas', 'diffusers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
