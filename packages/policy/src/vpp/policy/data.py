@@ -214,14 +214,19 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
         return resize_frames(np.stack(frames), self.image_size)
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, with_images: bool = True) -> dict:
+        """The window's sample; without images when its features come from a cache."""
         e, t = self.windows[index]
         episode = self.episodes[e]
         item = {
-            "images": self.observation(index),
             "instruction": episode.instruction,
             "actions": torch.from_numpy(episode.actions[t : t + self.chunk]),
             "key": (e, t),
         }
+        if with_images:
+            item["images"] = self.observation(index)
         if episode.state is not None:
             item["state"] = torch.from_numpy(episode.state[t])
         return item

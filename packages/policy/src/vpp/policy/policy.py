@@ -1,0 +1,242 @@
+"""The Video Prediction Policy: a frozen TVP as vision encoder + the trainable policy head.
+
+``encoder="tvp"`` (the paper) turns each observation into predictive features: one TVP forward
+from noise per camera, batched over views. ``encoder="vae"`` is the paper's Stable-VAE ablation
+(Table 3): the same TVP's VAE latents of the current frame, resampled by the Video Former to the
+same number of tokens. The language token is the TVP text encoder's projected CLIP embedding.
+Actions (and the optional proprioception) are normalised to [-1, 1] with bounds from the
+training data, saved with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vpp.policy.config import PolicyHeadConfig, policy_head_preset
+from vpp.policy.normalization import MIN_RANGE, ActionNormalizer
+from vpp.policy.policy_head import PolicyHead
+from vpp.tvp.data.mixture import resize_frames
+from vpp.tvp.features import predictive_features
+from vpp.tvp.model import TextGuidedVideoPredictor
+
+logger = logging.getLogger(__name__)
+
+POLICY_CONFIG = "vpp_policy.json"
+
+
+class ObservationError(ValueError):
+    """An observation the policy cannot act on (missing camera, bad image, NaN state)."""
+
+
+@dataclass
+class VPPConfig:
+    cameras: list[str]
+    action_dim: int
+    chunk: int
+    state_dim: int | None = None
+    encoder: Literal["tvp", "vae"] = "tvp"
+    normalization: Literal["min_max", "percentile"] = "min_max"
+    # "random": fresh noise for every TVP forward (the official code); "fixed": the same
+    # noise every call (seeded by feature_seed), which makes the features deterministic.
+    feature_noise: Literal["random", "fixed"] = "random"
+    feature_seed: int = 0
+
+    def save(self, folder: Path) -> None:
+        (folder / POLICY_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> VPPConfig:
+        path = folder / POLICY_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"no {POLICY_CONFIG} in {folder}: not a saved VideoPredictionPolicy")
+        return cls(**json.loads(path.read_text()))
+
+
+def fit_normalizer(values: np.ndarray, method: str) -> ActionNormalizer:
+    """Bounds from data; a dimension that never changes (a gripper that stays open) gets a unit
+    half-range around its value instead of an invalid zero range."""
+    data = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
+    if method == "percentile":
+        low, high = np.percentile(data, [1.0, 99.0], axis=0)
+    else:
+        low, high = data.min(axis=0), data.max(axis=0)
+    narrow = high - low < MIN_RANGE
+    if narrow.any():
+        logger.warning("dims %s are constant in the data; normalising them as value +- 1", np.flatnonzero(narrow).tolist())
+        centre = (low + high) / 2
+        low, high = np.where(narrow, centre - 1.0, low), np.where(narrow, centre + 1.0, high)
+    return ActionNormalizer(low, high, method)
+
+
+class VideoPredictionPolicy(nn.Module):
+    def __init__(
+        self,
+        config: VPPConfig,
+        tvp: TextGuidedVideoPredictor,
+        head: PolicyHead,
+        action_normalizer: ActionNormalizer,
+        state_normalizer: ActionNormalizer | None = None,
+    ) -> None:
+        super().__init__()
+        if (config.state_dim is None) != (state_normalizer is None):
+            raise ValueError("a state normalizer is needed exactly when state_dim is set")
+        self.config = config
+        self.tvp = tvp.eval().requires_grad_(False)
+        self.head = head
+        self.action_normalizer = action_normalizer
+        self.state_normalizer = state_normalizer
+
+    # -- construction -----------------------------------------------------------------------
+
+    @staticmethod
+    def head_config(tvp: TextGuidedVideoPredictor, config: VPPConfig, preset: str = "small") -> PolicyHeadConfig:
+        """A head preset fitted to the TVP's feature shape, its text embedding and the task."""
+        tvp_cfg = tvp.config
+        lang_dim = int(tvp_cfg.text_encoder.get("projection_dim", tvp_cfg.text_hidden_size))
+        base = policy_head_preset(preset)
+        kwargs: dict[str, Any] = dict(action_dim=config.action_dim, chunk=config.chunk, state_dim=config.state_dim, lang_dim=lang_dim)
+        if config.encoder == "tvp":
+            kwargs.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
+        else:
+            # one frame of VAE latents, with as many queries as the TVP variant has tokens
+            tokens = base.video_former.num_frames * base.video_former.queries_per_frame
+            kwargs.update(input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens)
+        return policy_head_preset(preset, **kwargs)
+
+    @classmethod
+    def build(
+        cls,
+        tvp: TextGuidedVideoPredictor,
+        config: VPPConfig,
+        actions: np.ndarray,
+        states: np.ndarray | None = None,
+        head_preset: str = "small",
+    ) -> VideoPredictionPolicy:
+        """A new policy with a fresh head; normalisation bounds from the training ``actions``."""
+        head = PolicyHead(cls.head_config(tvp, config, head_preset))
+        state_normalizer = fit_normalizer(states, config.normalization) if config.state_dim is not None else None
+        return cls(config, tvp, head, fit_normalizer(actions, config.normalization), state_normalizer)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tvp.save_pretrained(folder / "tvp")
+        self.config.save(folder)
+        self.head.config.save(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}, folder / "head.safetensors")
+        self.action_normalizer.save(folder / "action_normalizer.json")
+        if self.state_normalizer is not None:
+            self.state_normalizer.save(folder / "state_normalizer.json")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> VideoPredictionPolicy:
+        folder = Path(folder)
+        config = VPPConfig.load(folder)
+        head = PolicyHead(PolicyHeadConfig.load(folder))
+        head.load_state_dict(load_file(folder / "head.safetensors"))
+        state_path = folder / "state_normalizer.json"
+        return cls(
+            config,
+            TextGuidedVideoPredictor.from_pretrained(folder / "tvp"),
+            head,
+            ActionNormalizer.load(folder / "action_normalizer.json"),
+            ActionNormalizer.load(state_path) if state_path.is_file() else None,
+        )
+
+    # -- observations -> conditioning -------------------------------------------------------
+
+    def feature_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        if self.config.feature_noise == "random":
+            return None if generator is None else self._noise(batch, generator)
+        return self._noise(batch, torch.Generator().manual_seed(self.config.feature_seed))
+
+    def _noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        c = self.tvp.config
+        shape = (batch, len(self.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
+        if self.config.feature_noise == "fixed":
+            return torch.randn(shape[1:], generator=generator).expand(shape)
+        return torch.randn(shape, generator=generator)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, instructions: Sequence[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, V, 3, H, W) in [-1, 1] -> (visual features, language embedding (B, D))."""
+        hidden, pooled = self.tvp.encode_text(instructions)
+        if self.config.encoder == "vae":
+            latents = self.tvp.encode_video(images.flatten(0, 1).unsqueeze(1))
+            features = latents.unflatten(0, images.shape[:2])
+        else:
+            noise = self.feature_noise(images.shape[0], generator)
+            features = predictive_features(self.tvp, images, text_hidden=hidden, generator=generator, noise=noise)
+        return features, pooled
+
+    def language(self, instructions: Sequence[str]) -> torch.Tensor:
+        return self.tvp.encode_text(instructions)[1]
+
+    def _state(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        if self.state_normalizer is None:
+            return None
+        if state is None:
+            raise ObservationError(f"this policy needs a {self.config.state_dim}-dim state")
+        return self.state_normalizer.normalize(state.double()).float()
+
+    # -- training -----------------------------------------------------------------------------
+
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """The EDM loss of a batch from PolicyWindowDataset (``features`` cached, or ``images``)."""
+        if "features" in batch:
+            features, lang = batch["features"], self.language(batch["instruction"])
+        else:
+            features, lang = self.encode(batch["images"], batch["instruction"], generator)
+        actions = self.action_normalizer.normalize(batch["actions"].double()).float()
+        return self.head.loss(features, lang, actions, self._state(batch.get("state")), generator)
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def observation_tensors(self, observation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images = []
+        for camera in self.config.cameras:
+            if camera not in observation:
+                raise ObservationError(f"observation has no camera {camera!r}; it has {sorted(observation)}")
+            frame = np.asarray(observation[camera])
+            if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+                raise ObservationError(f"camera {camera!r}: image {frame.shape} {frame.dtype}; expected (H, W, 3) uint8")
+            images.append(frame)
+        sizes = {im.shape for im in images}
+        stacked = np.stack(images) if len(sizes) == 1 else None
+        pixels = resize_frames(stacked, self.tvp.config.image_size) if stacked is not None else torch.stack(
+            [resize_frames(im[None], self.tvp.config.image_size)[0] for im in images]
+        )
+        state = None
+        if self.config.state_dim is not None:
+            if "state" not in observation:
+                raise ObservationError(f"observation has no 'state'; this policy needs {self.config.state_dim} values")
+            raw = np.asarray(observation["state"], dtype=np.float64)
+            if raw.shape != (self.config.state_dim,) or not np.isfinite(raw).all():
+                raise ObservationError(f"state {raw!r}; expected {self.config.state_dim} finite values")
+            state = torch.from_numpy(raw)[None]
+        return pixels[None], state
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self, observation: Mapping[str, Any], instruction: str, generator: torch.Generator | None = None
+    ) -> np.ndarray:
+        """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim)."""
+        images, state = self.observation_tensors(observation)
+        features, lang = self.encode(images, [instruction], generator)
+        normalized = self.head.sample(features, lang, self._state(state), generator=generator)
+        return self.action_normalizer.denormalize(normalized[0].double()).float().cpu().numpy()
+
+    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
+        return self.predict_action_chunk(observation, instruction)
