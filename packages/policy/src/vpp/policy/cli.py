@@ -57,6 +57,78 @@ def cmd_eval(args) -> None:
     )
 
 
+def load_tvp(args):
+    import torch
+
+    from vpp.tvp.model import TextGuidedVideoPredictor
+
+    if args.tvp:
+        return TextGuidedVideoPredictor.from_pretrained(args.tvp)
+    torch.manual_seed(args.seed)
+    logger.warning("no --tvp given: using an untrained %r TVP (smoke runs only)", args.tvp_preset)
+    return TextGuidedVideoPredictor.from_preset(args.tvp_preset)
+
+
+def cmd_train(args) -> None:
+    from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
+    from vpp.policy.feature_cache import FeatureCache
+    from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
+    from vpp.policy.train import PolicyTrainConfig, PolicyTrainer
+
+    tvp = load_tvp(args)
+    sources = [LeRobotEpisodeSource(path, state_key=None if args.no_state else "observation.state") for path in args.data]
+    probe = sources[0].episode(0)
+    state_dim = None if args.no_state or probe.state is None else probe.state.shape[1]
+    cameras = args.camera or ["corner"]
+    windows = PolicyWindowDataset(sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim)
+    logger.info("%s", windows.report.summary())
+    config = VPPConfig(
+        cameras=cameras,
+        action_dim=probe.actions.shape[1],
+        chunk=args.chunk,
+        state_dim=state_dim,
+        encoder=args.encoder,
+        normalization=args.normalization,
+        feature_noise="fixed" if args.feature_cache else "random",
+        feature_seed=args.seed,
+    )
+    policy = VideoPredictionPolicy.build(tvp, config, windows.all_actions(), windows.all_states(), head_preset=args.head_preset)
+    cache = None
+    if args.feature_cache and args.encoder == "tvp":
+        cache = FeatureCache(args.feature_cache, tvp, cameras, seed=args.seed)
+        cache.build(windows, tvp)
+    train_config = PolicyTrainConfig(
+        output_dir=args.output,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_schedule=args.lr_schedule,
+        mixed_precision=args.mixed_precision,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    PolicyTrainer(policy, windows, train_config, cache).train()
+
+
+def cmd_predict(args) -> None:
+    import json
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from vpp.policy.policy import VideoPredictionPolicy
+
+    policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
+    observation = {}
+    for item in args.image:
+        camera, _, path = item.partition("=")
+        observation[camera] = np.asarray(iio.imread(path))[..., :3]
+    if args.state:
+        observation["state"] = np.array([float(v) for v in args.state.split(",")], dtype=np.float32)
+    actions = policy.predict_action_chunk(observation, args.instruction)
+    print(json.dumps({"instruction": args.instruction, "actions": actions.tolist()}))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="vpp-policy", description=__doc__)
@@ -81,6 +153,34 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--execute", type=int, default=None, help="actions of each chunk to execute (default: all)")
     evaluate.add_argument("--max-steps", type=int, default=None, help="cap episode length (smoke runs)")
     evaluate.set_defaults(func=cmd_eval)
+
+    train = sub.add_parser("train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)")
+    train.add_argument("--data", action="append", required=True, help="LeRobotDataset v3 folder (repeatable)")
+    train.add_argument("--tvp", help="trained TVP folder (vpp-tvp train's run/model)")
+    train.add_argument("--tvp-preset", default="tiny", choices=["tiny", "small", "paper"], help="untrained TVP when --tvp is absent")
+    train.add_argument("--camera", action="append", default=None, help="camera name (repeatable; default: corner)")
+    train.add_argument("--chunk", type=int, default=10)
+    train.add_argument("--no-state", action="store_true", help="do not use observation.state")
+    train.add_argument("--encoder", default="tvp", choices=["tvp", "vae"], help="vae: the static-encoder ablation")
+    train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
+    train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
+    train.add_argument("--feature-cache", help="folder for TVP features computed once (fixed noise per window)")
+    train.add_argument("--output", required=True)
+    train.add_argument("--steps", type=int, default=10000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--lr-schedule", default="tristage", choices=["tristage", "cosine", "constant"])
+    train.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--checkpoint-every", type=int, default=1000)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="one action chunk for one observation")
+    predict.add_argument("--policy", required=True)
+    predict.add_argument("--image", action="append", required=True, help="CAMERA=PATH (repeatable)")
+    predict.add_argument("--state", help="comma-separated proprioception values")
+    predict.add_argument("--instruction", required=True)
+    predict.set_defaults(func=cmd_predict)
 
     args = parser.parse_args(argv)
     if getattr(args, "camera", None) is None and hasattr(args, "camera"):

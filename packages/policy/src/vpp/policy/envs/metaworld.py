@@ -8,6 +8,8 @@ down and are flipped back.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import subprocess
@@ -43,6 +45,11 @@ def _ensure_gl_backend() -> None:
             logger.info("EGL unavailable (%s); rendering with OSMesa", probe.stderr.decode(errors="replace").strip()[-200:])
     if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # Mesa's software rasteriser and Triton each load their own LLVM. Triton loaded after Mesa
+    # has rendered crashes the process (a segfault importing triton, e.g. through diffusers);
+    # loaded first, both work. So Triton, where installed, goes first.
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
 
 
 def check_task(task: str) -> str:
