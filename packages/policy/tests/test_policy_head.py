@@ -138,11 +138,13 @@ def test_proprioception_is_used_when_enabled_and_checked():
         without.sample(items["features"], items["lang"], state=items["state"])
 
 
-def test_language_of_the_wrong_width_is_rejected():
+def test_language_and_actions_of_the_wrong_shape_are_rejected():
     head = tiny_head()
     items = batch_for(head.config)
     with pytest.raises(InputShapeError, match=r"lang has shape \(2, 512\); expected \(2, 32\)"):
         head.loss(items["features"], torch.zeros(2, 512), items["actions"])
+    with pytest.raises(InputShapeError, match=r"actions have shape \(2, 10, 4\); expected \(2, 10, 7\)"):
+        head.loss(items["features"], items["lang"], torch.zeros(2, 10, 4))
 
 
 def test_eval_sigma_min_override_changes_the_schedule_and_result():

@@ -25,6 +25,12 @@ from vpp.policy.config import DiffusionConfig
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """Drawn on the generator's device, so a CPU generator gives the same numbers whatever the
+    model's device."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device if generator is not None else None)
+
+
 def karras_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape)."""
     total = sigma**2 + sigma_data**2
@@ -46,7 +52,8 @@ def sample_log_logistic(
     """Log-logistic samples truncated to [min_value, max_value] (float32)."""
     low = 1.0 / (1.0 + math.exp(-(math.log(min_value) - loc) / scale))
     high = 1.0 / (1.0 + math.exp(-(math.log(max_value) - loc) / scale))
-    uniform = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
+    device = generator.device if generator is not None else None
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float64, device=device) * (high - low) + low
     sigma = (torch.logit(uniform) * scale + loc).exp()
     # Rounding in logit/exp can step a hair outside the bounds.
     return sigma.clamp(min_value, max_value).float()
@@ -96,7 +103,7 @@ class ActionDiffusion:
         if sigma is None:
             sigma = self.training_sigmas(batch, generator)
         if noise is None:
-            noise = torch.randn(actions.shape, generator=generator, dtype=torch.float32)
+            noise = standard_normal(tuple(actions.shape), generator)
         sigma = sigma.to(actions.device, actions.dtype)
         noise = noise.to(actions.device, actions.dtype)
         expand = (-1,) + (1,) * (actions.ndim - 1)
@@ -127,7 +134,7 @@ class ActionDiffusion:
         """DDIM from x_T = ``noise`` (or randn from ``generator``) * sigma_max; returns x_0."""
         sigmas = self.sigmas(num_steps, sigma_min)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+            noise = standard_normal(tuple(shape), generator)
         elif tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(shape)}")
         x = noise.to(device, dtype) * float(sigmas[0])

@@ -61,6 +61,11 @@ class PolicyHead(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """EDM loss on normalised action chunks (B, chunk, action_dim)."""
+        cfg = self.config.dit
+        if actions.shape != (features.shape[0], cfg.chunk, cfg.action_dim):
+            raise InputShapeError(
+                f"actions have shape {tuple(actions.shape)}; expected ({features.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
+            )
         context = self.dit.encode(self.condition_tokens(features, lang, state))
         return self.diffusion.loss(lambda x, c_noise: self.dit.decode(context, x, c_noise), actions, generator)
 
