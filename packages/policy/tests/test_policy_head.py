@@ -207,3 +207,21 @@ def test_presets_default_to_the_papers_reading():
         assert not config.dit.decoder_causal_cross_attention and not config.dit.decoder_causal_self_attention
         assert config.diffusion.eval_sigma_min == config.diffusion.sigma_min == 0.001
         assert config.diffusion.num_steps == 10 and config.diffusion.sigma_max == 80.0 and config.diffusion.sigma_data == 0.5
+
+
+def test_every_parameter_learns_within_a_few_steps():
+    # AdaLN-Zero closes the decoder's modulated branches at first; one step opens them, so after
+    # three steps a parameter that still has not moved is cut off from the loss.
+    torch.manual_seed(0)
+    head = PolicyHead(policy_head_preset("tiny", state_dim=3)).train()
+    items = batch_for(head.config)
+    initial = {name: p.detach().clone() for name, p in head.named_parameters()}
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
+    noise = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = head.loss(items["features"], items["lang"], items["actions"], state=items["state"], generator=noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    frozen = [name for name, p in head.named_parameters() if torch.equal(p, initial[name])]
+    assert not frozen
