@@ -272,6 +272,7 @@ def scaled_dot_product_attention(
     *,
     causal: bool = False,
     scale: float | None = None,
+    backend: Backend = "cpu",
 ) -> np.ndarray:
     """softmax(q k^T * scale) v for q (B, H, Lq, d), k (B, H, Lk, d), v (B, H, Lk, dv).
 
@@ -281,7 +282,7 @@ def scaled_dot_product_attention(
     ``is_causal``). ``scale`` defaults to 1/sqrt(d). A query that may attend to no key gets a
     zero row (torch's math backend would give NaN there).
     """
-    extension = _require_extension()
+    extension = _require_backend(backend)
     for name, value in (("q", q), ("k", k), ("v", v)):
         _check_float32_array(name, value)
         if value.ndim != 4:
@@ -303,9 +304,8 @@ def scaled_dot_product_attention(
             mask_view = np.broadcast_to(mask, (batch, heads, lq, lk))
         except ValueError:
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to {(batch, heads, lq, lk)}") from None
-    return extension.scaled_dot_product_attention(
-        q, k, v, mask_view, bool(causal), None if scale is None else float(scale)
-    )
+    kernel = extension.cuda_scaled_dot_product_attention if backend == "cuda" else extension.scaled_dot_product_attention
+    return kernel(q, k, v, mask_view, bool(causal), None if scale is None else float(scale))
 
 
 def set_num_threads(num_threads: int) -> None:
