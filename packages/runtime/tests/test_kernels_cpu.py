@@ -9,62 +9,33 @@ import numpy as np
 import pytest
 
 from vpp.runtime import kernels
+from vpp.runtime.kernels import reference
 
 RNG_SEED = 1234
 
 
+def as64(*arrays):
+    return [None if a is None else a.astype(np.float64) for a in arrays]
+
+
 def reference_group_norm_silu(x, weight, bias, num_groups, eps, silu=True):
-    """GroupNorm then SiLU, one numpy operation at a time, in float64."""
-    batch, channels = x.shape[:2]
-    grouped = x.astype(np.float64).reshape(batch, num_groups, -1)
-    mean = grouped.mean(axis=-1, keepdims=True)
-    variance = grouped.var(axis=-1, keepdims=True)
-    normalised = ((grouped - mean) / np.sqrt(variance + eps)).reshape(x.shape)
-    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
-    if weight is not None:
-        normalised = normalised * weight.astype(np.float64).reshape(affine_shape)
-    if bias is not None:
-        normalised = normalised + bias.astype(np.float64).reshape(affine_shape)
-    if silu:
-        normalised = normalised / (1.0 + np.exp(-normalised))
-    return normalised
+    return reference.group_norm_silu(*as64(x, weight, bias), num_groups, eps, silu)
 
 
 def reference_denoised(x, f, sigma, sigma_data, parameterisation):
-    total = sigma**2 + sigma_data**2
-    c_skip = sigma_data**2 / total
-    c_out = sigma * sigma_data / np.sqrt(total) * (-1.0 if parameterisation == "v" else 1.0)
-    return c_skip * x.astype(np.float64) + c_out * f.astype(np.float64)
+    return reference.edm_denoise(*as64(x, f), sigma, sigma_data, parameterisation)
 
 
 def reference_ddim_step(x, f, sigma, sigma_next, sigma_data, parameterisation):
-    denoised = reference_denoised(x, f, sigma, sigma_data, parameterisation)
-    ratio = sigma_next / sigma
-    return ratio * x.astype(np.float64) + (1.0 - ratio) * denoised
+    return reference.ddim_step(*as64(x, f), sigma, sigma_next, sigma_data, parameterisation)
 
 
 def reference_euler_step(x, f, sigma, sigma_next, sigma_data, parameterisation):
-    denoised = reference_denoised(x, f, sigma, sigma_data, parameterisation)
-    derivative = (x.astype(np.float64) - denoised) / sigma
-    return x.astype(np.float64) + (sigma_next - sigma) * derivative
+    return reference.euler_step(*as64(x, f), sigma, sigma_next, sigma_data, parameterisation)
 
 
 def reference_attention(q, k, v, mask=None, causal=False, scale=None):
-    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
-    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
-    scores = q64 @ np.swapaxes(k64, -1, -2) * scale
-    allowed = np.ones(scores.shape, dtype=bool)
-    if mask is not None:
-        allowed &= np.broadcast_to(mask, scores.shape)
-    if causal:
-        allowed &= np.tril(np.ones(scores.shape[-2:], dtype=bool))
-    scores = np.where(allowed, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    weights = np.exp(scores - row_max)
-    totals = weights.sum(axis=-1, keepdims=True)
-    weights = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
-    return weights @ v64
+    return reference.scaled_dot_product_attention(*as64(q, k, v), mask, causal, scale)
 
 
 @pytest.fixture
