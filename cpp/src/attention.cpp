@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "fast_math.h"
 #include "parallel.h"
 #include "vpp/kernels.h"
@@ -28,7 +29,7 @@ struct RowProblem {
     std::int64_t causal_limit;  // keys j < causal_limit are allowed
 };
 
-void attend_row(const float* q, float* out, const RowProblem& p, float* scores, float* accum) {
+VPP_CPU_CLONES void attend_row(const float* q, float* out, const RowProblem& p, float* scores, float* accum) {
     float running_max = kMinusInfinity;
     float running_sum = 0.0f;
     std::fill(accum, accum + p.dv, 0.0f);

@@ -248,7 +248,6 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("causal") = false, py::arg("scale") = py::none());
     module.def("set_num_threads", &vpp::set_num_threads, py::arg("num_threads"));
     module.def("num_threads", &vpp::num_threads);
-    module.def("built_with_openmp", &vpp::built_with_openmp);
 #ifdef VPP_WITH_CUDA
     module.attr("built_with_cuda") = true;
     vpp::bind_cuda_kernels(module);

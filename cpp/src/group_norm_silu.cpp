@@ -1,6 +1,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu_dispatch.h"
 #include "fast_math.h"
 #include "parallel.h"
 #include "vpp/kernels.h"
@@ -15,7 +16,7 @@ struct Moments {
 
 // One pass over the group in double, shifted by the first value so that a large common
 // offset does not cancel E[x^2] - E[x]^2 away.
-Moments group_moments(const float* values, std::int64_t count) {
+VPP_CPU_CLONES Moments group_moments(const float* values, std::int64_t count) {
     const double shift = values[0];
     double sum = 0.0;
     double sum_squares = 0.0;
@@ -30,7 +31,7 @@ Moments group_moments(const float* values, std::int64_t count) {
     return {mean_centred + shift, variance > 0.0 ? variance : 0.0};
 }
 
-void normalise_channel(const float* x, float* y, std::int64_t spatial, float scale, float shift,
+VPP_CPU_CLONES void normalise_channel(const float* x, float* y, std::int64_t spatial, float scale, float shift,
                        bool apply_silu) {
     if (apply_silu) {
 #pragma omp simd

@@ -1,6 +1,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu_dispatch.h"
 #include "parallel.h"
 #include "vpp/kernels.h"
 
@@ -9,12 +10,17 @@ namespace {
 
 // Every update here is out = a * x + b * f with per-step scalars, folded in double so that
 // the single float multiply-add per element is the only rounding the fused pass adds.
+VPP_CPU_CLONES void axpby_range(const float* x, const float* f, float* out, std::int64_t begin,
+                                std::int64_t end, float a, float b) {
+#pragma omp simd
+    for (std::int64_t i = begin; i < end; ++i) out[i] = a * x[i] + b * f[i];
+}
+
 void axpby(const float* x, const float* f, float* out, std::int64_t count, double a, double b) {
     const float a_f = static_cast<float>(a);
     const float b_f = static_cast<float>(b);
     detail::parallel_for(count, count, [&](std::int64_t begin, std::int64_t end) {
-#pragma omp simd
-        for (std::int64_t i = begin; i < end; ++i) out[i] = a_f * x[i] + b_f * f[i];
+        axpby_range(x, f, out, begin, end, a_f, b_f);
     });
 }
 

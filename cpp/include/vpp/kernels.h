@@ -58,9 +58,9 @@ void scaled_dot_product_attention(const float* q, const float* k, const float* v
                                   std::int64_t lk, std::int64_t d, std::int64_t dv, float scale,
                                   const AttentionMask& mask, bool causal);
 
-// Threads the kernels use for large problems (OpenMP or std::thread); 0 restores the default.
+// Threads (the caller plus pooled helpers) the kernels use for large problems, at most the
+// number of hardware threads; 0 restores the default (all of them).
 void set_num_threads(int num_threads);
 int num_threads();
-bool built_with_openmp();
 
 }  // namespace vpp

@@ -2,7 +2,7 @@
 
 Each function checks its inputs here (dtype float32, C-contiguous, shapes) and raises a
 ValueError that names the offending value, then calls the compiled extension
-``vpp.runtime._kernels`` (C++, OpenMP over 2+ cores, GIL released). Nothing here imports
+``vpp.runtime._kernels`` (C++, a pool of std::threads over all cores, GIL released). Nothing here imports
 torch: the Triton versions live in :mod:`vpp.runtime.kernels.triton_kernels`, imported only by
 callers on the GPU path.
 
