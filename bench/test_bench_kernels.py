@@ -3,6 +3,8 @@
     .venv/bin/python -m pytest bench/test_bench_kernels.py --benchmark-only \
         --benchmark-group-by=group --benchmark-json=bench/results/kernels_cpu.json
 
+(bench/results/kernels_cpu.json is such a run with the per-round `data` arrays dropped.)
+
 Each group holds one problem: `numpy` (vpp.runtime.kernels.reference, float32), `fused` (the
 C++ kernel on all cores) and `fused-1thread` (the same kernel on one core, since numpy's
 elementwise operations use one). Shapes come from the models the runtime serves. Every

@@ -113,6 +113,19 @@ def test_threaded_and_single_threaded_results_are_identical(rng):
     np.testing.assert_array_equal(kernels.scaled_dot_product_attention(q, k, v), single_attention)
 
 
+def test_concurrent_callers_get_correct_results(rng):
+    # The GIL is released inside the kernels, so Python threads really run them at once; the
+    # helper pool serves one call at a time and the others run on their own thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [random_float32(rng, (2, 64, 32, 32), offset=float(i)) for i in range(6)]
+    expected = [reference_group_norm_silu(x, None, None, 32, 1e-5) for x in inputs]
+    with ThreadPoolExecutor(max_workers=3) as executor:
+        results = list(executor.map(lambda x: kernels.group_norm_silu(x, None, None, 32), inputs * 3))
+    for index, result in enumerate(results):
+        np.testing.assert_allclose(result, expected[index % len(inputs)], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("parameterisation", ["edm", "v"])
 @pytest.mark.parametrize(("sigma", "sigma_next", "sigma_data"), [(80.0, 35.0, 0.5), (1.3, 0.7, 1.0), (0.2, 0.0, 0.5), (700.0, 500.0, 1.0)])
 def test_sampler_updates_match_unfused_references(rng, parameterisation, sigma, sigma_next, sigma_data):
