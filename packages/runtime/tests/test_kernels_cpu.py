@@ -96,6 +96,14 @@ def test_silu_is_accurate_far_into_both_tails(rng):
     np.testing.assert_allclose(fused, reference, rtol=2e-5, atol=1e-5)
 
 
+def test_nan_input_stays_visible_in_its_group_only(rng):
+    x = random_float32(rng, (1, 8, 16))
+    x[0, 0, 3] = np.nan
+    fused = kernels.group_norm_silu(x, None, None, 2)
+    assert np.all(np.isnan(fused[0, :4])), "a NaN must poison its own group's statistics"
+    np.testing.assert_allclose(fused[0, 4:], reference_group_norm_silu(x, None, None, 2, 1e-5)[0, 4:], rtol=1e-5, atol=1e-5)
+
+
 def test_threaded_and_single_threaded_results_are_identical(rng):
     x = random_float32(rng, (2, 128, 32, 32))
     weight, bias = random_float32(rng, 128), random_float32(rng, 128)

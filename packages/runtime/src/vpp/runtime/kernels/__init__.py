@@ -2,9 +2,10 @@
 
 Each function checks its inputs here (dtype float32, C-contiguous, shapes) and raises a
 ValueError that names the offending value, then calls the compiled extension
-``vpp.runtime._kernels`` (C++, a pool of std::threads over all cores, GIL released). Nothing here imports
-torch: the Triton versions live in :mod:`vpp.runtime.kernels.triton_kernels`, imported only by
-callers on the GPU path.
+``vpp.runtime._kernels`` (C++, a pool of std::threads over all cores, GIL released). Nothing
+here imports torch: the Triton versions live in :mod:`vpp.runtime.kernels.triton_kernels`,
+imported only by callers on the GPU path; :mod:`vpp.runtime.kernels.reference` holds the
+unfused numpy versions that tests and benchmarks compare against.
 
 - :func:`group_norm_silu`: GroupNorm with affine weight/bias followed by SiLU, in two passes
   over memory (statistics, then normalise + affine + SiLU), for (N, C, ...) inputs: NCHW
