@@ -8,17 +8,13 @@ down and are flipped back.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from vpp.data.offscreen_gl import ensure_offscreen_gl
 from vpp.policy.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -27,29 +23,6 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper"
 FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4"}
 STATE_DIM = 4  # hand position (3) + gripper opening (1), the first entries of MetaWorld's observation
 ACTION_DIM = 4
-
-
-def _ensure_gl_backend() -> None:
-    """MuJoCo renders off-screen through EGL or OSMesa, chosen by MUJOCO_GL before it loads GL.
-    EGL is faster but fails to create a context on some machines, so it is probed in a child
-    process (a failed probe cannot be undone in this one) and OSMesa is the fallback."""
-    if "MUJOCO_GL" not in os.environ:
-        probe = subprocess.run(
-            [sys.executable, "-c", "from mujoco.egl import GLContext; c = GLContext(8, 8); c.make_current(); c.free()"],
-            env={**os.environ, "MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"},
-            capture_output=True,
-            timeout=120,
-        )
-        os.environ["MUJOCO_GL"] = "egl" if probe.returncode == 0 else "osmesa"
-        if probe.returncode != 0:
-            logger.info("EGL unavailable (%s); rendering with OSMesa", probe.stderr.decode(errors="replace").strip()[-200:])
-    if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    # Mesa's software rasteriser and Triton each load their own LLVM. Triton loaded after Mesa
-    # has rendered crashes the process (a segfault importing triton, e.g. through diffusers);
-    # loaded first, both work. So Triton, where installed, goes first.
-    if importlib.util.find_spec("triton") is not None:
-        importlib.import_module("triton")
 
 
 def check_task(task: str) -> str:
@@ -71,7 +44,7 @@ class MetaWorldTask:
     {camera: uint8 (H, W, 3), "state": float32 (4,)}."""
 
     def __init__(self, task: str, cameras: Sequence[str] = ("corner",), image_size: int = 64, seed: int = 0) -> None:
-        _ensure_gl_backend()
+        ensure_offscreen_gl()
         import metaworld
 
         self.task = check_task(task)
