@@ -223,6 +223,22 @@ def _clip_text(**overrides: Any) -> dict[str, Any]:
 BYTES_VOCAB_SIZE = 514
 
 
+def _byte_level_clip_text(hidden_size: int, intermediate_size: int, num_attention_heads: int) -> dict[str, Any]:
+    """A small 2-layer CLIP text encoder over the built-in byte-level vocabulary."""
+    return _clip_text(
+        vocab_size=BYTES_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        projection_dim=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=32,
+        bos_token_id=BYTES_VOCAB_SIZE - 2,
+        eos_token_id=BYTES_VOCAB_SIZE - 1,
+        pad_token_id=BYTES_VOCAB_SIZE - 1,
+    )
+
+
 def preset(name: str) -> TVPConfig:
     """Built-in sizes. ``tiny`` for unit tests, ``small`` for CPU training, ``paper`` for SVD."""
     if name == "tiny":
@@ -248,18 +264,7 @@ def preset(name: str) -> TVPConfig:
                 latent_channels=4,
                 sample_size=32,
             ),
-            text_encoder=_clip_text(
-                vocab_size=BYTES_VOCAB_SIZE,
-                hidden_size=32,
-                intermediate_size=64,
-                projection_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=32,
-                bos_token_id=BYTES_VOCAB_SIZE - 2,
-                eos_token_id=BYTES_VOCAB_SIZE - 1,
-                pad_token_id=BYTES_VOCAB_SIZE - 1,
-            ),
+            text_encoder=_byte_level_clip_text(hidden_size=32, intermediate_size=64, num_attention_heads=2),
             features=FeatureConfig(schedule_steps=20),
         )
     if name == "small":
@@ -293,18 +298,7 @@ def preset(name: str) -> TVPConfig:
                 latent_channels=4,
                 sample_size=64,
             ),
-            text_encoder=_clip_text(
-                vocab_size=BYTES_VOCAB_SIZE,
-                hidden_size=64,
-                intermediate_size=256,
-                projection_dim=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=32,
-                bos_token_id=BYTES_VOCAB_SIZE - 2,
-                eos_token_id=BYTES_VOCAB_SIZE - 1,
-                pad_token_id=BYTES_VOCAB_SIZE - 1,
-            ),
+            text_encoder=_byte_level_clip_text(hidden_size=64, intermediate_size=256, num_attention_heads=4),
         )
     if name == "paper":
         return TVPConfig(
