@@ -1,0 +1,279 @@
+"""Export a VideoPredictionPolicy to the deployment artifact that ``vpp.runtime`` loads.
+
+The artifact is a folder:
+
+- ``features.onnx``: images of every view (1, V, 3, H, W) in [-1, 1] + CLIP hidden states
+  (1, L, D_text) + the TVP's starting noise (1, V, T, C, h, w) -> predictive features (the VAE
+  encode of the current frame and the hooked UNet forward in one graph; for ``encoder="vae"``
+  just the VAE latents, with no noise input).
+- ``policy.onnx``: features + language embedding (1, D_lang) + normalised state (1, S) + unit
+  action noise (1, chunk, action_dim) -> normalised action chunk, with every DDIM step unrolled
+  in the graph (one ORT call per chunk beat a Python loop over a one-step graph).
+- ``text/hidden.npy`` + ``text/pooled.npy``: the text encoder's outputs for the instructions
+  given at export, in ``manifest["text"]["instructions"]`` order (the runtime has no tokenizer
+  or text encoder yet, so only these instructions can be acted on).
+- ``feature_noise.npy`` when the policy uses ``feature_noise="fixed"``: the exact noise torch
+  draws from ``feature_seed``, which numpy cannot reproduce.
+- ``manifest.json``: format version, shapes, cameras, image size, normalisation bounds, sampler
+  schedule, the parity errors measured at export, and the sha256 of every other file.
+
+Graphs use the legacy TorchScript exporter at opset 17 (it handles the forward hooks and the
+early stop inside :func:`predictive_features`); batch size is fixed to 1, as a robot acts on one
+observation at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpp.policy.policy import VideoPredictionPolicy
+from vpp.tvp.features import feature_sigma, predictive_features
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+OPSET = 17
+# Max-abs error allowed between ONNX Runtime and PyTorch on the same inputs and noise. Features
+# are compared relative to their largest magnitude (an untrained UNet's can be large).
+PARITY_TOLERANCE = {"features_relative": 1e-3, "normalized_actions": 1e-3}
+
+
+class ExportError(RuntimeError):
+    """The policy cannot be exported, or the exported graphs disagree with PyTorch."""
+
+
+class _FeatureGraph(nn.Module):
+    def __init__(self, policy: VideoPredictionPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, images: torch.Tensor, text_hidden: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        tvp = self.policy.tvp
+        if self.policy.config.encoder == "vae":
+            return tvp.encode_video(images.flatten(0, 1).unsqueeze(1)).unflatten(0, images.shape[:2])
+        return predictive_features(tvp, images, text_hidden=text_hidden, noise=noise)
+
+
+class _PolicyGraph(nn.Module):
+    def __init__(self, policy: VideoPredictionPolicy) -> None:
+        super().__init__()
+        self.head = policy.head
+
+    def forward(self, features: torch.Tensor, lang: torch.Tensor, noise: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.sample(features, lang, state, noise=noise)
+
+
+def feature_noise_shape(policy: VideoPredictionPolicy) -> tuple[int, ...] | None:
+    """(1, V, T, C, h, w) unit noise of one TVP forward, or None for the VAE encoder."""
+    if policy.config.encoder == "vae":
+        return None
+    c = policy.tvp.config
+    return (1, len(policy.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
+
+
+@torch.no_grad()
+def reference_actions(
+    policy: VideoPredictionPolicy,
+    pixels: torch.Tensor,
+    instruction: str,
+    state: np.ndarray | None,
+    feature_noise: np.ndarray | None,
+    action_noise: np.ndarray,
+) -> np.ndarray:
+    """PyTorch actions (chunk, action_dim) for pixels (1, V, 3, H, W) with the given noise: what
+    ``predict_action_chunk`` computes, with the noise passed in instead of drawn."""
+    hidden, pooled = policy.tvp.encode_text([instruction])
+    if policy.config.encoder == "vae":
+        features = _FeatureGraph(policy)(pixels)
+    else:
+        features = predictive_features(policy.tvp, pixels, text_hidden=hidden, noise=torch.from_numpy(feature_noise))
+    state_tensor = None if state is None else torch.from_numpy(np.asarray(state, dtype=np.float64))[None]
+    normalized = policy.head.sample(features, pooled, policy._state(state_tensor), noise=torch.from_numpy(action_noise))
+    return policy.action_normalizer.denormalize(normalized[0].double()).float().numpy()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: list[str], output: str) -> None:
+    with warnings.catch_warnings():
+        # The legacy exporter is deprecated in favour of dynamo=True, which does not yet trace
+        # the hooked, early-stopping UNet forward as reliably.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=[output], opset_version=OPSET, dynamo=False)
+
+
+def _normalizer_dict(normalizer) -> dict[str, Any] | None:
+    return None if normalizer is None else normalizer.to_dict()
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def export_policy(
+    policy: VideoPredictionPolicy,
+    out: str | Path,
+    instructions: Sequence[str],
+    seed: int = 0,
+    tolerance: Mapping[str, float] = PARITY_TOLERANCE,
+) -> Path:
+    """Writes the artifact folder ``out`` and returns the manifest path; raises
+    :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance``."""
+    if not instructions:
+        raise ExportError("no instructions given: the artifact's text cache would be empty")
+    if len(set(instructions)) != len(instructions):
+        raise ExportError(f"duplicate instructions in {list(instructions)}")
+    tvp_config = policy.tvp.config
+    if policy.config.encoder == "tvp" and tvp_config.noise_aug_strength > 0:
+        raise ExportError(
+            f"noise_aug_strength={tvp_config.noise_aug_strength}: the first-frame noise augmentation draws its own "
+            "noise inside the TVP; export supports noise_aug_strength=0 only"
+        )
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy = policy.eval()
+    cfg = policy.config
+    views, size = len(cfg.cameras), tvp_config.image_size
+    generator = torch.Generator().manual_seed(seed)
+
+    hidden, pooled = policy.tvp.encode_text(list(instructions))
+    (out / "text").mkdir(exist_ok=True)
+    np.save(out / "text" / "hidden.npy", hidden.float().numpy())
+    np.save(out / "text" / "pooled.npy", pooled.float().numpy())
+
+    images = torch.rand((1, views, 3, size, size), generator=generator) * 2 - 1
+    noise_shape = feature_noise_shape(policy)
+    feature_noise = None
+    fixed_noise_file = None
+    if noise_shape is not None:
+        if cfg.feature_noise == "fixed":
+            feature_noise = policy.feature_noise(1)
+            fixed_noise_file = "feature_noise.npy"
+            np.save(out / fixed_noise_file, feature_noise[0].numpy())
+        else:
+            feature_noise = torch.randn(noise_shape, generator=generator)
+
+    feature_graph = _FeatureGraph(policy).eval()
+    # The VAE encoder needs neither text nor noise, and the exporter drops unused inputs.
+    feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
+    feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
+    _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, "features")
+    features = feature_graph(*feature_args)
+
+    state_dim = cfg.state_dim
+    state = torch.randn((1, state_dim), generator=generator).clamp(-1, 1) if state_dim is not None else None
+    action_noise = torch.randn((1, cfg.chunk, cfg.action_dim), generator=generator)
+    policy_graph = _PolicyGraph(policy).eval()
+    policy_inputs = ["features", "lang", "noise"] + ([] if state is None else ["state"])
+    policy_args = (features, pooled[:1], action_noise) + (() if state is None else (state,))
+    _onnx_export(policy_graph, policy_args, out / "policy.onnx", policy_inputs, "actions")
+    actions = policy_graph(*policy_args)
+    export_seconds = time.perf_counter() - started
+
+    feature_session, policy_session = _session(out / "features.onnx"), _session(out / "policy.onnx")
+    feature_feed = {name: value.numpy() for name, value in zip(feature_inputs, feature_args)}
+    onnx_features = feature_session.run(None, feature_feed)[0]
+    features_error = float(np.abs(onnx_features - features.numpy()).max() / max(1.0, float(features.abs().max())))
+    policy_feed = {"features": features.numpy(), "lang": pooled[:1].numpy(), "noise": action_noise.numpy()}
+    if state is not None:
+        policy_feed["state"] = state.numpy()
+    policy_error = float(np.abs(policy_session.run(None, policy_feed)[0] - actions.numpy()).max())
+    chained_feed = dict(policy_feed, features=onnx_features)
+    end_to_end_error = float(np.abs(policy_session.run(None, chained_feed)[0] - actions.numpy()).max())
+    parity = {
+        "features_relative_max_abs": features_error,
+        "policy_max_abs": policy_error,
+        "end_to_end_normalized_max_abs": end_to_end_error,
+        "tolerance": dict(tolerance),
+    }
+    logger.info("ONNX parity: %s", parity)
+    failures = []
+    if features_error > tolerance["features_relative"]:
+        failures.append(f"features relative max-abs error {features_error:.3g} > {tolerance['features_relative']}")
+    for name, error in (("policy", policy_error), ("end-to-end", end_to_end_error)):
+        if error > tolerance["normalized_actions"]:
+            failures.append(f"{name} normalised-action max-abs error {error:.3g} > {tolerance['normalized_actions']}")
+    if failures:
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch in {out}: " + "; ".join(failures))
+
+    diffusion = policy.head.diffusion
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "producer": "vpp-policy export",
+        "opset": OPSET,
+        "cameras": list(cfg.cameras),
+        "image_size": size,
+        "encoder": cfg.encoder,
+        "action": {"dim": cfg.action_dim, "chunk": cfg.chunk, "normalizer": _normalizer_dict(policy.action_normalizer)},
+        "state": None if state_dim is None else {"dim": state_dim, "normalizer": _normalizer_dict(policy.state_normalizer)},
+        "features": {
+            "noise": None if noise_shape is None else cfg.feature_noise,
+            "noise_shape": None if noise_shape is None else list(noise_shape),
+            "fixed_noise_file": fixed_noise_file,
+            "sigma": None if noise_shape is None else feature_sigma(policy.tvp),
+            "shape": list(features.shape),
+        },
+        "sampler": {
+            "name": "ddim",
+            "num_steps": diffusion.config.num_steps,
+            "sigma_data": diffusion.config.sigma_data,
+            "sigma_max": diffusion.config.sigma_max,
+            "sigma_min": diffusion.config.eval_sigma_min,
+            "sigmas": diffusion.sigmas().tolist(),
+        },
+        "text": {
+            "kind": "cache",
+            "instructions": list(instructions),
+            "hidden_file": "text/hidden.npy",
+            "pooled_file": "text/pooled.npy",
+            "hidden_shape": list(hidden.shape[1:]),
+            "pooled_dim": int(pooled.shape[1]),
+        },
+        "graphs": {
+            "features": {"file": "features.onnx", "inputs": feature_inputs, "output": "features"},
+            "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
+        },
+        "parity": parity,
+        "export_seconds": export_seconds,
+        "files": {
+            str(path.relative_to(out)): sha256_file(path)
+            for path in sorted(out.rglob("*"))
+            if path.is_file() and path.name != MANIFEST
+        },
+    }
+    manifest_path = out / MANIFEST
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    sizes = {name: (out / name).stat().st_size for name in ("features.onnx", "policy.onnx")}
+    logger.info("exported %s in %.1f s: %s bytes", out, export_seconds, sizes)
+    return manifest_path
+
+
+def read_instructions(path: str | Path) -> list[str]:
+    """One instruction per non-empty line."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,186 @@
+"""The torch-free policy: an exported artifact run by ONNX Runtime, pre/post-processing in numpy.
+
+``Policy.load(artifact).act({camera: uint8 (H, W, 3), "state": (S,)}, instruction)`` returns the
+denormalised action chunk (chunk, action_dim). Two ORT calls per chunk: ``features.onnx`` (VAE +
+hooked TVP UNet) then ``policy.onnx`` (Video Former + DiT with the DDIM loop unrolled). Noise is
+drawn from a seedable numpy Generator; pass ``noise=`` to reproduce a PyTorch run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from vpp.runtime.artifact import Artifact
+
+logger = logging.getLogger(__name__)
+
+# Preference order when the caller names no providers; ORT falls back along the list per node.
+ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class ObservationError(ValueError):
+    """An observation the policy cannot act on (missing camera, bad image, NaN state)."""
+
+
+class UnknownInstructionError(KeyError):
+    """An instruction that is not in the artifact's text-embedding cache."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) weights of antialiased bilinear resampling (a triangle filter widened
+    by the downscale factor, renormalised at the borders), as torch's ``antialias=True``."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        centre = scale * (i + 0.5)
+        first = max(int(centre - support + 0.5), 0)
+        last = min(int(centre + support + 0.5), in_size)
+        taps = np.arange(first, last)
+        w = np.clip(1.0 - np.abs((taps - centre + 0.5) * inv_scale), 0.0, None)
+        weights[i, first:last] = w / w.sum()
+    return weights
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, size, size) in [-1, 1], centre-cropped to a square
+    (the numpy twin of ``vpp.tvp.data.mixture.resize_frames``)."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    video = frames[:, top : top + side, left : left + side].astype(np.float64).transpose(0, 3, 1, 2)
+    if side != size:
+        weights = _resize_weights(side, size)
+        video = np.einsum("oh,nchw,pw->ncop", weights, video, weights, optimize=True)
+    return np.clip(video / 127.5 - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def default_providers() -> list[str]:
+    available = set(ort.get_available_providers())
+    return [p for p in ACCELERATED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+
+
+class Policy:
+    def __init__(
+        self,
+        artifact: Artifact,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.artifact = artifact
+        manifest = artifact.manifest
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.providers = list(providers) if providers is not None else default_providers()
+        graphs = manifest["graphs"]
+        self.feature_session = ort.InferenceSession(str(artifact.path(graphs["features"]["file"])), options, providers=self.providers)
+        self.policy_session = ort.InferenceSession(str(artifact.path(graphs["policy"]["file"])), options, providers=self.providers)
+        self.cameras = artifact.cameras
+        self.image_size = artifact.image_size
+        self.action_dim = int(manifest["action"]["dim"])
+        self.chunk = int(manifest["action"]["chunk"])
+        self.state_dim = None if manifest["state"] is None else int(manifest["state"]["dim"])
+        self.action_normalizer = artifact.action_normalizer
+        self.state_normalizer = artifact.state_normalizer
+        self.text_cache = artifact.text_cache()
+        features = manifest["features"]
+        self.feature_noise_shape = None if features["noise_shape"] is None else tuple(features["noise_shape"])
+        self.fixed_feature_noise = artifact.fixed_feature_noise()
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def load(
+        cls,
+        artifact: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        seed: int | None = None,
+        verify: bool = True,
+    ) -> Policy:
+        """Opens an artifact folder (checking its hashes unless ``verify=False``) and builds one
+        ORT session per graph. ``providers=None``: TensorRT/CUDA when this ORT has them, else CPU."""
+        return cls(Artifact.open(artifact, verify=verify), providers=providers, threads=threads, seed=seed)
+
+    @property
+    def instructions(self) -> list[str]:
+        return list(self.text_cache)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def preprocess(self, observation: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """-> (pixels (1, V, 3, S, S) float32 in [-1, 1], normalised state (1, S) float32 or None)."""
+        images = []
+        for camera in self.cameras:
+            if camera not in observation:
+                raise ObservationError(f"observation has no camera {camera!r}; it has {sorted(observation)}, the policy needs {self.cameras}")
+            frame = observation[camera]
+            if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+                got = (getattr(frame, "shape", None), getattr(frame, "dtype", type(frame).__name__))
+                raise ObservationError(f"camera {camera!r}: image of shape {got[0]} and dtype {got[1]}; expected (H, W, 3) uint8")
+            if min(frame.shape[:2]) == 0:
+                raise ObservationError(f"camera {camera!r}: empty image of shape {frame.shape}")
+            images.append(resize_frames(frame[None], self.image_size)[0])
+        state = None
+        if self.state_dim is not None:
+            if "state" not in observation:
+                raise ObservationError(f"observation has no 'state'; this policy needs {self.state_dim} values")
+            raw = np.asarray(observation["state"], dtype=np.float64)
+            if raw.shape != (self.state_dim,) or not np.isfinite(raw).all():
+                raise ObservationError(f"state {raw!r}; expected {self.state_dim} finite values")
+            state = self.state_normalizer.normalize(raw)[None].astype(np.float32)
+        return np.stack(images)[None], state
+
+    def text(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.text_cache[instruction]
+        except KeyError:
+            raise UnknownInstructionError(
+                f"instruction {instruction!r} is not in this artifact's text cache; it holds {self.instructions} "
+                "(re-export with --instruction to add one)"
+            ) from None
+
+    def sample_noise(self, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """The unit noise of one chunk: {"features": (1, V, T, C, h, w) (absent for the VAE
+        encoder), "actions": (1, chunk, action_dim)}, float32."""
+        rng = self.rng if rng is None else rng
+        noise = {}
+        if self.feature_noise_shape is not None:
+            fixed = self.fixed_feature_noise
+            noise["features"] = fixed if fixed is not None else rng.standard_normal(self.feature_noise_shape, dtype=np.float32)
+        noise["actions"] = rng.standard_normal((1, self.chunk, self.action_dim), dtype=np.float32)
+        return noise
+
+    # -- acting -----------------------------------------------------------------------------
+
+    def act(
+        self,
+        observation: Mapping[str, Any],
+        instruction: str,
+        noise: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim), float32."""
+        pixels, state = self.preprocess(observation)
+        hidden, pooled = self.text(instruction)
+        noise = self.sample_noise() if noise is None else noise
+        feature_feed = {"images": pixels}
+        if self.feature_noise_shape is not None:
+            feature_feed.update(text_hidden=hidden, noise=noise["features"])
+        features = self.feature_session.run(None, feature_feed)[0]
+        policy_feed = {"features": features, "lang": pooled, "noise": noise["actions"]}
+        if state is not None:
+            policy_feed["state"] = state
+        normalized = self.policy_session.run(None, policy_feed)[0]
+        return self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)

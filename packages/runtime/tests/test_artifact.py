@@ -1,0 +1,202 @@
+"""Export a tiny VideoPredictionPolicy, run it with the torch-free runtime, compare with PyTorch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vpp.policy.cli import main as policy_cli  # noqa: E402
+from vpp.policy.export import ExportError, export_policy, reference_actions  # noqa: E402
+from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
+from vpp.runtime.artifact import (  # noqa: E402
+    ArtifactFileMissingError,
+    ArtifactHashMismatchError,
+    UnsupportedFormatVersionError,
+    sha256_file,
+)
+from vpp.runtime.policy import ObservationError, Policy, UnknownInstructionError, resize_frames  # noqa: E402
+from vpp.tvp.data.mixture import resize_frames as torch_resize_frames  # noqa: E402
+from vpp.tvp.model import TextGuidedVideoPredictor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+INSTRUCTIONS = ["open the drawer", "close the window"]
+
+
+def tiny_policy(cameras=("corner", "wrist"), state_dim=3, **config):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    tvp = TextGuidedVideoPredictor.from_preset("tiny")
+    rng = np.random.default_rng(0)
+    cfg = VPPConfig(cameras=list(cameras), action_dim=4, chunk=4, state_dim=state_dim, **config)
+    states = rng.normal(size=(50, state_dim)) if state_dim is not None else None
+    return VideoPredictionPolicy.build(tvp, cfg, rng.normal(size=(50, 4)) * 3 + 1, states, head_preset="tiny").eval()
+
+
+def observation(rng, state_dim=3):
+    obs = {
+        # non-square and off-size frames exercise the numpy crop + antialiased resize
+        "corner": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+    }
+    if state_dim is not None:
+        obs["state"] = rng.normal(size=state_dim)
+    return obs
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    policy = tiny_policy()
+    folder = tmp_path_factory.mktemp("artifact")
+    export_policy(policy, folder, INSTRUCTIONS)
+    return policy, folder
+
+
+def torch_actions(policy, obs, instruction, noise):
+    pixels, _ = policy.observation_tensors(obs)
+    return reference_actions(policy, pixels, instruction, obs.get("state"), noise.get("features"), noise["actions"])
+
+
+def test_runtime_matches_torch_with_the_same_noise(exported):
+    policy, folder = exported
+    runtime = Policy.load(folder, threads=1, seed=0)
+    rng = np.random.default_rng(1)
+    for instruction in INSTRUCTIONS:
+        obs = observation(rng)
+        noise = runtime.sample_noise(np.random.default_rng(2))
+        actions = runtime.act(obs, instruction, noise=noise)
+        expected = torch_actions(policy, obs, instruction, noise)
+        assert actions.shape == (4, 4) and actions.dtype == np.float32
+        assert np.abs(actions - expected).max() < 1e-4
+    # fresh noise from the policy's own generator changes the chunk; the same seed repeats it
+    a, b = runtime.act(obs, INSTRUCTIONS[0]), runtime.act(obs, INSTRUCTIONS[0])
+    assert np.abs(a - b).max() > 1e-3
+    np.testing.assert_array_equal(Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]), Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]))
+
+
+def test_manifest_records_shapes_hashes_and_parity(exported):
+    policy, folder = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert set(manifest["files"]) == on_disk >= {"features.onnx", "policy.onnx", "text/hidden.npy", "text/pooled.npy"}
+    assert all(sha256_file(folder / name) == digest for name, digest in manifest["files"].items())
+    assert manifest["cameras"] == ["corner", "wrist"] and manifest["image_size"] == policy.tvp.config.image_size
+    assert manifest["action"]["normalizer"]["low"] == policy.action_normalizer.low.tolist()
+    assert manifest["sampler"]["sigmas"] == policy.head.diffusion.sigmas().tolist()
+    assert manifest["text"]["instructions"] == INSTRUCTIONS
+    parity = manifest["parity"]
+    assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
+    assert 0 <= parity["features_relative_max_abs"] <= parity["tolerance"]["features_relative"]
+
+
+def test_fixed_feature_noise_without_state(tmp_path):
+    policy = tiny_policy(cameras=("corner",), state_dim=None, feature_noise="fixed", feature_seed=3)
+    export_policy(policy, tmp_path, ["push the button"])
+    runtime = Policy.load(tmp_path, threads=1)
+    np.testing.assert_array_equal(runtime.fixed_feature_noise, policy.feature_noise(1).numpy())
+    obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    expected = torch_actions(policy, obs, "push the button", noise)
+    assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
+
+
+def test_export_fails_loudly_above_tolerance(tmp_path):
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"], tolerance={"features_relative": 0.0, "normalized_actions": 0.0})
+
+
+def test_bad_observations_raise_clear_errors(exported):
+    runtime = Policy.load(exported[1], threads=1)
+    good = observation(np.random.default_rng(0))
+    cases = [
+        ({k: v for k, v in good.items() if k != "wrist"}, "no camera 'wrist'"),
+        (dict(good, corner=good["corner"].astype(np.float32)), r"dtype float32; expected \(H, W, 3\) uint8"),
+        (dict(good, corner=good["corner"][..., :1]), r"shape \(48, 64, 1\)"),
+        (dict(good, state=np.array([0.0, np.nan, 0.0])), "3 finite values"),
+        (dict(good, state=np.zeros(5)), "3 finite values"),
+        ({k: v for k, v in good.items() if k != "state"}, "no 'state'"),
+    ]
+    for obs, message in cases:
+        with pytest.raises(ObservationError, match=message):
+            runtime.act(obs, INSTRUCTIONS[0])
+    with pytest.raises(UnknownInstructionError, match="'open the door'.*'open the drawer', 'close the window'"):
+        runtime.act(good, "open the door")
+
+
+def test_broken_artifacts_raise_clear_errors(exported, tmp_path):
+    folder = tmp_path / "copy"
+    with pytest.raises(ArtifactFileMissingError, match="manifest.json does not exist"):
+        Policy.load(folder)
+    shutil.copytree(exported[1], folder)
+    pooled = folder / "text" / "pooled.npy"
+    original = pooled.read_bytes()
+    pooled.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ArtifactHashMismatchError, match="text/pooled.npy: sha256"):
+        Policy.load(folder)
+    pooled.write_bytes(original)
+    (folder / "policy.onnx").unlink()
+    with pytest.raises(ArtifactFileMissingError, match="policy.onnx is listed"):
+        Policy.load(folder)
+    shutil.copy(exported[1] / "policy.onnx", folder / "policy.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, format_version=99)))
+    with pytest.raises(UnsupportedFormatVersionError, match="format_version=99"):
+        Policy.load(folder)
+
+
+def test_numpy_resize_matches_torch():
+    rng = np.random.default_rng(0)
+    for shape in [(2, 48, 64, 3), (1, 20, 20, 3), (1, 100, 70, 3), (1, 32, 32, 3)]:
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_allclose(resize_frames(frames, 32), torch_resize_frames(frames, 32).numpy(), rtol=0, atol=2e-6)
+
+
+def test_cli_export_round_trip(tmp_path):
+    policy = tiny_policy(cameras=("corner",), state_dim=None)
+    policy.save_pretrained(tmp_path / "policy")
+    (tmp_path / "instructions.txt").write_text("lift the block\n\nopen the drawer\n")
+    policy_cli(["export", "--policy", str(tmp_path / "policy"), "--out", str(tmp_path / "artifact"),
+                "--instructions", str(tmp_path / "instructions.txt"), "--instruction", "stack the cups"])
+    assert Policy.load(tmp_path / "artifact").instructions == ["stack the cups", "lift the block", "open the drawer"]
+
+
+def test_runtime_modules_do_not_import_torch():
+    code = "import sys, vpp.runtime.policy, vpp.runtime.artifact; banned = {'torch', 'diffusers', 'transformers'} & set(sys.modules); assert not banned, banned"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_artifact_runs_in_a_clean_venv_without_torch(exported, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], check=True)
+    # The source trees on the path, as an editable install would put them, without building
+    # vpp-runtime's C++ kernels (the Policy does not need them).
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n{REPO / 'packages/data/src'}\n")
+    policy, folder = exported
+    obs = observation(np.random.default_rng(7))
+    np.savez(tmp_path / "obs.npz", **obs)
+    script = (
+        "import importlib.util, sys, numpy as np\n"
+        "assert importlib.util.find_spec('torch') is None, 'torch is importable'\n"
+        "from vpp.runtime.policy import Policy\n"
+        f"policy = Policy.load({str(folder)!r}, threads=1)\n"
+        f"obs = dict(np.load({str(tmp_path / 'obs.npz')!r}))\n"
+        "noise = policy.sample_noise(np.random.default_rng(3))\n"
+        f"np.save({str(tmp_path / 'actions.npy')!r}, policy.act(obs, 'open the drawer', noise=noise))\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([str(python), "-c", script], check=True, env=env, cwd=tmp_path)
+    noise = Policy.load(folder).sample_noise(np.random.default_rng(3))
+    expected = torch_actions(policy, obs, "open the drawer", noise)
+    assert np.abs(np.load(tmp_path / "actions.npy") - expected).max() < 1e-4
