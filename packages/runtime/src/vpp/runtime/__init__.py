@@ -1,1 +1,5 @@
 """vpp.runtime"""
+
+from vpp.runtime.policy import Policy
+
+__all__ = ["Policy"]
