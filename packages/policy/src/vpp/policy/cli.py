@@ -139,7 +139,7 @@ def cmd_export(args) -> None:
     if not instructions:
         raise SystemExit("vpp-policy export: give --instruction TEXT (repeatable) or --instructions FILE")
     policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
-    manifest = export_policy(policy, args.out, list(dict.fromkeys(instructions)), seed=args.seed)
+    manifest = export_policy(policy, args.out, list(dict.fromkeys(instructions)), seed=args.seed, text_encoder=not args.no_text_encoder)
     print(manifest)
 
 
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--instruction", action="append", help="an instruction to cache the text embedding of (repeatable)")
     export.add_argument("--instructions", help="file with one instruction per line")
     export.add_argument("--seed", type=int, default=0, help="seed of the random parity-check inputs")
+    export.add_argument("--no-text-encoder", action="store_true", help="cache only: the runtime refuses other instructions")
     export.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)

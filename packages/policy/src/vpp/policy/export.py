@@ -10,8 +10,10 @@ The artifact is a folder:
   action noise (1, chunk, action_dim) -> normalised action chunk, with every DDIM step unrolled
   in the graph (one ORT call per chunk beat a Python loop over a one-step graph).
 - ``text/hidden.npy`` + ``text/pooled.npy``: the text encoder's outputs for the instructions
-  given at export, in ``manifest["text"]["instructions"]`` order (the runtime has no tokenizer
-  or text encoder yet, so only these instructions can be acted on).
+  given at export, in ``manifest["text"]["instructions"]`` order (no text-encoder call for them).
+- ``text_encoder.onnx`` + ``text/tokenizer.json`` (vocabulary, merges, special ids, length):
+  the CLIP text encoder (token ids (1, L) -> hidden states, pooled embedding) and what the
+  runtime's pure-Python tokenizer needs, so instructions outside the cache work too.
 - ``feature_noise.npy`` when the policy uses ``feature_noise="fixed"``: the exact noise torch
   draws from ``feature_seed``, which numpy cannot reproduce.
 - ``manifest.json``: format version, shapes, cameras, image size, normalisation bounds, sampler
@@ -47,7 +49,7 @@ MANIFEST = "manifest.json"
 OPSET = 17
 # Max-abs error allowed between ONNX Runtime and PyTorch on the same inputs and noise. Features
 # are compared relative to their largest magnitude (an untrained UNet's can be large).
-PARITY_TOLERANCE = {"features_relative": 1e-3, "normalized_actions": 1e-3}
+PARITY_TOLERANCE = {"features_relative": 1e-3, "normalized_actions": 1e-3, "text": 1e-3}
 
 
 class ExportError(RuntimeError):
@@ -64,6 +66,16 @@ class _FeatureGraph(nn.Module):
         if self.policy.config.encoder == "vae":
             return tvp.encode_video(images.flatten(0, 1).unsqueeze(1)).unflatten(0, images.shape[:2])
         return predictive_features(tvp, images, text_hidden=text_hidden, noise=noise)
+
+
+class _TextGraph(nn.Module):
+    def __init__(self, policy: VideoPredictionPolicy) -> None:
+        super().__init__()
+        self.text_encoder = policy.tvp.text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.text_encoder(input_ids=input_ids)
+        return out.last_hidden_state, out.text_embeds
 
 
 class _PolicyGraph(nn.Module):
@@ -112,14 +124,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: list[str], output: str) -> None:
+def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str]) -> None:
     with warnings.catch_warnings():
         # The legacy exporter is deprecated in favour of dynamo=True, which does not yet trace
         # the hooked, early-stopping UNet forward as reliably.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=[output], opset_version=OPSET, dynamo=False)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=False)
+
+
+def tokenizer_data(policy: VideoPredictionPolicy) -> dict[str, Any] | None:
+    """What ``vpp.runtime.tokenizer.ClipTokenizer`` needs, or None for a tokenizer that is not
+    a CLIP-style BPE (``</w>`` word ends) it can reproduce."""
+    tokenizer = policy.tvp.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+        return None
+    return {
+        "vocab": model["vocab"],
+        "merges": [m if isinstance(m, str) else " ".join(m) for m in model["merges"]],
+        "bos_id": tokenizer.bos_token_id,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": tokenizer.pad_token_id,
+        "unk_id": tokenizer.unk_token_id,
+        "max_length": policy.tvp.config.text_max_tokens,
+    }
 
 
 def _normalizer_dict(normalizer) -> dict[str, Any] | None:
@@ -141,9 +172,11 @@ def export_policy(
     instructions: Sequence[str],
     seed: int = 0,
     tolerance: Mapping[str, float] = PARITY_TOLERANCE,
+    text_encoder: bool = True,
 ) -> Path:
     """Writes the artifact folder ``out`` and returns the manifest path; raises
-    :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance``."""
+    :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance``.
+    ``text_encoder=False`` leaves out the text-encoder graph: only the cached instructions work."""
     if not instructions:
         raise ExportError("no instructions given: the artifact's text cache would be empty")
     if len(set(instructions)) != len(instructions):
@@ -167,6 +200,14 @@ def export_policy(
     np.save(out / "text" / "hidden.npy", hidden.float().numpy())
     np.save(out / "text" / "pooled.npy", pooled.float().numpy())
 
+    tokenizer = tokenizer_data(policy) if text_encoder else None
+    if text_encoder and tokenizer is None:
+        logger.warning("the TVP's tokenizer is not a CLIP BPE the runtime can reproduce: exporting the text cache only")
+    text_ids = policy.tvp.tokenize(list(instructions))
+    if tokenizer is not None:
+        (out / "text" / "tokenizer.json").write_text(json.dumps(tokenizer))
+        _onnx_export(_TextGraph(policy).eval(), (text_ids[:1],), out / "text_encoder.onnx", ["input_ids"], ["hidden", "pooled"])
+
     images = torch.rand((1, views, 3, size, size), generator=generator) * 2 - 1
     noise_shape = feature_noise_shape(policy)
     feature_noise = None
@@ -183,7 +224,7 @@ def export_policy(
     # The VAE encoder needs neither text nor noise, and the exporter drops unused inputs.
     feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
-    _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, "features")
+    _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
     features = feature_graph(*feature_args)
 
     state_dim = cfg.state_dim
@@ -192,7 +233,7 @@ def export_policy(
     policy_graph = _PolicyGraph(policy).eval()
     policy_inputs = ["features", "lang", "noise"] + ([] if state is None else ["state"])
     policy_args = (features, pooled[:1], action_noise) + (() if state is None else (state,))
-    _onnx_export(policy_graph, policy_args, out / "policy.onnx", policy_inputs, "actions")
+    _onnx_export(policy_graph, policy_args, out / "policy.onnx", policy_inputs, ["actions"])
     actions = policy_graph(*policy_args)
     export_seconds = time.perf_counter() - started
 
@@ -206,7 +247,15 @@ def export_policy(
     policy_error = float(np.abs(policy_session.run(None, policy_feed)[0] - actions.numpy()).max())
     chained_feed = dict(policy_feed, features=onnx_features)
     end_to_end_error = float(np.abs(policy_session.run(None, chained_feed)[0] - actions.numpy()).max())
+    text_error = None
+    if tokenizer is not None:
+        text_session = _session(out / "text_encoder.onnx")
+        text_error = max(
+            float(max(np.abs(o - r).max() for o, r in zip(text_session.run(None, {"input_ids": ids[None].numpy()}), (h.numpy(), p.numpy()))))
+            for ids, h, p in zip(text_ids, hidden, pooled)
+        )
     parity = {
+        "text_max_abs": text_error,
         "features_relative_max_abs": features_error,
         "policy_max_abs": policy_error,
         "end_to_end_normalized_max_abs": end_to_end_error,
@@ -214,6 +263,8 @@ def export_policy(
     }
     logger.info("ONNX parity: %s", parity)
     failures = []
+    if text_error is not None and text_error > tolerance["text"]:
+        failures.append(f"text encoder max-abs error {text_error:.3g} > {tolerance['text']}")
     if features_error > tolerance["features_relative"]:
         failures.append(f"features relative max-abs error {features_error:.3g} > {tolerance['features_relative']}")
     for name, error in (("policy", policy_error), ("end-to-end", end_to_end_error)):
@@ -254,6 +305,7 @@ def export_policy(
             "pooled_file": "text/pooled.npy",
             "hidden_shape": list(hidden.shape[1:]),
             "pooled_dim": int(pooled.shape[1]),
+            "encoder": None if tokenizer is None else {"file": "text_encoder.onnx", "tokenizer": "text/tokenizer.json"},
         },
         "graphs": {
             "features": {"file": "features.onnx", "inputs": feature_inputs, "output": "features"},

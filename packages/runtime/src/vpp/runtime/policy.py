@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vpp.runtime.artifact import Artifact
+from vpp.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class ObservationError(ValueError):
 
 
 class UnknownInstructionError(KeyError):
-    """An instruction that is not in the artifact's text-embedding cache."""
+    """An instruction that is not in the artifact's text-embedding cache, from an artifact
+    exported without a text encoder."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -96,6 +98,11 @@ class Policy:
         self.action_normalizer = artifact.action_normalizer
         self.state_normalizer = artifact.state_normalizer
         self.text_cache = artifact.text_cache()
+        encoder = manifest["text"].get("encoder")
+        self.tokenizer = None if encoder is None else ClipTokenizer.load(artifact.path(encoder["tokenizer"]))
+        self.text_session = (
+            None if encoder is None else ort.InferenceSession(str(artifact.path(encoder["file"])), options, providers=self.providers)
+        )
         features = manifest["features"]
         self.feature_noise_shape = None if features["noise_shape"] is None else tuple(features["noise_shape"])
         self.fixed_feature_noise = artifact.fixed_feature_noise()
@@ -144,13 +151,19 @@ class Policy:
         return np.stack(images)[None], state
 
     def text(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
+        """(CLIP hidden states (1, L, D), pooled embedding (1, P)); new instructions go through
+        the text-encoder graph once and join the cache."""
+        if instruction in self.text_cache:
             return self.text_cache[instruction]
-        except KeyError:
+        if self.text_session is None:
             raise UnknownInstructionError(
-                f"instruction {instruction!r} is not in this artifact's text cache; it holds {self.instructions} "
-                "(re-export with --instruction to add one)"
-            ) from None
+                f"instruction {instruction!r} is not in this artifact's text cache and the artifact has no text encoder; "
+                f"it holds {self.instructions} (re-export with --instruction to add one)"
+            )
+        ids = np.asarray([self.tokenizer(instruction)], dtype=np.int64)
+        hidden, pooled = self.text_session.run(None, {"input_ids": ids})
+        self.text_cache[instruction] = (hidden, pooled)
+        return hidden, pooled
 
     def sample_noise(self, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The unit noise of one chunk: {"features": (1, V, T, C, h, w) (absent for the VAE
