@@ -110,6 +110,17 @@ def test_fixed_feature_noise_without_state(tmp_path):
         runtime.act(obs, "open the door")
 
 
+def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
+    policy = tiny_policy(state_dim=None, encoder="vae")
+    export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
+    runtime = Policy.load(tmp_path, threads=1)
+    obs = observation(np.random.default_rng(0), state_dim=None)
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
+    expected = torch_actions(policy, obs, "push the button", noise)
+    assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
+
+
 def test_export_fails_loudly_above_tolerance(tmp_path):
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"], tolerance={"features_relative": 0.0, "normalized_actions": 0.0, "text": 0.0})
