@@ -1,0 +1,531 @@
+"""Simulated arms in MuJoCo: a Franka FR3 and a UFACTORY xArm7 on a table with a cube.
+
+Both implement `Robot` and stream targets like the real drivers: `send` only stores the newest
+filtered target, and the simulator's own controller follows it. End-effector targets go through
+a damped least-squares differential-IK step at the controller rate (`SimConfig.controller_period_s`),
+joint targets through a speed-limited joint command; either ends as position-servo targets for
+the arm joints, with MuJoCo's gravity compensation on the arm bodies so that the servos hold
+a pose without sag.
+
+The arm models are loaded from the packages that ship them (never copied here): the FR3 + hand
+from franky-sim (`franky_sim/assets/fr3.xml`) and the xArm7 + gripper from gym-xarm 0.1.1
+(`gym_xarm/tasks/assets/lift.xml`, whose mocap weld is switched off and whose joints get position
+servos). gym-xarm pins mujoco<3 in its metadata but its model loads in MuJoCo 3; install it with
+`pip install --no-deps gym-xarm==0.1.1` (it is only read, never imported).
+
+Cameras ("scene", a fixed view of the table, and "wrist", on the hand) render off-screen; call
+`vpp.data.offscreen_gl.ensure_offscreen_gl()` before anything imports GL (`SimArm` does it).
+Each thread that reads a camera gets its own renderer, because a GL context is current in one
+thread at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpp.data.offscreen_gl import ensure_offscreen_gl
+from vpp.robots.interfaces import (
+    Camera,
+    EndEffectorPose,
+    GripperCommand,
+    JointPositions,
+    Robot,
+    RobotConnectionError,
+    RobotState,
+)
+from vpp.robots.rotations import normalize_quaternion, quaternion_conjugate, quaternion_multiply, quaternion_to_rotvec
+from vpp.robots.safety import SafetyFilter, SafetyLimits
+
+logger = logging.getLogger(__name__)
+
+CAMERA_NAMES = ("scene", "wrist")
+# Real-time stepping gives up on catching up after this much lag (a stalled process), instead of
+# fast-forwarding the physics in one burst.
+_MAX_CATCH_UP_S = 0.1
+
+
+class SimModelNotFound(RuntimeError):
+    """The package that ships an arm model is not installed."""
+
+
+def _package_folder(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SimModelNotFound(f"package {package!r} is not installed; expected it for its arm model ({install_hint})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _mujoco_to_xyzw(quaternion_wxyz: np.ndarray) -> np.ndarray:
+    return normalize_quaternion(np.array([quaternion_wxyz[1], quaternion_wxyz[2], quaternion_wxyz[3], quaternion_wxyz[0]]))
+
+
+def _rotate(quaternion_xyzw: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    rotated = quaternion_multiply(quaternion_multiply(quaternion_xyzw, np.append(vector, 0.0)), quaternion_conjugate(quaternion_xyzw))
+    return rotated[:3]
+
+
+def look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> list[float]:
+    """MuJoCo camera `xyaxes` for a camera at `eye` looking at `target` (it looks along -z)."""
+    forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    camera_up = np.cross(right, forward)
+    return [*right.tolist(), *camera_up.tolist()]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    image_height: int = 128
+    image_width: int = 128
+    # Rate of the simulator's own controller (differential IK / joint command update).
+    controller_period_s: float = 0.01
+    # True: a background thread advances physics with the wall clock from connect() on.
+    # False: physics only moves in `advance()` (deterministic tests).
+    realtime: bool = True
+    ik_damping: float = 0.05
+    # Fraction of the remaining pose error the IK removes per controller period.
+    ik_gain: float = 0.5
+    max_joint_speed_rad_s: float = 2.0
+    nullspace_gain: float = 0.05
+    # Cube position jitter (metres, uniform in +-range on x and y) drawn from `seed`.
+    object_jitter_m: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_height % 2 or self.image_width % 2 or min(self.image_height, self.image_width) < 16:
+            raise ValueError(f"image size {self.image_height}x{self.image_width}; expected even sides of at least 16 pixels")
+        for name in ("controller_period_s", "ik_damping", "ik_gain", "max_joint_speed_rad_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)}; expected > 0")
+
+
+class SimCamera(Camera):
+    def __init__(self, arm: SimArm, name: str):
+        if name not in CAMERA_NAMES:
+            raise ValueError(f"camera {name!r}; expected one of {CAMERA_NAMES}")
+        self.arm = arm
+        self.name = name
+
+    def read(self) -> np.ndarray:
+        return self.arm.render(self.name)
+
+    def close(self) -> None:
+        """Renderers belong to the arm and are freed by its close()."""
+
+
+class SimArm(Robot):
+    """A MuJoCo arm on a table; subclasses say which model and how its gripper works."""
+
+    arm_joint_names: tuple[str, ...]
+    robot_type: str
+
+    def __init__(self, config: SimConfig | None = None, safety_filter: SafetyFilter | None = None):
+        super().__init__(safety_filter or SafetyFilter(self.default_limits()))
+        self.config = config or SimConfig()
+        ensure_offscreen_gl()
+        import mujoco
+
+        self._mujoco = mujoco
+        spec = self._build_spec()
+        self._add_scene(spec)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self._render_data = mujoco.MjData(self.model)
+        self._lock = threading.RLock()
+        self._renderers: dict[int, object] = {}
+        self._renderers_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._connected = False
+        self._joint_qpos = np.array([self.model.joint(n).qposadr[0] for n in self.arm_joint_names])
+        self._joint_dof = np.array([self.model.joint(n).dofadr[0] for n in self.arm_joint_names])
+        self._joint_range = np.array([self.model.joint(n).range for n in self.arm_joint_names])
+        self._arm_actuators = np.array([self.model.actuator(f"vpp_servo_{n}").id for n in self.arm_joint_names])
+        self._ee_site = self.model.site("vpp_tcp").id
+        self._base_body = self.model.body(self.base_body_name).id
+        self._reset_state()
+
+    # -- model -----------------------------------------------------------------------------
+
+    base_body_name: str
+
+    @classmethod
+    @abstractmethod
+    def default_limits(cls) -> SafetyLimits: ...
+
+    @abstractmethod
+    def _build_spec(self):
+        """The arm's MjSpec with a `vpp_tcp` site, `vpp_servo_<joint>` servos and a `wrist` camera."""
+
+    @abstractmethod
+    def _home_joints(self) -> np.ndarray: ...
+
+    @abstractmethod
+    def _table_top(self) -> tuple[np.ndarray, float]:
+        """(centre of the cube's spawn area in world x/y, table-top height) for the scene."""
+
+    @abstractmethod
+    def _apply_gripper(self, opening: float) -> None:
+        """Sets the gripper controls for `opening` in [0, 1]; called every physics step."""
+
+    @abstractmethod
+    def _read_gripper(self) -> float: ...
+
+    def _add_scene(self, spec) -> None:
+        mujoco = self._mujoco
+        centre, top = self._table_top()
+        rng = np.random.default_rng(self.config.seed)
+        jitter = rng.uniform(-self.config.object_jitter_m, self.config.object_jitter_m, size=2)
+        cube = spec.worldbody.add_body(name="vpp_cube", pos=[centre[0] + jitter[0], centre[1] + jitter[1], top + 0.025])
+        cube.add_freejoint()
+        cube.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.025] * 3, rgba=[0.85, 0.15, 0.1, 1.0], density=500)
+        eye = np.array([centre[0] + 0.75, centre[1], top + 0.55])
+        target = np.array([centre[0], centre[1], top + 0.1])
+        spec.worldbody.add_camera(name="scene", pos=eye.tolist(), xyaxes=look_at_xyaxes(eye, target), fovy=55)
+        spec.worldbody.add_light(pos=[centre[0], centre[1], top + 2.0], dir=[0, 0, -1], diffuse=[0.7, 0.7, 0.7], directional=True)
+
+    @staticmethod
+    def _add_servos(spec, joint_names: tuple[str, ...], kp: float, kv: float) -> None:
+        import mujoco
+
+        for name in joint_names:
+            actuator = spec.add_actuator(name=f"vpp_servo_{name}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+            actuator.gaintype = mujoco.mjtGain.mjGAIN_FIXED
+            actuator.biastype = mujoco.mjtBias.mjBIAS_AFFINE
+            actuator.gainprm[0] = kp
+            actuator.biasprm[:3] = [0.0, -kp, -kv]
+
+    @staticmethod
+    def _compensate_gravity(body) -> None:
+        while body is not None:
+            body.gravcomp = 1.0
+            children = body.bodies
+            for child in children[1:]:
+                SimArm._compensate_gravity(child)
+            body = children[0] if children else None
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        mujoco = self._mujoco
+        mujoco.mj_resetData(self.model, self.data)
+        home = self._home_joints()
+        self.data.qpos[self._joint_qpos] = home
+        self._joint_command = home.copy()
+        self._pose_target: tuple[np.ndarray, np.ndarray] | None = None
+        self._joint_target: np.ndarray | None = None
+        self._gripper_target = 1.0
+        self._home = home.copy()
+        self.data.ctrl[self._arm_actuators] = home
+        mujoco.mj_forward(self.model, self.data)
+        self._apply_gripper(self._gripper_target)
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.arm_joint_names)
+
+    def _base_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.xpos[self._base_body].copy(), _mujoco_to_xyzw(self.data.xquat[self._base_body])
+
+    def _tcp_world(self) -> tuple[np.ndarray, np.ndarray]:
+        quaternion = np.empty(4)
+        self._mujoco.mju_mat2Quat(quaternion, self.data.site_xmat[self._ee_site])
+        return self.data.site_xpos[self._ee_site].copy(), _mujoco_to_xyzw(quaternion)
+
+    def forward_kinematics(self, joints: np.ndarray) -> np.ndarray:
+        """End-effector position in the base frame for `joints` (for SafetyFilter's workspace check)."""
+        with self._lock:
+            scratch = self._mujoco.MjData(self.model)
+            scratch.qpos[:] = self.data.qpos
+            scratch.qpos[self._joint_qpos] = joints
+            self._mujoco.mj_kinematics(self.model, scratch)
+            base_position, base_quaternion = scratch.xpos[self._base_body], _mujoco_to_xyzw(scratch.xquat[self._base_body])
+            return _rotate(quaternion_conjugate(base_quaternion), scratch.site_xpos[self._ee_site] - base_position)
+
+    def connect(self) -> None:
+        self.safety_filter.reset()
+        self._connected = True
+        if self.config.realtime and self._thread is None:
+            self._running.set()
+            self._thread = threading.Thread(target=self._run_realtime, name=f"{self.robot_type}-physics", daemon=True)
+            self._thread.start()
+        logger.info("%s connected (realtime=%s)", self.robot_type, self.config.realtime)
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise RobotConnectionError(f"{self.robot_type} is not connected; call connect() first")
+
+    def observe(self) -> RobotState:
+        self._require_connected()
+        with self._lock:
+            base_position, base_quaternion = self._base_pose()
+            tcp_position, tcp_quaternion = self._tcp_world()
+            inverse = quaternion_conjugate(base_quaternion)
+            return RobotState(
+                joint_positions=self.data.qpos[self._joint_qpos].copy(),
+                ee_position=_rotate(inverse, tcp_position - base_position),
+                ee_quaternion=normalize_quaternion(quaternion_multiply(inverse, tcp_quaternion)),
+                gripper_opening=self._read_gripper(),
+                timestamp=float(self.data.time),
+                joint_velocities=self.data.qvel[self._joint_dof].copy(),
+            )
+
+    def _send_filtered(self, command: EndEffectorPose | JointPositions | GripperCommand) -> None:
+        self._require_connected()
+        with self._lock:
+            if isinstance(command, EndEffectorPose):
+                base_position, base_quaternion = self._base_pose()
+                position = base_position + _rotate(base_quaternion, command.position)
+                quaternion = normalize_quaternion(quaternion_multiply(base_quaternion, command.quaternion))
+                self._pose_target, self._joint_target = (position, quaternion), None
+            elif isinstance(command, JointPositions):
+                self._joint_target, self._pose_target = command.positions.copy(), None
+            gripper = command.opening if isinstance(command, GripperCommand) else command.gripper
+            if gripper is not None:
+                self._gripper_target = float(gripper)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._pose_target = None
+            self._joint_target = None
+            self._joint_command = self.data.qpos[self._joint_qpos].copy()
+        self.safety_filter.reset()
+
+    def recover(self) -> None:
+        self.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        self._connected = False
+        with self._renderers_lock:
+            renderers, self._renderers = list(self._renderers.values()), {}
+        for renderer in renderers:
+            renderer.close()
+
+    # -- simulation ------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Runs the controller and physics for `seconds` of simulated time (realtime=False)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.robot_type} steps itself in real time; advance() is for realtime=False")
+        with self._lock:
+            for _ in range(max(1, round(seconds / self.config.controller_period_s))):
+                self._control_period()
+
+    def _run_realtime(self) -> None:
+        period = self.config.controller_period_s
+        next_tick = time.monotonic()
+        while self._running.is_set():
+            with self._lock:
+                self._control_period()
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif -delay > _MAX_CATCH_UP_S:
+                logger.warning("%s physics fell %.3f s behind the wall clock; skipping ahead", self.robot_type, -delay)
+                next_tick = time.monotonic()
+
+    def _control_period(self) -> None:
+        mujoco = self._mujoco
+        period = self.config.controller_period_s
+        self._update_joint_command(period)
+        self.data.ctrl[self._arm_actuators] = self._joint_command
+        for _ in range(max(1, round(period / self.model.opt.timestep))):
+            self._apply_gripper(self._gripper_target)
+            mujoco.mj_step(self.model, self.data)
+
+    def _update_joint_command(self, period: float) -> None:
+        current = self.data.qpos[self._joint_qpos]
+        max_step = self.config.max_joint_speed_rad_s * period
+        if self._pose_target is not None:
+            desired = current + self._ik_step(*self._pose_target)
+        elif self._joint_target is not None:
+            desired = self._joint_target
+        else:
+            return
+        step = np.clip(desired - self._joint_command, -max_step, max_step)
+        self._joint_command = np.clip(self._joint_command + step, self._joint_range[:, 0], self._joint_range[:, 1])
+
+    def _ik_step(self, position: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
+        """One damped least-squares step towards a world-frame pose; returns the joint change."""
+        mujoco = self._mujoco
+        tcp_position, tcp_quaternion = self._tcp_world()
+        error = np.concatenate(
+            [position - tcp_position, quaternion_to_rotvec(quaternion_multiply(quaternion, quaternion_conjugate(tcp_quaternion)))]
+        )
+        jacobian_position = np.zeros((3, self.model.nv))
+        jacobian_rotation = np.zeros((3, self.model.nv))
+        mujoco.mj_jacSite(self.model, self.data, jacobian_position, jacobian_rotation, self._ee_site)
+        jacobian = np.vstack([jacobian_position, jacobian_rotation])[:, self._joint_dof]
+        damping = self.config.ik_damping**2 * np.eye(6)
+        pseudo_inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + damping)
+        step = pseudo_inverse @ (self.config.ik_gain * error)
+        # The arm is redundant (7 joints for 6 DoF): drift towards home in the null space keeps
+        # the elbow from wandering to the joint limits.
+        nullspace = np.eye(len(step)) - pseudo_inverse @ jacobian
+        current = self.data.qpos[self._joint_qpos]
+        return step + nullspace @ (self.config.nullspace_gain * (self._home - current))
+
+    def solve_ik(self, position: np.ndarray, quaternion: np.ndarray, iterations: int = 200) -> np.ndarray:
+        """Joint positions reaching a base-frame pose, by kinematics only (no physics, no time)."""
+        with self._lock:
+            saved = self.data.qpos.copy()
+            base_position, base_quaternion = self._base_pose()
+            world_position = base_position + _rotate(base_quaternion, np.asarray(position, dtype=np.float64))
+            world_quaternion = normalize_quaternion(quaternion_multiply(base_quaternion, np.asarray(quaternion, dtype=np.float64)))
+            for _ in range(iterations):
+                self._mujoco.mj_kinematics(self.model, self.data)
+                self._mujoco.mj_comPos(self.model, self.data)
+                step = self._ik_step(world_position, world_quaternion) / self.config.ik_gain
+                joints = np.clip(self.data.qpos[self._joint_qpos] + step, self._joint_range[:, 0], self._joint_range[:, 1])
+                self.data.qpos[self._joint_qpos] = joints
+            solution = self.data.qpos[self._joint_qpos].copy()
+            self.data.qpos[:] = saved
+            self._mujoco.mj_forward(self.model, self.data)
+            return solution
+
+    # -- cameras ---------------------------------------------------------------------------
+
+    def cameras(self) -> list[SimCamera]:
+        return [SimCamera(self, name) for name in CAMERA_NAMES]
+
+    def render(self, camera: str) -> np.ndarray:
+        """HxWx3 uint8 RGB frame of `camera` at the current state."""
+        if camera not in CAMERA_NAMES:
+            raise ValueError(f"camera {camera!r}; expected one of {CAMERA_NAMES}")
+        renderer = self._renderer_for_this_thread()
+        with self._lock:
+            self._render_data.qpos[:] = self.data.qpos
+            self._render_data.time = self.data.time
+        # Kinematics on a copy: the physics lock is not held while the frame is drawn.
+        self._mujoco.mj_kinematics(self.model, self._render_data)
+        self._mujoco.mj_comPos(self.model, self._render_data)
+        self._mujoco.mj_camlight(self.model, self._render_data)
+        renderer.update_scene(self._render_data, camera=camera)
+        return renderer.render().copy()
+
+    def _renderer_for_this_thread(self):
+        key = threading.get_ident()
+        with self._renderers_lock:
+            renderer = self._renderers.get(key)
+            if renderer is None:
+                renderer = self._mujoco.Renderer(self.model, self.config.image_height, self.config.image_width)
+                self._renderers[key] = renderer
+            return renderer
+
+
+class SimPanda(SimArm):
+    """Franka FR3 + hand from franky-sim, base at the world origin on a table top at z=0."""
+
+    arm_joint_names = tuple(f"fr3_joint{i}" for i in range(1, 8))
+    robot_type = "sim_panda"
+    base_body_name = "base"
+    # Franka's flange-to-fingertip-centre offset, along the hand's z axis.
+    _TCP_OFFSET_M = 0.1034
+    _FINGER_TRAVEL_M = 0.04
+
+    @classmethod
+    def default_limits(cls) -> SafetyLimits:
+        return SafetyLimits.franka_fr3(workspace_min=(0.25, -0.4, 0.02), workspace_max=(0.75, 0.4, 0.7))
+
+    def _build_spec(self):
+        mujoco = self._mujoco
+        assets = _package_folder("franky_sim", "pip install franky-sim==1.0.4") / "assets"
+        spec = mujoco.MjSpec.from_file(str(assets / "fr3.xml"))
+        spec.meshdir = str(assets / "meshes")
+        home = spec.key("home")
+        self._home = np.array(home.qpos[:7], dtype=np.float64)
+        # The keyframe covers the arm alone; the scene adds a cube, so its joint state is kept here.
+        home.qpos = []
+        home.ctrl = []
+        for actuator in list(spec.actuators):
+            if actuator.name.startswith("fr3_joint"):
+                actuator.name = f"vpp_servo_{actuator.name}"
+        hand = spec.body("hand")
+        hand.add_site(name="vpp_tcp", pos=[0, 0, self._TCP_OFFSET_M])
+        # Camera looks along its -z: the hand's +z (towards the fingers); mounted beside the hand.
+        hand.add_camera(name="wrist", pos=[0.07, 0.0, 0.02], xyaxes=[0, 1, 0, 0.94, 0, 0.34], fovy=75)
+        self._compensate_gravity(spec.body("fr3_link1"))
+        table = spec.worldbody.add_body(name="vpp_table", pos=[0.45, 0.0, -0.02])
+        table.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.45, 0.6, 0.02], rgba=[0.55, 0.45, 0.35, 1.0])
+        return spec
+
+    def _home_joints(self) -> np.ndarray:
+        return self._home.copy()
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        for finger in ("finger_joint1", "finger_joint2"):
+            self.data.joint(finger).qpos[0] = self._FINGER_TRAVEL_M
+        self._mujoco.mj_forward(self.model, self.data)
+
+    def _table_top(self) -> tuple[np.ndarray, float]:
+        return np.array([0.5, 0.0]), 0.0
+
+    def _apply_gripper(self, opening: float) -> None:
+        self.data.ctrl[self.model.actuator("hand").id] = 255.0 * opening
+
+    def _read_gripper(self) -> float:
+        width = self.data.joint("finger_joint1").qpos[0] + self.data.joint("finger_joint2").qpos[0]
+        return float(np.clip(width / (2 * self._FINGER_TRAVEL_M), 0.0, 1.0))
+
+
+class SimXArm(SimArm):
+    """UFACTORY xArm7 + gripper from gym-xarm's lift scene (table and pedestal included)."""
+
+    arm_joint_names = tuple(f"joint{i}" for i in range(1, 8))
+    robot_type = "sim_xarm7"
+    base_body_name = "link0"
+    _GRIPPER_CLOSED_RAD = 0.85
+    _GRIPPER_GAIN = 20.0
+
+    @classmethod
+    def default_limits(cls) -> SafetyLimits:
+        # In this scene the table top lies 0.11 m below the arm's base.
+        return SafetyLimits.xarm7(workspace_min=(0.15, -0.4, -0.09), workspace_max=(0.65, 0.4, 0.5))
+
+    def _build_spec(self):
+        mujoco = self._mujoco
+        assets = _package_folder("gym_xarm", "pip install --no-deps gym-xarm==0.1.1") / "tasks" / "assets"
+        spec = mujoco.MjSpec.from_file(str(assets / "lift.xml"))
+        spec.meshdir = str(assets / "mesh")
+        for equality in spec.equalities:
+            if equality.type == mujoco.mjtEq.mjEQ_WELD:
+                equality.active = False
+        spec.detach_body(spec.body("object"))
+        self._add_servos(spec, self.arm_joint_names, kp=400.0, kv=40.0)
+        self._compensate_gravity(spec.body("link1"))
+        link7 = spec.body("link7")
+        link7.add_site(name="vpp_tcp", pos=[0, 0, 0.172])
+        link7.add_camera(name="wrist", pos=[0.08, 0.0, 0.03], xyaxes=[0, 1, 0, 0.94, 0, 0.34], fovy=75)
+        return spec
+
+    def _home_joints(self) -> np.ndarray:
+        return np.array([0.0, -0.2, 0.0, 0.9, 0.0, 1.1, 0.0])
+
+    def _table_top(self) -> tuple[np.ndarray, float]:
+        return np.array([1.45, 0.28]), 0.5425
+
+    def _apply_gripper(self, opening: float) -> None:
+        for joint, actuator in (("left_inner_knuckle_joint", 0), ("right_inner_knuckle_joint", 1)):
+            target = self._GRIPPER_CLOSED_RAD * (1.0 - opening)
+            error = target - self.data.joint(joint).qpos[0]
+            self.data.ctrl[actuator] = np.clip(self._GRIPPER_GAIN * error - 0.5 * self.data.joint(joint).qvel[0], -1.0, 1.0)
+
+    def _read_gripper(self) -> float:
+        angle = self.data.joint("left_inner_knuckle_joint").qpos[0]
+        return float(np.clip(1.0 - angle / self._GRIPPER_CLOSED_RAD, 0.0, 1.0))

@@ -1,0 +1,91 @@
+"""Built-in test policies (`hold`, `sine`) and loading of exported artifacts by path."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpp.robots.control_loop import ACTION_DIM, ActionPolicy
+
+logger = logging.getLogger(__name__)
+
+
+class ArtifactRuntimeUnavailable(ImportError):
+    """A policy artifact was given but vpp.runtime (its ONNX runtime) cannot be imported."""
+
+
+@dataclass
+class HoldPolicy:
+    """Zero deltas and an open gripper: the arm should stay where it is."""
+
+    chunk: int = 10
+
+    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
+        actions = np.zeros((self.chunk, ACTION_DIM), dtype=np.float32)
+        actions[:, 6] = 1.0
+        return actions
+
+
+@dataclass
+class SinePolicy:
+    """A small horizontal circle, scripted from the observed pose: a closed-loop smoke test.
+
+    Each chunk steers the end effector along a circle of `radius_m` around the pose it first saw,
+    one `period_s` per turn, opening and closing the gripper once per turn.
+    """
+
+    radius_m: float = 0.03
+    period_s: float = 4.0
+    step_s: float = 0.1
+    chunk: int = 10
+
+    def __post_init__(self) -> None:
+        self._circle_centre: np.ndarray | None = None
+
+    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
+        position = np.asarray(observation["state"][:3], dtype=np.float64)
+        if self._circle_centre is None:
+            self._circle_centre = position - np.array([self.radius_m, 0.0, 0.0])
+        centre = self._circle_centre
+        # Continue from where the arm is on the circle, so a late chunk does not make it jump.
+        phase = math.atan2(position[1] - centre[1], position[0] - centre[0])
+        step = 2.0 * math.pi * self.step_s / self.period_s
+        actions = np.zeros((self.chunk, ACTION_DIM), dtype=np.float32)
+        previous = position
+        for index in range(self.chunk):
+            angle = phase + (index + 1) * step
+            point = centre + self.radius_m * np.array([math.cos(angle), math.sin(angle), 0.0])
+            point[2] = centre[2]
+            actions[index, :3] = point - previous
+            actions[index, 6] = 0.5 + 0.5 * math.cos(angle)
+            previous = point
+        return actions
+
+
+BUILT_IN_POLICIES = {"hold": HoldPolicy, "sine": SinePolicy}
+
+
+def load_policy(path_or_name: str) -> ActionPolicy:
+    """A built-in policy by name, or an exported artifact folder through vpp.runtime."""
+    if path_or_name in BUILT_IN_POLICIES:
+        return BUILT_IN_POLICIES[path_or_name]()
+    folder = Path(path_or_name)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"policy {path_or_name!r} is neither a built-in ({sorted(BUILT_IN_POLICIES)}) nor an artifact folder"
+        )
+    try:
+        from vpp.runtime import Policy
+    except ImportError as error:
+        raise ArtifactRuntimeUnavailable(
+            f"cannot load the policy artifact {folder}: the artifact runtime vpp.runtime is not available ({error}); "
+            "install vpp-runtime or use a built-in policy"
+        ) from error
+    logger.info("loading policy artifact %s", folder)
+    return Policy.load(folder)

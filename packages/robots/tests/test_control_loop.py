@@ -1,0 +1,230 @@
+"""ControlLoop against a fake arm: timing under a slow model, stale/missed handling, faults,
+safety of what reaches the driver, ensembling math and recording."""
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from vpp.data.lerobot import LeRobotDataset
+from vpp.robots.control_loop import (
+    ControlLoop,
+    ControlLoopConfig,
+    RolloutRecorder,
+    chunk_to_waypoints,
+    combine_waypoints,
+    ensemble_weights,
+)
+from vpp.robots.interfaces import Camera, ControllerFault, EndEffectorPose, Robot, RobotState
+from vpp.robots.policies import HoldPolicy, SinePolicy
+from vpp.robots.rotations import rotation_angle_between, rotvec_to_quaternion, rpy_to_quaternion
+from vpp.robots.safety import SafetyFilter, SafetyLimits
+
+DOWN = rpy_to_quaternion([math.pi, 0.0, 0.0])
+START = np.array([0.5, 0.0, 0.3])
+
+
+class IdealArm(Robot):
+    """Reaches every target at once; records what the driver received and when."""
+
+    num_joints = 7
+
+    def __init__(self, limits: SafetyLimits, fail_after: int | None = None):
+        super().__init__(SafetyFilter(limits))
+        self.position, self.quaternion, self.gripper = START.copy(), DOWN.copy(), 1.0
+        self.received: list[tuple[float, EndEffectorPose]] = []
+        self.fail_after = fail_after
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+
+    def connect(self) -> None:
+        pass
+
+    def observe(self) -> RobotState:
+        with self.lock:
+            return RobotState(np.zeros(7), self.position.copy(), self.quaternion.copy(), self.gripper, time.monotonic())
+
+    def _send_filtered(self, command) -> None:
+        if self.fail_after is not None and len(self.received) >= self.fail_after:
+            raise ControllerFault("joint 4 torque limit", code=7)
+        with self.lock:
+            self.received.append((time.monotonic(), command))
+            self.position, self.quaternion = command.position.copy(), command.quaternion.copy()
+            if command.gripper is not None:
+                self.gripper = command.gripper
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def recover(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NoiseCamera(Camera):
+    def __init__(self, name: str):
+        self.name = name
+        self.rng = np.random.default_rng(len(name))
+
+    def read(self) -> np.ndarray:
+        return self.rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+class SlowPolicy:
+    """Takes `delay_s` per chunk and moves +x by `step_m` per action."""
+
+    def __init__(self, delay_s: float, chunk: int = 4, step_m: float = 0.001):
+        self.delay_s, self.chunk, self.step_m = delay_s, chunk, step_m
+        self.calls = 0
+
+    def act(self, observation, instruction):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        actions = np.zeros((self.chunk, 7))
+        actions[:, 0] = self.step_m
+        actions[:, 6] = 1.0
+        return actions
+
+
+def make_loop(policy, rate=20.0, servo=200.0, fail_after=None, **config):
+    arm = IdealArm(SafetyLimits(control_period_s=1.0 / servo), fail_after=fail_after)
+    loop = ControlLoop(arm, [NoiseCamera("scene")], policy, ControlLoopConfig(policy_rate_hz=rate, servo_rate_hz=servo, **config))
+    return arm, loop
+
+
+def test_a_slow_model_never_blocks_the_loops_and_misses_are_held():
+    policy = SlowPolicy(delay_s=0.12, chunk=2)
+    arm, loop = make_loop(policy, execute_steps=2)
+    report = loop.run("push", seconds=1.0)
+    assert report.stop_reason is None
+    # The policy loop kept its own clock (20 Hz) although every chunk took 2.4 periods.
+    assert report.ticks >= 14
+    assert policy.calls <= 9
+    assert report.servo_period["p50_ms"] < 8.0
+    assert report.inference_latency["mean_ms"] >= 120.0
+    # Chunk actions due before the chunk arrived were dropped; the ticks with none were held.
+    assert report.stale_actions_dropped >= 1
+    assert report.missed_deadlines >= 1
+    assert arm.stopped.is_set()
+    gaps = np.diff([t for t, _ in arm.received])
+    assert gaps.max() < 0.1, "the servo thread stalled"
+
+
+def test_hold_keeps_the_pose_when_every_deadline_is_missed():
+    policy = SlowPolicy(delay_s=0.3, chunk=1, step_m=0.0)
+    arm, loop = make_loop(policy, execute_steps=1)
+    report = loop.run("wait", seconds=0.8)
+    assert report.missed_deadlines >= 3
+    positions = np.array([command.position for _, command in arm.received])
+    np.testing.assert_allclose(positions - START, 0.0, atol=1e-9)
+
+
+def test_the_loop_stops_the_arm_on_a_driver_fault():
+    arm, loop = make_loop(HoldPolicy(), fail_after=20)
+    started = time.monotonic()
+    report = loop.run("hold", seconds=5.0)
+    assert time.monotonic() - started < 2.0
+    assert "ControllerFault" in report.stop_reason and "torque limit" in report.stop_reason
+    assert arm.stopped.is_set()
+    assert len(arm.received) == 20
+
+
+class WildPolicy:
+    """Alternates NaN chunks with huge translations, rotations and gripper values."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, observation, instruction):
+        self.calls += 1
+        if self.calls % 2:
+            return np.full((4, 7), np.nan)
+        actions = np.zeros((4, 7))
+        actions[:, :3] = [5.0, -3.0, 100.0]
+        actions[:, 3:6] = [3.0, 0.0, -2.0]
+        actions[:, 6] = 40.0
+        return actions
+
+
+def test_nothing_outside_the_safety_limits_reaches_the_driver():
+    arm, loop = make_loop(WildPolicy(), rate=20.0, servo=200.0, replan_when_remaining=None)
+    report = loop.run("go wild", seconds=0.8)
+    limits = arm.safety_filter.limits
+    assert report.rejected_chunks >= 1 and report.chunks >= 1
+    commands = [command for _, command in arm.received]
+    assert len(commands) > 50
+    previous_position, previous_quaternion = START, DOWN
+    for command in commands:
+        assert np.all(np.isfinite(command.position)) and np.all(np.isfinite(command.quaternion))
+        assert np.all(command.position >= np.array(limits.workspace_min) - 1e-9)
+        assert np.all(command.position <= np.array(limits.workspace_max) + 1e-9)
+        assert np.linalg.norm(command.position - previous_position) <= limits.position_step_limit_m + 1e-9
+        assert rotation_angle_between(previous_quaternion, command.quaternion) <= limits.rotation_step_limit_rad + 1e-6
+        assert limits.gripper_min <= command.gripper <= limits.gripper_max
+        previous_position, previous_quaternion = command.position, command.quaternion
+    assert commands[-1].position[2] > START[2], "the clamped motion still went the way the policy asked"
+
+
+def test_ensemble_weights_follow_act():
+    weights = ensemble_weights(3, decay=0.5)
+    expected = np.exp(-0.5 * np.arange(3))
+    np.testing.assert_allclose(weights, expected / expected.sum())
+    np.testing.assert_allclose(ensemble_weights(4, decay=0.0), 0.25)
+
+
+def test_combine_waypoints_weights_positions_and_rotations():
+    quarter_turn = rotvec_to_quaternion([0.0, 0.0, math.pi / 2])
+    old = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    new = np.array([1.0, 2.0, 0.0, *quarter_turn, 0.0])
+    combined = combine_waypoints([old, new], decay=math.log(3.0))  # weights 3/4, 1/4
+    np.testing.assert_allclose(combined[:3], [0.25, 0.5, 0.0])
+    assert combined[7] == pytest.approx(0.75)
+    # A weighted quaternion mean between identity and a quarter turn lies on that arc, nearer the heavier one.
+    angle = rotation_angle_between(old[3:7], combined[3:7])
+    assert 0.2 < angle < 0.45
+    flipped = new.copy()
+    flipped[3:7] = -new[3:7]
+    np.testing.assert_allclose(combine_waypoints([old, flipped], decay=math.log(3.0)), combined, atol=1e-12)
+
+
+def test_chunk_deltas_accumulate_from_the_observed_pose():
+    chunk = np.zeros((3, 7))
+    chunk[:, 0] = 0.01
+    chunk[:, 5] = 0.1
+    chunk[:, 6] = [0.0, 0.5, 1.0]
+    waypoints = chunk_to_waypoints(chunk, START, DOWN)
+    np.testing.assert_allclose(waypoints[:, 0], START[0] + [0.01, 0.02, 0.03])
+    assert rotation_angle_between(DOWN, waypoints[2, 3:7]) == pytest.approx(0.3)
+    np.testing.assert_allclose(waypoints[:, 7], [0.0, 0.5, 1.0])
+
+
+def test_temporal_ensembling_runs_and_moves_smoothly():
+    arm, loop = make_loop(SlowPolicy(delay_s=0.0, chunk=6), execute_steps=6, temporal_ensemble_decay=0.1, replan_when_remaining=None)
+    report = loop.run("push", seconds=0.6)
+    assert report.stop_reason is None and report.chunks >= 5
+    assert arm.position[0] > START[0] + 0.003
+
+
+def test_a_recorded_rollout_reads_back_as_a_lerobot_episode(tmp_path):
+    arm = IdealArm(SafetyLimits(control_period_s=0.01))
+    cameras = [NoiseCamera("scene"), NoiseCamera("wrist")]
+    recorder = RolloutRecorder([c.name for c in cameras])
+    loop = ControlLoop(arm, cameras, SinePolicy(), ControlLoopConfig(policy_rate_hz=10.0), recorder=recorder)
+    report = loop.run("draw a circle", max_ticks=6)
+    recorder.save_episode(tmp_path / "dataset", fps=10, instruction="draw a circle", robot_type="ideal")
+    dataset = LeRobotDataset(tmp_path / "dataset")
+    assert dataset.num_episodes == 1 and dataset.robot_type == "ideal"
+    episode = dataset.episode(0)
+    assert episode.length == len(recorder) == report.ticks
+    assert episode.task == "draw a circle"
+    np.testing.assert_allclose(episode.column("observation.state"), np.stack(recorder.states), rtol=1e-6)
+    np.testing.assert_allclose(episode.column("action"), np.stack(recorder.actions), rtol=1e-6)
+    frames = episode.read_frames("observation.images.wrist", [0, episode.length - 1])
+    assert frames.shape == (2, 32, 48, 3)
