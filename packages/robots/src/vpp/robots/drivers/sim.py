@@ -140,6 +140,7 @@ class SimArm(Robot):
         self.model = spec.compile()
         self.data = mujoco.MjData(self.model)
         self._render_data = mujoco.MjData(self.model)
+        self._ik_data = mujoco.MjData(self.model)
         self._lock = threading.RLock()
         self._renderers: dict[int, object] = {}
         self._renderers_lock = threading.Lock()
@@ -349,10 +350,11 @@ class SimArm(Robot):
             mujoco.mj_step(self.model, self.data)
 
     def _update_joint_command(self, period: float) -> None:
-        current = self.data.qpos[self._joint_qpos]
         max_step = self.config.max_joint_speed_rad_s * period
         if self._pose_target is not None:
-            desired = current + self._ik_step(*self._pose_target)
+            # IK runs on the commanded configuration, not the measured one: the servos' lag then
+            # stays out of the IK loop, which converges like a pure kinematic solver.
+            desired = self._joint_command + self._ik_step(self._joint_command, *self._pose_target)
         elif self._joint_target is not None:
             desired = self._joint_target
         else:
@@ -360,16 +362,26 @@ class SimArm(Robot):
         step = np.clip(desired - self._joint_command, -max_step, max_step)
         self._joint_command = np.clip(self._joint_command + step, self._joint_range[:, 0], self._joint_range[:, 1])
 
-    def _ik_step(self, position: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
-        """One damped least-squares step towards a world-frame pose; returns the joint change."""
+    def _ik_step(self, joints: np.ndarray, position: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
+        """One damped least-squares step from `joints` towards a world-frame pose; returns the joint change."""
         mujoco = self._mujoco
-        tcp_position, tcp_quaternion = self._tcp_world()
+        scratch = self._ik_data
+        scratch.qpos[:] = self.data.qpos
+        scratch.qpos[self._joint_qpos] = joints
+        mujoco.mj_kinematics(self.model, scratch)
+        mujoco.mj_comPos(self.model, scratch)
+        tcp_quaternion = np.empty(4)
+        mujoco.mju_mat2Quat(tcp_quaternion, scratch.site_xmat[self._ee_site])
+        tcp_quaternion = _mujoco_to_xyzw(tcp_quaternion)
         error = np.concatenate(
-            [position - tcp_position, quaternion_to_rotvec(quaternion_multiply(quaternion, quaternion_conjugate(tcp_quaternion)))]
+            [
+                position - scratch.site_xpos[self._ee_site],
+                quaternion_to_rotvec(quaternion_multiply(quaternion, quaternion_conjugate(tcp_quaternion))),
+            ]
         )
         jacobian_position = np.zeros((3, self.model.nv))
         jacobian_rotation = np.zeros((3, self.model.nv))
-        mujoco.mj_jacSite(self.model, self.data, jacobian_position, jacobian_rotation, self._ee_site)
+        mujoco.mj_jacSite(self.model, scratch, jacobian_position, jacobian_rotation, self._ee_site)
         jacobian = np.vstack([jacobian_position, jacobian_rotation])[:, self._joint_dof]
         damping = self.config.ik_damping**2 * np.eye(6)
         pseudo_inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + damping)
@@ -377,26 +389,19 @@ class SimArm(Robot):
         # The arm is redundant (7 joints for 6 DoF): drift towards home in the null space keeps
         # the elbow from wandering to the joint limits.
         nullspace = np.eye(len(step)) - pseudo_inverse @ jacobian
-        current = self.data.qpos[self._joint_qpos]
-        return step + nullspace @ (self.config.nullspace_gain * (self._home - current))
+        return step + nullspace @ (self.config.nullspace_gain * (self._home - joints))
 
     def solve_ik(self, position: np.ndarray, quaternion: np.ndarray, iterations: int = 200) -> np.ndarray:
         """Joint positions reaching a base-frame pose, by kinematics only (no physics, no time)."""
         with self._lock:
-            saved = self.data.qpos.copy()
             base_position, base_quaternion = self._base_pose()
             world_position = base_position + _rotate(base_quaternion, np.asarray(position, dtype=np.float64))
             world_quaternion = normalize_quaternion(quaternion_multiply(base_quaternion, np.asarray(quaternion, dtype=np.float64)))
+            joints = self.data.qpos[self._joint_qpos].copy()
             for _ in range(iterations):
-                self._mujoco.mj_kinematics(self.model, self.data)
-                self._mujoco.mj_comPos(self.model, self.data)
-                step = self._ik_step(world_position, world_quaternion) / self.config.ik_gain
-                joints = np.clip(self.data.qpos[self._joint_qpos] + step, self._joint_range[:, 0], self._joint_range[:, 1])
-                self.data.qpos[self._joint_qpos] = joints
-            solution = self.data.qpos[self._joint_qpos].copy()
-            self.data.qpos[:] = saved
-            self._mujoco.mj_forward(self.model, self.data)
-            return solution
+                step = self._ik_step(joints, world_position, world_quaternion) / self.config.ik_gain
+                joints = np.clip(joints + step, self._joint_range[:, 0], self._joint_range[:, 1])
+            return joints
 
     # -- cameras ---------------------------------------------------------------------------
 
@@ -455,6 +460,9 @@ class SimPanda(SimArm):
         for actuator in list(spec.actuators):
             if actuator.name.startswith("fr3_joint"):
                 actuator.name = f"vpp_servo_{actuator.name}"
+                # franky-sim damps its servos to a 0.1 s time constant (kv = kp / 10); a third
+                # of that lets the arm follow streamed targets closely.
+                actuator.biasprm[2] = actuator.biasprm[2] / 3.0
         hand = spec.body("hand")
         hand.add_site(name="vpp_tcp", pos=[0, 0, self._TCP_OFFSET_M])
         # Camera looks along its -z: the hand's +z (towards the fingers); mounted beside the hand.
@@ -507,7 +515,7 @@ class SimXArm(SimArm):
             if equality.type == mujoco.mjtEq.mjEQ_WELD:
                 equality.active = False
         spec.detach_body(spec.body("object"))
-        self._add_servos(spec, self.arm_joint_names, kp=400.0, kv=40.0)
+        self._add_servos(spec, self.arm_joint_names, kp=2000.0, kv=120.0)
         self._compensate_gravity(spec.body("link1"))
         link7 = spec.body("link7")
         link7.add_site(name="vpp_tcp", pos=[0, 0, 0.172])
