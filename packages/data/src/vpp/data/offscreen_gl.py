@@ -25,6 +25,12 @@ _EGL_PROBE = "from mujoco.egl import GLContext; c = GLContext(8, 8); c.make_curr
 
 def ensure_offscreen_gl() -> str:
     """Sets MUJOCO_GL (unless the user did) and PYOPENGL_PLATFORM; returns the backend."""
+    if "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        # mujoco binds its GL backend when imported: too late to choose now
+        raise RuntimeError(
+            "mujoco was imported before an off-screen GL backend was chosen, and there is no display; "
+            "call vpp.data.offscreen_gl.ensure_offscreen_gl() (or set MUJOCO_GL=egl/osmesa) before importing mujoco"
+        )
     if "MUJOCO_GL" not in os.environ:
         probe = subprocess.run(
             [sys.executable, "-c", _EGL_PROBE],
