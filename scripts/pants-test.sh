@@ -17,17 +17,29 @@ if ! "$pants_python" 3rdparty/python/sync_from_pyprojects.py --check; then
 fi
 
 reports=dist/test/reports
+log=dist/test/pants-test.log
 rm -rf "$reports"
-pants_status=0
-./pants --no-pantsd test --test-report --test-report-dir="$reports" :: "$@" || pants_status=$?
+mkdir -p "$(dirname "$log")"
+set +e
+./pants --no-pantsd test --test-report --test-report-dir="$reports" :: "$@" 2>&1 | tee "$log"
+pants_status=${PIPESTATUS[0]}
+set -e
 
-"$pants_python" - "$reports" "$pants_status" <<'PY'
+"$pants_python" - "$reports" "$log" "$pants_status" <<'PY'
+import re
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-reports, pants_status = Path(sys.argv[1]), int(sys.argv[2])
+reports, log, pants_status = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 passed = failed = skipped = 0
+# A test file that fails before pytest writes its report (an error in a conftest.py, a crash)
+# shows only in Pants' summary lines, "✕ <path> failed in <time>": each counts as one failure.
+failed_files = re.findall(r"^✕ (\S+) failed", log.read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
+for path in failed_files:
+    if not list(reports.glob(path.replace("/", ".") + "*.xml")):
+        print(f"pants-test: {path} failed without a test report", file=sys.stderr)
+        failed += 1
 for report in sorted(reports.glob("**/*.xml")):
     root = ElementTree.parse(report).getroot()
     suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
