@@ -17,24 +17,13 @@ import numpy as np
 import onnxruntime as ort
 
 from vpp.runtime.artifact import Artifact
+from vpp.runtime.errors import ObservationError, UnknownInstructionError
 from vpp.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
 
 # Preference order when the caller names no providers; ORT falls back along the list per node.
 ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-class ObservationError(ValueError):
-    """An observation the policy cannot act on (missing camera, bad image, NaN state)."""
-
-
-class UnknownInstructionError(KeyError):
-    """An instruction that is not in the artifact's text-embedding cache, from an artifact
-    exported without a text encoder."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
