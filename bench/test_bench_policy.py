@@ -1,14 +1,17 @@
-"""PyTorch eager vs the exported artifact on ONNX Runtime, tiny preset, 2 camera views, timed
-side by side in one run:
+"""PyTorch eager vs the exported artifact on ONNX Runtime, tiny and small presets, 2 camera
+views, timed side by side in one run:
 
     .venv/bin/python -m pytest bench/test_bench_policy.py --benchmark-only \
         --benchmark-group-by=group --benchmark-json=bench/results/policy_cpu.json
 
-Groups: ``end-to-end`` (uint8 observation + instruction -> denormalised chunk:
-``VideoPredictionPolicy.predict_action_chunk`` vs ``vpp.runtime.Policy.act``) and ``head``
-(features -> normalised chunk with the 10-step DDIM loop: ``PolicyHead.sample`` vs
-``policy.onnx``). Both sides use one thread: the bench machine is a shared 2-core VM, where two
-threads per process measured noise. Each benchmark first checks the two sides agree.
+Groups, per preset: ``end-to-end`` (uint8 observation + instruction -> denormalised chunk:
+``VideoPredictionPolicy.predict_action_chunk`` vs ``vpp.runtime.Policy.act``), ``features``
+(the VAE encode and the UNet forward to the hooked up-blocks: ``predictive_features`` vs
+``features.onnx``) and ``head`` (features -> normalised chunk with the 10-step DDIM loop:
+``PolicyHead.sample`` vs ``policy.onnx``). Both sides use one thread: the bench machine is a
+shared 2-core VM, where two threads per process measured noise. Each benchmark first checks the
+two sides agree, so ``--benchmark-disable`` (the test suite's smoke run) is a parity test.
+``bench/components.py`` splits the same graphs further, into the per-component table.
 """
 
 from __future__ import annotations
@@ -21,34 +24,40 @@ torch = pytest.importorskip("torch")
 from vpp.policy.export import export_policy, reference_actions  # noqa: E402
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
 from vpp.runtime import Policy  # noqa: E402
+from vpp.tvp.features import predictive_features  # noqa: E402
 from vpp.tvp.model import TextGuidedVideoPredictor  # noqa: E402
 
 INSTRUCTION = "open the drawer"
+IMPLEMENTATIONS = ["torch-eager", "onnxruntime"]
+# The small preset's export alone takes ~30 s on 2 cores.
+PRESETS = ["tiny", pytest.param("small", marks=pytest.mark.slow)]
 
 
-@pytest.fixture(scope="module")
-def policies(tmp_path_factory):
+@pytest.fixture(scope="module", params=PRESETS)
+def policies(request, tmp_path_factory):
+    preset = request.param
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    tvp = TextGuidedVideoPredictor.from_preset("tiny")
+    tvp = TextGuidedVideoPredictor.from_preset(preset)
     rng = np.random.default_rng(0)
     config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
-    eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset="tiny").eval()
-    folder = tmp_path_factory.mktemp("artifact")
+    eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset).eval()
+    folder = tmp_path_factory.mktemp(f"artifact-{preset}")
     export_policy(eager, folder, [INSTRUCTION])
     runtime = Policy.load(folder, threads=1, seed=0)
+    side = 2 * tvp.config.image_size
     observation = {
-        "corner": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-        "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "corner": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
         "state": rng.normal(size=7),
     }
-    return eager, runtime, observation
+    return preset, eager, runtime, observation
 
 
-@pytest.mark.parametrize("implementation", ["torch-eager", "onnxruntime"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bench_end_to_end(benchmark, policies, implementation):
-    eager, runtime, observation = policies
-    benchmark.group = "end-to-end tiny 2 views"
+    preset, eager, runtime, observation = policies
+    benchmark.group = f"end-to-end {preset} 2 views"
     noise = runtime.sample_noise(np.random.default_rng(1))
     pixels, _ = eager.observation_tensors(observation)
     expected = reference_actions(eager, pixels, INSTRUCTION, observation["state"], noise["features"], noise["actions"])
@@ -60,10 +69,33 @@ def test_bench_end_to_end(benchmark, policies, implementation):
         benchmark(runtime.act, observation, INSTRUCTION)
 
 
-@pytest.mark.parametrize("implementation", ["torch-eager", "onnxruntime"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bench_features(benchmark, policies, implementation):
+    preset, eager, runtime, observation = policies
+    benchmark.group = f"features {preset} 2 views (VAE + UNet)"
+    pixels, _ = runtime.preprocess(observation)
+    hidden, _ = runtime.text(INSTRUCTION)
+    noise = runtime.sample_noise(np.random.default_rng(1))["features"]
+    feed = {"images": pixels, "text_hidden": hidden, "noise": noise}
+    tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+    def torch_features():
+        with torch.no_grad():
+            return predictive_features(eager.tvp, tensors["images"], text_hidden=tensors["text_hidden"], noise=tensors["noise"]).numpy()
+
+    expected = torch_features()
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(runtime.feature_session.run(None, feed)[0] / scale, expected / scale, rtol=0, atol=1e-4)
+    if implementation == "torch-eager":
+        benchmark(torch_features)
+    else:
+        benchmark(runtime.feature_session.run, None, feed)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bench_head(benchmark, policies, implementation):
-    eager, runtime, observation = policies
-    benchmark.group = "head (10 DDIM steps)"
+    preset, eager, runtime, observation = policies
+    benchmark.group = f"head {preset} (Video Former + 10 DDIM steps)"
     pixels, state = runtime.preprocess(observation)
     hidden, pooled = runtime.text(INSTRUCTION)
     noise = runtime.sample_noise(np.random.default_rng(1))

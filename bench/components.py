@@ -1,0 +1,257 @@
+"""Where the time of one action chunk goes: a per-component table, PyTorch eager vs the artifact.
+
+    .venv/bin/python bench/components.py --preset tiny --preset small --out bench/results/components_cpu
+
+For each preset it builds an untrained policy (2 camera views, 7-D state and actions, chunk 10),
+exports it, and times on one thread, side by side in one process:
+
+- eager: the VAE encode of the current frames, the UNet forward to the hooked up-blocks (the
+  features minus the VAE), the Video Former with the condition projections and the DiT encoder,
+  and the 10 DDIM steps of the DiT decoder;
+- ONNX Runtime: ``features.onnx`` and ``policy.onnx`` as the runtime calls them, with each
+  graph's time split over the same components by ORT's per-node profile (node names keep the
+  PyTorch module path), scaled to the measured median of the graph.
+
+Both CPU time (``time.process_time``, robust to other processes sharing the machine) and wall
+time are recorded; the ratio column uses CPU time. The analytic multiply-accumulate count of each
+component comes from the profiled shapes, which says how far a component is from the machine's
+arithmetic limit. Writes ``OUT.json`` (machine described) and ``OUT.md`` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from vpp.policy.export import export_policy  # noqa: E402
+from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
+from vpp.runtime import Policy  # noqa: E402
+from vpp.tvp.config import preset as tvp_preset  # noqa: E402
+from vpp.tvp.features import predictive_features  # noqa: E402
+from vpp.tvp.model import TextGuidedVideoPredictor  # noqa: E402
+
+INSTRUCTION = "open the drawer"
+COMPONENTS = ("vae encode", "unet to features", "video former + dit encoder", "dit decoder x10 steps")
+
+
+def component_of(node_name: str, graph: str) -> str:
+    """The table row an ORT node belongs to, from the module path the exporter kept in its name."""
+    top = node_name.strip("/").split("/")[0]
+    if graph == "features":
+        return "unet to features" if top == "unet" else "vae encode"
+    if top.startswith(("video_former", "video_token_projection", "language_projection", "state_projection", "encoder_blocks")):
+        return "video former + dit encoder"
+    return "dit decoder x10 steps"
+
+
+def measure(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return {"cpu_ms": 1000 * statistics.median(cpu), "wall_ms": 1000 * statistics.median(wall)}
+
+
+def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(share of kernel time, multiply-accumulates) per component of one graph."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(repeats):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    durations: dict[str, float] = defaultdict(float)
+    macs: dict[str, float] = defaultdict(float)
+    counted: set[str] = set()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        row = component_of(event["name"], graph)
+        durations[row] += event["dur"]
+        if event["name"] in counted:
+            continue
+        counted.add(event["name"])
+        op = event["args"].get("op_name", "")
+        inputs = [next(iter(x.values())) for x in event["args"].get("input_type_shape", [])]
+        outputs = [next(iter(x.values())) for x in event["args"].get("output_type_shape", [])]
+        if not outputs or not inputs:
+            continue
+        if op in ("MatMul", "FusedMatMul", "Gemm", "MatMulInteger"):
+            macs[row] += float(np.prod(outputs[0])) * inputs[0][-1]
+        elif op in ("Conv", "FusedConv") and len(inputs) > 1:
+            macs[row] += float(np.prod(outputs[0])) * float(np.prod(inputs[1][1:]))
+    total = sum(durations.values())
+    return {k: v / total for k, v in durations.items()}, dict(macs)
+
+
+def bench_preset(preset: str, image_size: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    tvp = TextGuidedVideoPredictor.from_preset(preset)
+    rng = np.random.default_rng(0)
+    config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
+    eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset).eval()
+    folder = Path(tempfile.mkdtemp(prefix=f"vpp-bench-{preset}-"))
+    export_policy(eager, folder, [INSTRUCTION])
+    runtime = Policy.load(folder, threads=1, seed=0)
+    observation = {camera: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for camera in config.cameras}
+    observation["state"] = rng.normal(size=7)
+
+    pixels, state = runtime.preprocess(observation)
+    hidden, pooled = runtime.text(INSTRUCTION)
+    noise = runtime.sample_noise(np.random.default_rng(1))
+    feature_feed = {"images": pixels, "text_hidden": hidden, "noise": noise["features"]}
+    features = runtime.feature_session.run(None, feature_feed)[0]
+    policy_feed = {"features": features, "lang": pooled, "state": state, "noise": noise["actions"]}
+    t = {k: torch.from_numpy(v) for k, v in policy_feed.items()}
+    t.update(images=torch.from_numpy(pixels), text_hidden=torch.from_numpy(hidden), feature_noise=torch.from_numpy(noise["features"]))
+    head = eager.head
+    with torch.no_grad():
+        eager_rows = {
+            "vae encode": measure(lambda: tvp.encode_video(t["images"].flatten(0, 1).unsqueeze(1)), repeats),
+            "features (vae + unet)": measure(lambda: predictive_features(tvp, t["images"], text_hidden=t["text_hidden"], noise=t["feature_noise"]), repeats),
+            "video former + dit encoder": measure(lambda: head.dit.encode(head.condition_tokens(t["features"], t["lang"], t["state"])), repeats),
+            "head (video former + 10 dit steps)": measure(lambda: head.sample(t["features"], t["lang"], t["state"], noise=t["noise"]), repeats),
+        }
+        generator = torch.Generator().manual_seed(0)
+        eager_end_to_end = measure(lambda: eager.predict_action_chunk(observation, INSTRUCTION, generator), repeats)
+    ort_features = measure(lambda: runtime.feature_session.run(None, feature_feed), repeats)
+    ort_policy = measure(lambda: runtime.policy_session.run(None, policy_feed), repeats)
+    ort_end_to_end = measure(lambda: runtime.act(observation, INSTRUCTION), repeats)
+    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats)
+    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats)
+
+    def unet(d: dict[str, float]) -> dict[str, float]:
+        return {k: d[k] - eager_rows["vae encode"][k] for k in d}
+
+    def decoder(d: dict[str, float]) -> dict[str, float]:
+        return {k: d[k] - eager_rows["video former + dit encoder"][k] for k in d}
+
+    eager_components = {
+        "vae encode": eager_rows["vae encode"],
+        "unet to features": unet(eager_rows["features (vae + unet)"]),
+        "video former + dit encoder": eager_rows["video former + dit encoder"],
+        "dit decoder x10 steps": decoder(eager_rows["head (video former + 10 dit steps)"]),
+    }
+    ort_components = {}
+    for name in COMPONENTS:
+        graph_time, split = (ort_features, feature_split) if name in ("vae encode", "unet to features") else (ort_policy, policy_split)
+        ort_components[name] = {k: v * split.get(name, 0.0) for k, v in graph_time.items()}
+    macs = {**feature_macs, **policy_macs}
+    rows = [
+        {
+            "component": name,
+            "eager": eager_components[name],
+            "onnxruntime": ort_components[name],
+            "gmacs": macs.get(name, 0.0) / 1e9,
+        }
+        for name in COMPONENTS
+    ]
+    return {
+        "preset": preset,
+        "views": len(config.cameras),
+        "image_size": image_size,
+        "feature_shape": list(features.shape),
+        "rows": rows,
+        "end_to_end": {"eager": eager_end_to_end, "onnxruntime": ort_end_to_end},
+    }
+
+
+def machine() -> dict[str, str | int]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "threads_per_process": 1,
+        "load_average_at_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, one thread per process; "
+        f"load average {results['machine']['load_average_at_start']} when the run started. Times are medians of CPU "
+        "time (wall time in brackets).",
+        "",
+    ]
+    for preset in results["presets"]:
+        e2e = preset["end_to_end"]
+        lines += [
+            f"### {preset['preset']}: 2 views at {preset['image_size']} px, features {tuple(preset['feature_shape'])}",
+            "",
+            "| component | GMAC | eager ms | onnxruntime ms | eager / ORT |",
+            "|---|---|---|---|---|",
+        ]
+        for row in preset["rows"]:
+            e, o = row["eager"], row["onnxruntime"]
+            ratio = e["cpu_ms"] / o["cpu_ms"] if o["cpu_ms"] > 0 else float("nan")
+            lines.append(
+                f"| {row['component']} | {row['gmacs']:.2f} | {e['cpu_ms']:.1f} ({e['wall_ms']:.1f}) | "
+                f"{o['cpu_ms']:.1f} ({o['wall_ms']:.1f}) | {ratio:.2f}x |"
+            )
+        e, o = e2e["eager"], e2e["onnxruntime"]
+        lines += [
+            f"| **end to end** (`predict_action_chunk` / `Policy.act`) | | {e['cpu_ms']:.1f} ({e['wall_ms']:.1f}) | "
+            f"{o['cpu_ms']:.1f} ({o['wall_ms']:.1f}) | {e['cpu_ms'] / o['cpu_ms']:.2f}x |",
+            "",
+            f"End to end: eager {1000 / e['cpu_ms']:.1f} Hz, onnxruntime {1000 / o['cpu_ms']:.1f} Hz (CPU time, one thread).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", action="append", choices=("tiny", "small"), help="repeatable; default: tiny and small")
+    parser.add_argument("--image-size", type=int, default=None, help="camera frame side before resizing (default: the preset's)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default="bench/results/components_cpu", help="writes OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    presets = args.preset or ["tiny", "small"]
+    results = {"machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "presets": []}
+    for preset in presets:
+        size = args.image_size or tvp_preset(preset).image_size
+        print(f"benchmarking {preset} ...", file=sys.stderr, flush=True)
+        results["presets"].append(bench_preset(preset, size, args.repeats))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
