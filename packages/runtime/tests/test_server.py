@@ -281,3 +281,28 @@ def test_cli_serve_answers_and_stops_on_sigterm(artifact, policy):
     text = "".join(log)
     assert "warm-up chunk" in text and "request 1 'open the drawer': inference" in text
     assert "SIGTERM: closing connections" in text and "policy server stopped" in text
+
+
+@pytest.mark.slow
+def test_client_runs_in_a_clean_venv_with_the_oldest_websockets(server, policy, tmp_path):
+    """The robot PC's install: numpy, msgpack and websockets 15.0 (the lowest vpp-runtime
+    allows), vpp.runtime's sources on the path, no onnxruntime at all."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "msgpack", "websockets==15.0"], check=True, timeout=600)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n")
+    obs = observation(9)
+    noise = policy.sample_noise(np.random.default_rng(9))
+    np.savez(tmp_path / "obs.npz", **obs)
+    np.savez(tmp_path / "noise.npz", **noise)
+    script = "import importlib.util\nassert importlib.util.find_spec('onnxruntime') is None\n" + CLIENT_WITHOUT_ONNXRUNTIME
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    result = subprocess.run(
+        [str(python), "-c", script, server.url, tmp_path / "obs.npz", tmp_path / "actions.npy", tmp_path / "noise.npz"],
+        check=True, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )
+    assert "ObservationError: observation has no camera 'wrist'" in result.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "actions.npy"), policy.act(obs, "open the drawer", noise=noise))

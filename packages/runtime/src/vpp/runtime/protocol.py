@@ -106,7 +106,6 @@ def unpack(data: bytes | str) -> Any:
 
 @dataclass(frozen=True)
 class ActRequest:
-    id: int | None
     observation: dict[str, Any]
     instruction: str
     noise: dict[str, np.ndarray] | None
@@ -140,7 +139,7 @@ def parse_act_request(message: Mapping[str, Any]) -> ActRequest:
         raise ProtocolError(f"'instruction' is {instruction!r:.80}; expected a string")
     if noise is not None and not (isinstance(noise, dict) and all(isinstance(v, np.ndarray) for v in noise.values())):
         raise ProtocolError(f"'noise' is {noise!r:.80}; expected null or a map of names to arrays")
-    return ActRequest(message_id(message), observation, instruction, noise)
+    return ActRequest(observation, instruction, noise)
 
 
 def actions_reply(request_id: int | None, actions: np.ndarray, server_timing: dict[str, float]) -> bytes:
