@@ -121,3 +121,25 @@ def test_tiny_policy_overfits_and_resumes(tmp_path, tvp):
     untrained, trained = action_mse(tmp_path / "run" / "base"), action_mse(tmp_path / "run" / "model")
     # actions span [-1, 1]: the untrained head is off by ~0.3-0.5
     assert trained < 0.05 and trained < untrained / 10, (untrained, trained)
+
+
+def test_feature_cache_of_every_kth_window_reads_each_kept_window(tmp_path, tvp):
+    from vpp.policy.cli import keep_every_kth_window
+
+    full = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    strided = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    keep_every_kth_window(strided, 3)
+    assert [t for e, t in strided.windows if e == 0] == [0, 3, 6]
+    full_cache = FeatureCache(tmp_path / "full", tvp, ["corner"], seed=0)
+    strided_cache = FeatureCache(tmp_path / "strided", tvp, ["corner"], seed=0)
+    full_cache.build(full, tvp, progress=False)
+    strided_cache.build(strided, tvp, progress=False)
+    for index, (e, t) in enumerate(strided.windows):
+        # the noise is seeded by (seed, episode, t), so a kept window's features do not depend on the
+        # others (up to float16 rounding of differently batched forwards)
+        expected = full_cache.read(strided.episodes[e].key, t)
+        torch.testing.assert_close(strided_cache.features_for(strided, index), expected, atol=2e-3, rtol=1e-2)
+    with pytest.raises(KeyError, match="timestep 1"):
+        strided_cache.read(strided.episodes[0].key, 1)
+    with pytest.raises(ValueError, match="--window-stride 0"):
+        keep_every_kth_window(strided, 0)

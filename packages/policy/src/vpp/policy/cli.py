@@ -69,6 +69,14 @@ def load_tvp(args):
     return TextGuidedVideoPredictor.from_preset(args.tvp_preset)
 
 
+def keep_every_kth_window(windows, k: int) -> None:
+    """Keeps the windows at timesteps 0, k, 2k, ... of every episode: neighbouring windows are
+    nearly the same sample, and on a CPU the TVP forward of each cached window is what costs."""
+    if k < 1:
+        raise ValueError(f"--window-stride {k}; expected a positive integer")
+    windows.windows = [(e, t) for e, t in windows.windows if t % k == 0]
+
+
 def cmd_train(args) -> None:
     from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
     from vpp.policy.feature_cache import FeatureCache
@@ -82,6 +90,8 @@ def cmd_train(args) -> None:
     cameras = args.camera or ["corner"]
     windows = PolicyWindowDataset(sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim)
     logger.info("%s", windows.report.summary())
+    keep_every_kth_window(windows, args.window_stride)
+    logger.info("%d training windows (every %d-th timestep)", len(windows), args.window_stride)
     config = VPPConfig(
         cameras=cameras,
         action_dim=probe.actions.shape[1],
@@ -179,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
     train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
     train.add_argument("--feature-cache", help="folder for TVP features computed once (fixed noise per window)")
+    train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
     train.add_argument("--output", required=True)
     train.add_argument("--steps", type=int, default=10000)
     train.add_argument("--batch-size", type=int, default=32)

@@ -3,8 +3,10 @@
 The TVP forward starts from random noise, so a cached feature is one draw: each window's noise
 comes from a generator seeded with (seed, episode key, t), and the seed is recorded in the cache's
 ``cache.json`` together with the TVP's fingerprint and the feature shape. One safetensors file per
-episode holds (T, V, frames, C, S, S) in float16. Building is resumable: finished episodes are
-skipped, and each file is written under a temporary name and renamed.
+episode holds the features of the dataset's windows of that episode, (N, V, frames, C, S, S) in
+float16, and their timesteps (N,): a dataset that keeps only some windows (``--window-stride``)
+caches only those. Building is resumable: finished episodes are skipped, and each file is written
+under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ class FeatureCache:
                 parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise))
             target = self.path(episode.key)
             tmp = target.with_suffix(".tmp")
-            save_file({"features": torch.cat(parts).to(torch.float16).contiguous()}, tmp, metadata={"key": episode.key})
+            timesteps = torch.tensor([dataset.windows[i][1] for i in indices], dtype=torch.int64)
+            tensors = {"features": torch.cat(parts).to(torch.float16).contiguous(), "timesteps": timesteps}
+            save_file(tensors, tmp, metadata={"key": episode.key})
             os.replace(tmp, target)
         return len(todo)
 
@@ -84,7 +88,11 @@ class FeatureCache:
         if not path.is_file():
             raise KeyError(f"episode {episode_key} has no cached features in {self.folder}; build the cache first")
         with safe_open(path, framework="pt") as f:
-            return f.get_slice("features")[t : t + 1][0].float()
+            rows = (f.get_tensor("timesteps") == t).nonzero()
+            if len(rows) != 1:
+                raise KeyError(f"episode {episode_key}: no cached window at timestep {t} in {path}; it was built for other windows")
+            row = int(rows[0])
+            return f.get_slice("features")[row : row + 1][0].float()
 
     def features_for(self, dataset: PolicyWindowDataset, index: int) -> torch.Tensor:
         e, t = dataset.windows[index]
