@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Issue 4's CPU-scale MetaWorld reproduction, end to end and resumable: oracle demonstrations ->
+# `small` TVP (VAE fitted first) fine-tuned on their videos -> policy on its predictive features
+# and the static-encoder ablation (encoder=vae) with the same steps, batch and windows -> eval of
+# both in the paper's Table 2 layout.
+#
+#   nohup bash scripts/metaworld_repro.sh > runs/mw-cpu/repro.out 2>&1 &
+#
+# Rerunning continues every stage from its checkpoint or finished output. Each stage logs to
+# $RUN/logs/<stage>.log and appends its wall time to $RUN/stages.jsonl. The sizes below were
+# chosen for a 2-core machine shared with other jobs (docs/metaworld-cpu.md says why); override
+# any of them from the environment, with a new RUN folder if the data or models change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN=${RUN:-runs/mw-cpu}
+TRAIN_TASKS=${TRAIN_TASKS:-reach,button-press-topdown,drawer-open,door-open,window-open,plate-slide,coffee-push,sweep-into,push,pick-place}
+EVAL_TASKS=${EVAL_TASKS:-reach,button-press-topdown,plate-slide,coffee-push,push}
+DEMOS_PER_TASK=${DEMOS_PER_TASK:-50}
+VAE_FIT_STEPS=${VAE_FIT_STEPS:-60}
+TVP_STEPS=${TVP_STEPS:-240}
+TVP_BATCH=${TVP_BATCH:-4}
+TVP_CHECKPOINT_EVERY=${TVP_CHECKPOINT_EVERY:-10}
+# epoch seconds after which TVP training stops at its newest checkpoint and writes model/ from it
+TVP_DEADLINE=${TVP_DEADLINE:-}
+WINDOW_STRIDE=${WINDOW_STRIDE:-32}
+POLICY_STEPS=${POLICY_STEPS:-400}
+POLICY_BATCH=${POLICY_BATCH:-32}
+EVAL_EPISODES=${EVAL_EPISODES:-3}
+EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-120}
+
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+BIN=.venv/bin
+mkdir -p "$RUN/logs"
+
+log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$RUN/logs/repro.log"; }
+
+# stage NAME DONE_PATH COMMAND...: runs COMMAND unless DONE_PATH exists, logging and timing it
+stage() {
+    local name=$1 done_path=$2
+    shift 2
+    if [[ -e $done_path ]]; then
+        log "$name: already done ($done_path)"
+        return 0
+    fi
+    log "$name: start: $*"
+    local start
+    start=$(date +%s)
+    "$@" >> "$RUN/logs/$name.log" 2>&1
+    local end
+    end=$(date +%s)
+    echo "{\"stage\": \"$name\", \"start\": $start, \"end\": $end, \"seconds\": $((end - start))}" >> "$RUN/stages.jsonl"
+    log "$name: done in $((end - start)) s"
+}
+
+tvp_train() {
+    local steps=$1
+    $BIN/vpp-tvp train --preset small --data "metaworld=lerobot:$RUN/demos#corner" --fit-vae-steps "$VAE_FIT_STEPS" \
+        --steps "$steps" --batch-size "$TVP_BATCH" --lr 2e-4 --checkpoint-every "$TVP_CHECKPOINT_EVERY" --output "$RUN/tvp"
+}
+
+# TVP training under an optional deadline: past it, the run is stopped and resumed with --steps
+# set to its newest checkpoint, which has nothing left to do and writes model/ (constant LR, so
+# the shorter run is the same run cut short).
+tvp_train_until_deadline() {
+    if [[ -z $TVP_DEADLINE ]]; then
+        tvp_train "$TVP_STEPS"
+        return
+    fi
+    tvp_train "$TVP_STEPS" &
+    local pid=$!
+    while kill -0 "$pid" 2> /dev/null; do
+        if (( $(date +%s) >= TVP_DEADLINE )); then
+            kill "$pid"
+            wait "$pid" || true
+            local newest
+            newest=$(ls -d "$RUN"/tvp/checkpoints/step-* | sort | tail -1)
+            local reached=$((10#${newest##*step-}))
+            echo "deadline reached: stopping at the step-$reached checkpoint"
+            tvp_train "$reached"
+            return
+        fi
+        sleep 20
+    done
+    wait "$pid"
+}
+
+policy_train() {
+    local encoder=$1 output=$2
+    shift 2
+    $BIN/vpp-policy train --data "$RUN/demos" --tvp "$RUN/tvp/model" --chunk 4 --encoder "$encoder" \
+        --window-stride "$WINDOW_STRIDE" --steps "$POLICY_STEPS" --batch-size "$POLICY_BATCH" \
+        --checkpoint-every 50 --output "$output" "$@"
+}
+
+policy_eval() {
+    local policy=$1 name=$2 output=$3
+    $BIN/vpp-policy eval --policy "$policy" --name "$name" --tasks "$EVAL_TASKS" --episodes "$EVAL_EPISODES" \
+        --max-steps "$EVAL_MAX_STEPS" --out "$output"
+}
+
+log "settings: train tasks $TRAIN_TASKS; eval tasks $EVAL_TASKS; demos/task $DEMOS_PER_TASK; vae fit $VAE_FIT_STEPS;" \
+    "tvp $TVP_STEPS x $TVP_BATCH (deadline ${TVP_DEADLINE:-none}); window stride $WINDOW_STRIDE;" \
+    "policy $POLICY_STEPS x $POLICY_BATCH; eval $EVAL_EPISODES episodes <= $EVAL_MAX_STEPS steps"
+
+stage collect "$RUN/demos/meta/info.json" \
+    $BIN/vpp-policy collect --tasks "$TRAIN_TASKS" --episodes "$DEMOS_PER_TASK" --size 64 --out "$RUN/demos"
+stage tvp "$RUN/tvp/model" tvp_train_until_deadline
+
+# The two policies run side by side: the ablation's VAE encoding is cheap, and the TVP policy
+# first spends its time caching features.
+stage policy-vae "$RUN/policy-vae/model" policy_train vae "$RUN/policy-vae" &
+vae_pid=$!
+stage policy-tvp "$RUN/policy-tvp/model" policy_train tvp "$RUN/policy-tvp" --feature-cache "$RUN/features"
+wait "$vae_pid"
+
+stage eval-vae "$RUN/eval-vae/results.json" policy_eval "$RUN/policy-vae/model" "small, static VAE encoder" "$RUN/eval-vae" &
+eval_pid=$!
+stage eval-tvp "$RUN/eval-tvp/results.json" policy_eval "$RUN/policy-tvp/model" "small, TVP features" "$RUN/eval-tvp"
+wait "$eval_pid"
+# the upper bound the demonstrations come from, under the same seeds and step cap
+stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld oracle" "$RUN/eval-oracle"
+log "all stages done"
