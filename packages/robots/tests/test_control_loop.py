@@ -228,3 +228,26 @@ def test_a_recorded_rollout_reads_back_as_a_lerobot_episode(tmp_path):
     np.testing.assert_allclose(episode.column("action"), np.stack(recorder.actions), rtol=1e-6)
     frames = episode.read_frames("observation.images.wrist", [0, episode.length - 1])
     assert frames.shape == (2, 32, 48, 3)
+
+
+def test_until_ends_the_run_at_the_first_tick_it_holds_and_that_tick_is_not_recorded():
+    arm = IdealArm(SafetyLimits(control_period_s=0.01))
+    recorder = RolloutRecorder(["scene"])
+    loop = ControlLoop(arm, [NoiseCamera("scene")], SlowPolicy(delay_s=0.0, step_m=0.002), ControlLoopConfig(policy_rate_hz=20.0), recorder=recorder)
+    report = loop.run("push", seconds=5.0, until=lambda state: state.ee_position[0] > START[0] + 0.01)
+    assert report.stop_reason is None and report.duration_s < 3.0
+    assert len(recorder) == report.ticks
+    assert all(state[0] <= START[0] + 0.01 for state in recorder.states)
+    assert arm.observe().ee_position[0] > START[0] + 0.01
+
+
+def test_the_report_says_whether_the_policy_rate_held():
+    _, loop = make_loop(HoldPolicy(), rate=20.0)
+    report = loop.run("hold", seconds=0.6)
+    assert report.target_rate_hz == 20.0
+    assert report.policy_rate_hz == pytest.approx(20.0, rel=0.05)
+    assert report.rate_held and report.missed_deadlines == 0
+    assert report.observe_latency["count"] == report.ticks
+    _, late = make_loop(SlowPolicy(delay_s=0.2, chunk=1), rate=20.0, execute_steps=1)
+    late_report = late.run("push", seconds=0.8)
+    assert late_report.missed_deadlines >= 1 and not late_report.rate_held

@@ -1,8 +1,10 @@
-"""`vpp-robot run`: a policy on a simulated or real arm, with a live rate/latency readout.
+"""`vpp-robot run`: a policy on a simulated or real arm, with a live rate/latency readout;
+`vpp-robot collect`: scripted-expert demonstrations on a simulated arm.
 
-Writes into --out: `rollout.mp4` (all cameras side by side), `latency_report.json` (the
-ControlLoop report plus the run's settings) and, unless --no-record, `dataset/`, the rollout
-as a LeRobotDataset v3 episode.
+`run` writes into --out: `rollout.mp4` (all cameras side by side), `latency_report.json` (the
+ControlLoop report, including the achieved policy rate and whether it held the target, plus the
+run's settings) and, unless --no-record, `dataset/`, the rollout as a LeRobotDataset v3 episode.
+`collect` writes a LeRobotDataset v3 folder of `GraspCubeExpert` episodes (see vpp.robots.collect).
 """
 
 from __future__ import annotations
@@ -24,17 +26,25 @@ from vpp.robots.safety import SafetyFilter, SafetyLimits
 
 logger = logging.getLogger("vpp.robots.cli")
 
-ROBOTS = ("sim-panda", "sim-xarm", "franka", "xarm")
+SIM_ROBOTS = ("sim-panda", "sim-xarm")
+ROBOTS = (*SIM_ROBOTS, "franka", "xarm")
+DEFAULT_IMAGE_SIZE = 128
 
 
-def build_robot(name: str, host: str | None, servo_rate_hz: float, image_size: int) -> tuple[Robot, list[Camera]]:
+def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[Camera]]:
+    name, host, servo_rate_hz = args.robot, args.host, args.servo_rate
     servo_period = 1.0 / servo_rate_hz
-    if name in ("sim-panda", "sim-xarm"):
-        from vpp.robots.drivers.sim import SimConfig, SimPanda, SimXArm
+    if name in SIM_ROBOTS:
+        from vpp.robots.drivers.sim import SimConfig, build_sim_arm
 
-        arm_class = SimPanda if name == "sim-panda" else SimXArm
-        limits = dataclasses.replace(arm_class.default_limits(), control_period_s=servo_period)
-        arm = arm_class(SimConfig(image_height=image_size, image_width=image_size), SafetyFilter(limits))
+        config = SimConfig(
+            image_height=image_size,
+            image_width=image_size,
+            start_tcp_position=None if args.sim_start == "home" else "ready",
+            object_jitter_m=args.object_jitter,
+            seed=args.sim_seed,
+        )
+        arm = build_sim_arm(name, config, servo_rate_hz)
         return arm, arm.cameras()
     if host is None:
         raise SystemExit(f"--robot {name} needs --host (the controller's address)")
@@ -64,6 +74,20 @@ def _progress_line(report: ControlLoopReport) -> None:
     )
 
 
+def _sim_scene_summary(robot: Robot) -> dict | None:
+    """Where the cube is and how far the tool centre point ended from it (simulated arms only:
+    a real arm has no ground truth to report)."""
+    if not hasattr(robot, "object_position"):
+        return None
+    final_position = robot.observe().ee_position
+    cube = robot.object_position()
+    return {
+        "object_position": cube.tolist(),
+        "final_tcp_position": final_position.tolist(),
+        "final_tcp_to_object_m": float(np.linalg.norm(final_position - cube)),
+    }
+
+
 def _write_video(recorder: RolloutRecorder, path: Path, fps: int) -> None:
     from vpp.data.video_io import write_video
 
@@ -85,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    robot, cameras = build_robot(args.robot, args.host, args.servo_rate, args.image_size)
+    # Rendering at the size the artifact resizes to anyway is the cheapest frame that loses nothing.
+    image_size = args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE
+    robot, cameras = build_robot(args, image_size)
     recorder = RolloutRecorder([camera.name for camera in cameras])
     with robot:
         loop = ControlLoop(robot, cameras, policy, config, recorder=recorder, on_progress=_progress_line)
         report = loop.run(args.instruction, seconds=args.seconds)
+        scene = _sim_scene_summary(robot)
     fps = round(args.rate)
     _write_video(recorder, out / "rollout.mp4", fps)
     if args.record and len(recorder):
@@ -99,12 +126,46 @@ def run(args: argparse.Namespace) -> int:
         "policy": args.policy,
         "instruction": args.instruction,
         "config": dataclasses.asdict(config),
+        "image_size": image_size,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **report.to_dict(),
     }
+    if scene is not None:
+        summary["sim_scene"] = scene
     (out / "latency_report.json").write_text(json.dumps(summary, indent=2))
     logger.info("wrote %s", out)
+    print(rate_verdict(report))
     return 0 if report.stop_reason is None else 1
+
+
+def rate_verdict(report: ControlLoopReport) -> str:
+    """One line saying whether the loop held its policy rate, and why not."""
+    inference = report.inference_latency.get("p50_ms", float("nan"))
+    observe = report.observe_latency.get("p50_ms", float("nan"))
+    details = (
+        f"achieved {report.policy_rate_hz:.2f} Hz over {report.ticks} ticks; {report.overrun_ticks} overrun ticks, "
+        f"{report.missed_deadlines} ticks without an action; observe+render p50 {observe:.1f} ms, inference p50 {inference:.1f} ms"
+    )
+    verdict = "HELD" if report.rate_held else "DID NOT HOLD"
+    return f"policy rate {verdict} {report.target_rate_hz:g} Hz: {details}"
+
+
+def collect(args: argparse.Namespace) -> int:
+    from vpp.robots.collect import CollectConfig, collect_sim_demos
+
+    config = CollectConfig(
+        robot=args.robot,
+        episodes=args.episodes,
+        max_seconds=args.max_seconds,
+        rate_hz=args.rate,
+        servo_rate_hz=args.servo_rate,
+        image_size=args.image_size,
+        seed=args.seed,
+        object_jitter_m=args.object_jitter,
+    )
+    progress = collect_sim_demos(args.out, config)
+    print(f"{args.out}: {progress.kept} expert episodes, {progress.dropped} attempts dropped")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +182,33 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
     run_parser.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
     run_parser.add_argument("--ensemble-decay", type=float, default=None, help="ACT temporal ensembling m (off if unset)")
-    run_parser.add_argument("--image-size", type=int, default=128, help="simulated camera side, pixels")
+    run_parser.add_argument(
+        "--image-size", type=int, default=None, help=f"simulated camera side, pixels (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})"
+    )
     run_parser.add_argument("--no-record", dest="record", action="store_false", help="skip the LeRobot episode")
+    # Defaults match `collect`, so that a policy trained on its demonstrations starts in their scene.
+    run_parser.add_argument("--sim-start", choices=("ready", "home"), default="ready", help="simulated arm's start pose")
+    run_parser.add_argument("--sim-seed", type=int, default=1000, help="cube spawn seed (collect uses seeds from 0)")
+    run_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    run_parser.set_defaults(func=run)
+    collect_parser = commands.add_parser(
+        "collect", help="scripted-expert demonstrations on a simulated arm -> LeRobotDataset v3 (resumable)"
+    )
+    collect_parser.add_argument("--robot", choices=SIM_ROBOTS, default="sim-panda")
+    collect_parser.add_argument("--episodes", type=int, default=8, help="episodes the dataset should hold")
+    collect_parser.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
+    collect_parser.add_argument("--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)")
+    collect_parser.add_argument("--rate", type=float, default=10.0, help="policy (and recording) rate, Hz")
+    collect_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
+    collect_parser.add_argument("--image-size", type=int, default=32, help="camera side, pixels")
+    collect_parser.add_argument("--seed", type=int, default=0, help="attempt k spawns the cube from seed + k")
+    collect_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    collect_parser.set_defaults(func=collect)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The filter logs every clamp at INFO, 100 times a second while streaming; the readout is the live view.
     logging.getLogger("vpp.robots.safety").setLevel(logging.WARNING)
-    return run(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,20 @@ def waypoint_as_action(waypoint: np.ndarray, state: RobotState) -> np.ndarray:
     return np.concatenate([waypoint[:3] - state.ee_position, rotation, [waypoint[7]]]).astype(np.float32)
 
 
+# The achieved policy rate counts as holding the target within this fraction (a tick skipped
+# in a 10 s run at 10 Hz is 1%).
+RATE_TOLERANCE = 0.02
+
+
 @dataclass
 class ControlLoopReport:
     ticks: int = 0
     duration_s: float = 0.0
+    target_rate_hz: float = 0.0
+    # 1 / mean tick interval.
+    policy_rate_hz: float = 0.0
+    # The achieved rate is within RATE_TOLERANCE of the target and no tick lacked an action.
+    rate_held: bool = False
     chunks: int = 0
     rejected_chunks: int = 0
     stale_actions_dropped: int = 0
@@ -160,6 +170,8 @@ class ControlLoopReport:
     stop_reason: str | None = None
     policy_period: dict[str, float] = field(default_factory=dict)
     policy_jitter: dict[str, float] = field(default_factory=dict)
+    # Reading the arm and rendering/grabbing every camera, per tick: the policy thread's own cost.
+    observe_latency: dict[str, float] = field(default_factory=dict)
     servo_period: dict[str, float] = field(default_factory=dict)
     servo_jitter: dict[str, float] = field(default_factory=dict)
     inference_latency: dict[str, float] = field(default_factory=dict)
@@ -187,25 +199,36 @@ class RolloutRecorder:
         self.states.append(np.asarray(state, dtype=np.float32))
         self.actions.append(np.asarray(action, dtype=np.float32))
 
-    def save_episode(self, root: str | Path, fps: int, instruction: str, robot_type: str | None) -> None:
-        from vpp.data.lerobot import LeRobotDatasetWriter
-
+    def frames(self) -> dict[str, np.ndarray]:
+        """The rollout as LeRobot columns (see `rollout_features`), one row per tick."""
         if not self.states:
             raise ValueError("the rollout has no frames; expected at least one tick before saving")
-        first = {name: frames[0] for name, frames in self.images.items()}
-        features: dict[str, dict] = {
-            f"observation.images.{name}": {"dtype": "video", "shape": image.shape} for name, image in first.items()
-        }
-        features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"]}
-        features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]}
         frames: dict[str, np.ndarray] = {f"observation.images.{name}": np.stack(images) for name, images in self.images.items()}
         frames["observation.state"] = np.stack(self.states)
         frames["action"] = np.stack(self.actions)
-        writer = LeRobotDatasetWriter(root, fps=fps, features=features, robot_type=robot_type)
+        return frames
+
+    def save_episode(self, root: str | Path, fps: int, instruction: str, robot_type: str | None) -> None:
+        from vpp.data.lerobot import LeRobotDatasetWriter
+
+        frames = self.frames()
+        shapes = {name: frames[f"observation.images.{name}"].shape[1:] for name in self.camera_names}
+        writer = LeRobotDatasetWriter(root, fps=fps, features=rollout_features(shapes), robot_type=robot_type)
         try:
             writer.add_episode(frames, task=instruction)
         finally:
             writer.finalize()
+
+
+def rollout_features(camera_shapes: Mapping[str, Sequence[int]]) -> dict[str, dict]:
+    """LeRobot v3 features of a recorded rollout: one video per camera (H, W, 3), the state
+    [x, y, z, qx, qy, qz, qw, gripper] and the delta action the loop commanded at each tick."""
+    features: dict[str, dict] = {
+        f"observation.images.{name}": {"dtype": "video", "shape": tuple(shape)} for name, shape in camera_shapes.items()
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"]}
+    features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]}
+    return features
 
 
 class _Interpolator:
@@ -271,6 +294,7 @@ class ControlLoop:
         self._inference_latency: list[float] = []
         self._servo_intervals: list[float] = []
         self._send_latency: list[float] = []
+        self._observe_latency: list[float] = []
 
     # -- failure handling ----------------------------------------------------------------------
 
@@ -349,16 +373,28 @@ class ControlLoop:
             schedule.setdefault(due_tick, []).append(waypoint)
 
     def _observe(self, need_images: bool) -> tuple[RobotState, dict[str, np.ndarray]]:
+        started = time.monotonic()
         state = self.robot.observe()
         images = read_cameras(self.cameras) if need_images else {}
+        self._observe_latency.append(time.monotonic() - started)
         return state, images
 
-    def run(self, instruction: str, seconds: float | None = None, max_ticks: int | None = None) -> ControlLoopReport:
-        """Runs until `seconds` or `max_ticks` pass, a fault, or Ctrl-C; the arm is stopped at the end."""
+    def run(
+        self,
+        instruction: str,
+        seconds: float | None = None,
+        max_ticks: int | None = None,
+        until: Callable[[RobotState], bool] | None = None,
+    ) -> ControlLoopReport:
+        """Runs until `seconds` or `max_ticks` pass, `until(observed state)` holds at a tick (a task
+        is done; that tick is not recorded), a fault, or Ctrl-C; the arm is stopped at the end."""
         if seconds is None and max_ticks is None:
             raise ValueError("run() needs seconds or max_ticks; expected at least one bound")
         config = self.config
         period = config.policy_period_s
+        # A camera's first frame can take seconds (a simulator makes its GL context, a real camera
+        # starts streaming): take it before the clock starts, not inside the first tick.
+        read_cameras(self.cameras)
         state = self.robot.observe()
         held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
         start = time.monotonic()
@@ -388,6 +424,10 @@ class ControlLoop:
                     state, images = self._observe(need_images=wants_inference or self.recorder is not None)
                 except RobotError as error:
                     self._fail(f"{type(error).__name__}: {error}")
+                    break
+                if until is not None and until(state):
+                    self._report.ticks -= 1
+                    tick_times.pop()
                     break
                 while True:
                     try:
@@ -453,6 +493,10 @@ class ControlLoop:
         intervals = np.diff(tick_times) if len(tick_times) > 1 else np.array([])
         report.policy_period = timing_stats(intervals)
         report.policy_jitter = timing_stats(np.abs(intervals - self.config.policy_period_s))
+        report.target_rate_hz = self.config.policy_rate_hz
+        report.policy_rate_hz = float(1.0 / intervals.mean()) if intervals.size else 0.0
+        report.rate_held = report.policy_rate_hz >= (1.0 - RATE_TOLERANCE) * report.target_rate_hz and report.missed_deadlines == 0
+        report.observe_latency = timing_stats(self._observe_latency)
         servo = np.array(self._servo_intervals[-100_000:])
         report.servo_period = timing_stats(servo)
         report.servo_jitter = timing_stats(np.abs(servo - self.config.servo_period_s))

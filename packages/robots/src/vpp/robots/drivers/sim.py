@@ -21,6 +21,7 @@ thread at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import threading
@@ -47,6 +48,8 @@ from vpp.robots.safety import SafetyFilter, SafetyLimits
 logger = logging.getLogger(__name__)
 
 CAMERA_NAMES = ("scene", "wrist")
+RENDER_QUALITIES = ("fast", "full")
+CUBE_HALF_SIZE_M = 0.025
 # Real-time stepping gives up on catching up after this much lag (a stalled process), instead of
 # fast-forwarding the physics in one burst.
 _MAX_CATCH_UP_S = 0.1
@@ -99,10 +102,22 @@ class SimConfig:
     # Cube position jitter (metres, uniform in +-range on x and y) drawn from `seed`.
     object_jitter_m: float = 0.05
     seed: int = 0
+    # Where the tool centre point starts (base frame, metres; the orientation stays the home
+    # pose's): None for the model's home pose, "ready" for the arm's `ready_tcp_position`.
+    start_tcp_position: tuple[float, float, float] | str | None = None
+    # "fast": no shadows, no multisampling, and low-poly meshes where the model has them (the
+    # FR3's collision meshes: 3 k triangles instead of 240 k); in software GL (Mesa llvmpipe)
+    # that is ~5 ms a view instead of ~90 ms, which is what lets a 10 Hz loop render two cameras.
+    # "full": the model's own visual meshes and lighting.
+    render_quality: str = "fast"
 
     def __post_init__(self) -> None:
         if self.image_height % 2 or self.image_width % 2 or min(self.image_height, self.image_width) < 16:
             raise ValueError(f"image size {self.image_height}x{self.image_width}; expected even sides of at least 16 pixels")
+        if isinstance(self.start_tcp_position, str) and self.start_tcp_position != "ready":
+            raise ValueError(f"start_tcp_position={self.start_tcp_position!r}; expected None, 'ready' or (x, y, z)")
+        if self.render_quality not in RENDER_QUALITIES:
+            raise ValueError(f"render_quality={self.render_quality!r}; expected one of {RENDER_QUALITIES}")
         for name in ("controller_period_s", "ik_damping", "ik_gain", "max_joint_speed_rad_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected > 0")
@@ -127,6 +142,12 @@ class SimArm(Robot):
 
     arm_joint_names: tuple[str, ...]
     robot_type: str
+    # (group of the visual meshes, group of their low-poly twins) for render_quality="fast";
+    # None where the model has no low-poly twin of its visual meshes.
+    low_poly_mesh_groups: tuple[int, int] | None = None
+    # A start pose low over the table with the gripper pointing down (base frame): close enough to
+    # the cube for short demonstrations, high enough to clear it anywhere in its spawn area.
+    ready_tcp_position: tuple[float, float, float]
 
     def __init__(self, config: SimConfig | None = None, safety_filter: SafetyFilter | None = None):
         super().__init__(safety_filter or SafetyFilter(self.default_limits()))
@@ -153,7 +174,23 @@ class SimArm(Robot):
         self._arm_actuators = np.array([self.model.actuator(f"vpp_servo_{n}").id for n in self.arm_joint_names])
         self._ee_site = self.model.site("vpp_tcp").id
         self._base_body = self.model.body(self.base_body_name).id
+        self._cube_qpos = self.model.joint(self.model.body("vpp_cube").jntadr[0]).qposadr[0]
+        self._cube_dof = self.model.joint(self.model.body("vpp_cube").jntadr[0]).dofadr[0]
+        self._scene_option = mujoco.MjvOption()
+        if self.config.render_quality == "fast":
+            self.model.light_castshadow[:] = 0
+            self.model.vis.quality.offsamples = 0
+            if self.low_poly_mesh_groups is not None:
+                high_poly, low_poly = self.low_poly_mesh_groups
+                self._scene_option.geomgroup[high_poly] = 0
+                self._scene_option.geomgroup[low_poly] = 1
+        self._start_joints: np.ndarray | None = None
         self._reset_state()
+        if self.config.start_tcp_position is not None:
+            self._start_joints = self._joints_reaching(
+                self.ready_tcp_position if self.config.start_tcp_position == "ready" else self.config.start_tcp_position
+            )
+            self._reset_state()
 
     # -- model -----------------------------------------------------------------------------
 
@@ -184,15 +221,21 @@ class SimArm(Robot):
     def _add_scene(self, spec) -> None:
         mujoco = self._mujoco
         centre, top = self._table_top()
-        rng = np.random.default_rng(self.config.seed)
-        jitter = rng.uniform(-self.config.object_jitter_m, self.config.object_jitter_m, size=2)
-        cube = spec.worldbody.add_body(name="vpp_cube", pos=[centre[0] + jitter[0], centre[1] + jitter[1], top + 0.025])
+        cube = spec.worldbody.add_body(name="vpp_cube", pos=self._cube_spawn_position(self.config.seed).tolist())
         cube.add_freejoint()
-        cube.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.025] * 3, rgba=[0.85, 0.15, 0.1, 1.0], density=500)
-        eye = np.array([centre[0] + 0.75, centre[1], top + 0.55])
-        target = np.array([centre[0], centre[1], top + 0.1])
+        cube.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF_SIZE_M] * 3, rgba=[0.85, 0.15, 0.1, 1.0], density=500)
+        # Steep and close enough that the 5 cm cube still covers a few pixels at 32 px (the tiny
+        # TVP's image size), with the arm's lower links in view.
+        eye = np.array([centre[0] + 0.5, centre[1], top + 0.7])
+        target = np.array([centre[0] - 0.05, centre[1], top + 0.12])
         spec.worldbody.add_camera(name="scene", pos=eye.tolist(), xyaxes=look_at_xyaxes(eye, target), fovy=55)
         spec.worldbody.add_light(pos=[centre[0], centre[1], top + 2.0], dir=[0, 0, -1], diffuse=[0.7, 0.7, 0.7], directional=True)
+
+    def _cube_spawn_position(self, seed: int) -> np.ndarray:
+        """World position of the cube's centre, resting on the table, jittered by `seed`."""
+        centre, top = self._table_top()
+        jitter = np.random.default_rng(seed).uniform(-self.config.object_jitter_m, self.config.object_jitter_m, size=2)
+        return np.array([centre[0] + jitter[0], centre[1] + jitter[1], top + CUBE_HALF_SIZE_M])
 
     @staticmethod
     def _add_servos(spec, joint_names: tuple[str, ...], kp: float, kv: float) -> None:
@@ -219,7 +262,7 @@ class SimArm(Robot):
     def _reset_state(self) -> None:
         mujoco = self._mujoco
         mujoco.mj_resetData(self.model, self.data)
-        home = self._home_joints()
+        home = self._start_joints.copy() if self._start_joints is not None else self._home_joints()
         self.data.qpos[self._joint_qpos] = home
         self._joint_command = home.copy()
         self._pose_target: tuple[np.ndarray, np.ndarray] | None = None
@@ -229,6 +272,24 @@ class SimArm(Robot):
         self.data.ctrl[self._arm_actuators] = home
         mujoco.mj_forward(self.model, self.data)
         self._apply_gripper(self._gripper_target)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Arm back home, gripper open, the cube respawned at the jittered position of `seed`
+        (None: the config's seed); a new episode without recompiling the model."""
+        with self._lock:
+            self._reset_state()
+            self.data.qpos[self._cube_qpos : self._cube_qpos + 3] = self._cube_spawn_position(self.config.seed if seed is None else seed)
+            self.data.qpos[self._cube_qpos + 3 : self._cube_qpos + 7] = [1.0, 0.0, 0.0, 0.0]
+            self.data.qvel[self._cube_dof : self._cube_dof + 6] = 0.0
+            self._mujoco.mj_forward(self.model, self.data)
+        self.safety_filter.reset()
+
+    def object_position(self) -> np.ndarray:
+        """The cube's centre in the base frame: simulator ground truth, for scripted experts and scoring."""
+        with self._lock:
+            base_position, base_quaternion = self._base_pose()
+            cube = self.data.qpos[self._cube_qpos : self._cube_qpos + 3].copy()
+        return _rotate(quaternion_conjugate(base_quaternion), cube - base_position)
 
     @property
     def num_joints(self) -> int:
@@ -391,6 +452,18 @@ class SimArm(Robot):
         nullspace = np.eye(len(step)) - pseudo_inverse @ jacobian
         return step + nullspace @ (self.config.nullspace_gain * (self._home - joints))
 
+    def _joints_reaching(self, position: tuple[float, float, float]) -> np.ndarray:
+        """Joints putting the tool centre point near a base-frame `position` in the current orientation
+        (within millimetres: the IK's pull towards home leaves a small offset)."""
+        base_position, base_quaternion = self._base_pose()
+        _, tcp_quaternion = self._tcp_world()
+        quaternion = normalize_quaternion(quaternion_multiply(quaternion_conjugate(base_quaternion), tcp_quaternion))
+        joints = self.solve_ik(np.asarray(position, dtype=np.float64), quaternion, iterations=1000)
+        reached = self.forward_kinematics(joints)
+        if np.linalg.norm(reached - np.asarray(position)) > 5e-3:
+            raise ValueError(f"start position {list(position)} is out of the {self.robot_type}'s reach (IK ended at {reached.round(4).tolist()})")
+        return joints
+
     def solve_ik(self, position: np.ndarray, quaternion: np.ndarray, iterations: int = 200) -> np.ndarray:
         """Joint positions reaching a base-frame pose, by kinematics only (no physics, no time)."""
         with self._lock:
@@ -420,7 +493,7 @@ class SimArm(Robot):
         self._mujoco.mj_kinematics(self.model, self._render_data)
         self._mujoco.mj_comPos(self.model, self._render_data)
         self._mujoco.mj_camlight(self.model, self._render_data)
-        renderer.update_scene(self._render_data, camera=camera)
+        renderer.update_scene(self._render_data, camera=camera, scene_option=self._scene_option)
         return renderer.render().copy()
 
     def _renderer_for_this_thread(self):
@@ -438,6 +511,9 @@ class SimPanda(SimArm):
 
     arm_joint_names = tuple(f"fr3_joint{i}" for i in range(1, 8))
     robot_type = "sim_panda"
+    # franky-sim's FR3 keeps its visual meshes in group 2 and convex collision meshes in group 3.
+    low_poly_mesh_groups = (2, 3)
+    ready_tcp_position = (0.45, 0.0, 0.3)
     base_body_name = "base"
     # Franka's flange-to-fingertip-centre offset, along the hand's z axis.
     _TCP_OFFSET_M = 0.1034
@@ -497,6 +573,8 @@ class SimXArm(SimArm):
 
     arm_joint_names = tuple(f"joint{i}" for i in range(1, 8))
     robot_type = "sim_xarm7"
+    # The table top is 0.11 m below this arm's base.
+    ready_tcp_position = (0.4, 0.0, 0.12)
     base_body_name = "link0"
     _GRIPPER_CLOSED_RAD = 0.85
     _GRIPPER_GAIN = 20.0
@@ -537,3 +615,15 @@ class SimXArm(SimArm):
     def _read_gripper(self) -> float:
         angle = self.data.joint("left_inner_knuckle_joint").qpos[0]
         return float(np.clip(1.0 - angle / self._GRIPPER_CLOSED_RAD, 0.0, 1.0))
+
+
+SIM_ARMS: dict[str, type[SimArm]] = {"sim-panda": SimPanda, "sim-xarm": SimXArm}
+
+
+def build_sim_arm(name: str, config: SimConfig, servo_rate_hz: float) -> SimArm:
+    """A simulated arm by CLI name, its safety filter's per-step caps sized for `servo_rate_hz`."""
+    if name not in SIM_ARMS:
+        raise ValueError(f"simulated arm {name!r}; expected one of {sorted(SIM_ARMS)}")
+    arm_class = SIM_ARMS[name]
+    limits = dataclasses.replace(arm_class.default_limits(), control_period_s=1.0 / servo_rate_hz)
+    return arm_class(config, SafetyFilter(limits))
