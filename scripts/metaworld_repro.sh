@@ -99,6 +99,70 @@ policy_eval() {
         --max-steps "$EVAL_MAX_STEPS" --out "$output"
 }
 
+# One JSON with the settings, machine, stage wall times, training curves' ends and every eval.
+summarize() {
+    TRAIN_TASKS=$TRAIN_TASKS EVAL_TASKS=$EVAL_TASKS DEMOS_PER_TASK=$DEMOS_PER_TASK VAE_FIT_STEPS=$VAE_FIT_STEPS \
+    TVP_STEPS=$TVP_STEPS TVP_BATCH=$TVP_BATCH WINDOW_STRIDE=$WINDOW_STRIDE POLICY_STEPS=$POLICY_STEPS \
+    POLICY_BATCH=$POLICY_BATCH EVAL_EPISODES=$EVAL_EPISODES EVAL_MAX_STEPS=$EVAL_MAX_STEPS RUN=$RUN \
+    $BIN/python - << 'PY'
+import json, os, platform, re
+from pathlib import Path
+
+import torch
+
+run = Path(os.environ["RUN"])
+env = {k: os.environ[k] for k in ("TRAIN_TASKS", "EVAL_TASKS", "DEMOS_PER_TASK", "VAE_FIT_STEPS", "TVP_STEPS", "TVP_BATCH",
+                                  "WINDOW_STRIDE", "POLICY_STEPS", "POLICY_BATCH", "EVAL_EPISODES", "EVAL_MAX_STEPS")}
+
+
+def curve(folder):
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    tail = rows[-5:]
+    return {"steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+            "mean_loss_last_5_logs": sum(r["loss"] for r in tail) / len(tail), "log_every": rows[1]["step"] - rows[0]["step"]}
+
+
+def windows(log):
+    found = re.findall(r"(\d+) training windows", (run / "logs" / log).read_text())
+    return int(found[-1])
+
+
+def evaluation(name):
+    results = json.loads((run / name / "results.json").read_text())
+    results.pop("paper_table2")
+    return results
+
+
+cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+demos = json.loads((run / "demos" / "collection_state.json").read_text())
+oracle = evaluation("eval-oracle")
+summary = {
+    "what": "issue 4: CPU-scale MetaWorld reproduction with the small preset (scripts/metaworld_repro.sh)",
+    "machine": {"cpus": os.cpu_count(), "cpu": cpu_model, "torch": torch.__version__,
+                "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", "1")),
+                "note": "2-core VM shared with other jobs (load average 5-9 during the run); no GPU"},
+    "settings": {"train_tasks": env["TRAIN_TASKS"].split(","), "eval_tasks": env["EVAL_TASKS"].split(","),
+                 "demos_per_task": int(env["DEMOS_PER_TASK"]), "camera": "corner", "image_size": 64,
+                 "tvp": {"preset": "small", "vae_fit_steps": int(env["VAE_FIT_STEPS"]), "steps_planned": int(env["TVP_STEPS"]),
+                         "batch_size": int(env["TVP_BATCH"]), "lr": 2e-4},
+                 "policy": {"chunk": 4, "head_preset": "small", "window_stride": int(env["WINDOW_STRIDE"]),
+                            "steps": int(env["POLICY_STEPS"]), "batch_size": int(env["POLICY_BATCH"]), "lr": 1e-4,
+                            "lr_schedule": "tristage"},
+                 "eval": {"episodes_per_task": int(env["EVAL_EPISODES"]), "max_steps": int(env["EVAL_MAX_STEPS"]),
+                          "seed_offset": oracle["seed_offset"]}},
+    "demos": {"kept": sum(t["kept"] for t in demos["tasks"].values()), "dropped": {k: t["dropped"] for k, t in demos["tasks"].items() if t["dropped"]}},
+    "stages": [json.loads(line) for line in (run / "stages.jsonl").read_text().splitlines() if line.strip()],
+    "training": {"tvp": curve(run / "tvp"), "policy_tvp": {**curve(run / "policy-tvp"), "windows": windows("policy-tvp.log")},
+                 "policy_vae": {**curve(run / "policy-vae"), "windows": windows("policy-vae.log")}},
+    "eval": {"tvp": evaluation("eval-tvp"), "vae": evaluation("eval-vae"), "oracle": oracle},
+    "paper_table2": json.loads((run / "eval-oracle" / "results.json").read_text())["paper_table2"],
+}
+(run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(json.dumps(summary["eval"]["tvp"]["groups"]), json.dumps(summary["eval"]["vae"]["groups"]))
+PY
+}
+
 log "settings: train tasks $TRAIN_TASKS; eval tasks $EVAL_TASKS; demos/task $DEMOS_PER_TASK; vae fit $VAE_FIT_STEPS;" \
     "tvp $TVP_STEPS x $TVP_BATCH (deadline ${TVP_DEADLINE:-none}); window stride $WINDOW_STRIDE;" \
     "policy $POLICY_STEPS x $POLICY_BATCH; eval $EVAL_EPISODES episodes <= $EVAL_MAX_STEPS steps"
@@ -120,4 +184,5 @@ stage eval-tvp "$RUN/eval-tvp/results.json" policy_eval "$RUN/policy-tvp/model" 
 wait "$eval_pid"
 # the upper bound the demonstrations come from, under the same seeds and step cap
 stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld oracle" "$RUN/eval-oracle"
-log "all stages done"
+summarize
+log "all stages done; $RUN/summary.json written"
