@@ -5,7 +5,8 @@ The artifact is a folder:
 - ``features.onnx``: images of every view (1, V, 3, H, W) in [-1, 1] + CLIP hidden states
   (1, L, D_text) + the TVP's starting noise (1, V, T, C, h, w) -> predictive features (the VAE
   encode of the current frame and the hooked UNet forward in one graph; for ``encoder="vae"``
-  just the VAE latents, with no noise input).
+  just the VAE latents, with no noise input). The text's key/value projections are moved in
+  front of the UNet's per-frame and per-pixel broadcasts (``vpp.policy.graph_passes``).
 - ``policy.onnx``: features + language embedding (1, D_lang) + normalised state (1, S) + unit
   action noise (1, chunk, action_dim) -> normalised action chunk, with every DDIM step unrolled
   in the graph (one ORT call per chunk beat a Python loop over a one-step graph).
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vpp.policy.graph_passes import project_before_broadcast
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.tvp.features import feature_sigma, predictive_features
 
@@ -134,6 +136,18 @@ def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: l
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=False)
 
 
+def _optimize_graph(path: Path) -> int:
+    """Applies :func:`project_before_broadcast` in place; returns how many MatMuls it moved. The
+    weights stay where the exporter put them (external files for graphs over 2 GB): only the
+    graph is loaded and rewritten. The parity check that follows runs the rewritten graph."""
+    import onnx
+
+    model, rewritten = project_before_broadcast(onnx.load(str(path), load_external_data=False))
+    if rewritten:
+        onnx.save(model, str(path))
+    return rewritten
+
+
 def tokenizer_data(policy: VideoPredictionPolicy) -> dict[str, Any] | None:
     """What ``vpp.runtime.tokenizer.ClipTokenizer`` needs, or None for a tokenizer that is not
     a CLIP-style BPE (``</w>`` word ends) it can reproduce."""
@@ -225,6 +239,7 @@ def export_policy(
     feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
     _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
+    feature_rewrites = _optimize_graph(out / "features.onnx")
     features = feature_graph(*feature_args)
 
     state_dim = cfg.state_dim
@@ -308,7 +323,12 @@ def export_policy(
             "encoder": None if tokenizer is None else {"file": "text_encoder.onnx", "tokenizer": "text/tokenizer.json"},
         },
         "graphs": {
-            "features": {"file": "features.onnx", "inputs": feature_inputs, "output": "features"},
+            "features": {
+                "file": "features.onnx",
+                "inputs": feature_inputs,
+                "output": "features",
+                "rewrites": {"projected_before_broadcast": feature_rewrites},
+            },
             "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
         },
         "parity": parity,
