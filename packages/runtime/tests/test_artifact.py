@@ -91,6 +91,9 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     assert manifest["action"]["normalizer"]["low"] == policy.action_normalizer.low.tolist()
     assert manifest["sampler"]["sigmas"] == policy.head.diffusion.sigmas().tolist()
     assert manifest["text"]["instructions"] == INSTRUCTIONS
+    # the key and value projections of every cross-attention (spatial and temporal) moved
+    cross_attentions = sum(1 for name, _ in policy.tvp.unet.named_modules() if name.endswith(".attn2"))
+    assert manifest["graphs"]["features"]["rewrites"]["projected_before_broadcast"] == 2 * cross_attentions
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
     assert 0 <= parity["features_relative_max_abs"] <= parity["tolerance"]["features_relative"]
