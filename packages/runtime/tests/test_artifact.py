@@ -81,6 +81,20 @@ def test_runtime_matches_torch_with_the_same_noise(exported):
     np.testing.assert_array_equal(Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]), Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]))
 
 
+def test_act_hands_the_features_over_bound_and_equals_two_plain_runs(exported):
+    _, folder = exported
+    runtime = Policy.load(folder, threads=1, seed=0)
+    assert runtime.device == "cpu"
+    obs = observation(np.random.default_rng(3))
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    pixels, state = runtime.preprocess(obs)
+    hidden, pooled = runtime.text(INSTRUCTIONS[1])
+    features = runtime.feature_session.run(None, {"images": pixels, "text_hidden": hidden, "noise": noise["features"]})[0]
+    normalized = runtime.policy_session.run(None, {"features": features, "lang": pooled, "noise": noise["actions"], "state": state})[0]
+    expected = runtime.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(runtime.act(obs, INSTRUCTIONS[1], noise=noise), expected)
+
+
 def test_manifest_records_shapes_hashes_and_parity(exported):
     policy, folder = exported
     manifest = json.loads((folder / "manifest.json").read_text())
