@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         temporal_ensemble_decay=args.ensemble_decay,
         replan_when_remaining=None if args.ensemble_decay is not None else 1,
     )
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, threads=args.inference_threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Rendering at the size the artifact resizes to anyway is the cheapest frame that loses nothing.
@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument(
         "--image-size", type=int, default=None, help=f"simulated camera side, pixels (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})"
     )
+    run_parser.add_argument(
+        "--inference-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime threads for an artifact (default: one per core; 1 leaves a core to a simulator)",
+    )
     run_parser.add_argument("--no-record", dest="record", action="store_false", help="skip the LeRobot episode")
     # Defaults match `collect`, so that a policy trained on its demonstrations starts in their scene.
     run_parser.add_argument("--sim-start", choices=("ready", "home"), default="ready", help="simulated arm's start pose")
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     collect_parser = commands.add_parser(
         "collect", help="scripted-expert demonstrations on a simulated arm -> LeRobotDataset v3 (resumable)"
     )
-    collect_parser.add_argument("--robot", choices=SIM_ROBOTS, default="sim-panda")
+    # The expert's grasp (closing threshold, cube size) is tuned to the Panda hand only.
+    collect_parser.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
     collect_parser.add_argument("--episodes", type=int, default=8, help="episodes the dataset should hold")
     collect_parser.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
     collect_parser.add_argument("--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)")

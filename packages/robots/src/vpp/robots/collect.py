@@ -49,6 +49,12 @@ class CollectConfig:
     # Attempts allowed per wanted episode before giving up.
     max_attempts_per_episode: int = 3
 
+    def __post_init__(self) -> None:
+        if self.robot != "sim-panda":
+            raise ValueError(f"robot={self.robot!r}; expected 'sim-panda' (the expert's grasp is tuned to the Panda hand)")
+        if self.episodes < 1 or self.min_ticks < 1 or not self.max_seconds > 0:
+            raise ValueError(f"episodes={self.episodes}, min_ticks={self.min_ticks}, max_seconds={self.max_seconds}; expected positive values")
+
 
 @dataclass
 class CollectionProgress:

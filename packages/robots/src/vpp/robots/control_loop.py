@@ -69,6 +69,13 @@ class ControlLoopConfig:
     # A new observation goes to an idle model once at most this many scheduled ticks remain
     # (None: whenever the model is idle, as temporal ensembling wants).
     replan_when_remaining: int | None = 1
+    # Raise that threshold to the ticks the model took on its recent chunks (+1), so that a model
+    # slower than one tick is asked early enough for its next chunk to land before the schedule
+    # runs out, instead of leaving the arm holding while it thinks.
+    replan_from_latency: bool = True
+    # One policy call on the first observation before the clock starts: a runtime's first call
+    # (allocation, graph warm-up) is much slower than the rest and would miss the first deadlines.
+    warmup_inference: bool = True
     # ACT's m; None turns temporal ensembling off.
     temporal_ensemble_decay: float | None = None
 
@@ -167,6 +174,7 @@ class ControlLoopReport:
     missed_deadlines: int = 0
     overrun_ticks: int = 0
     servo_commands: int = 0
+    warmup_inference_s: float = 0.0
     stop_reason: str | None = None
     policy_period: dict[str, float] = field(default_factory=dict)
     policy_jitter: dict[str, float] = field(default_factory=dict)
@@ -372,6 +380,13 @@ class ControlLoop:
                 continue
             schedule.setdefault(due_tick, []).append(waypoint)
 
+    def _replan_threshold(self) -> int | None:
+        threshold = self.config.replan_when_remaining
+        if threshold is None or not self.config.replan_from_latency or not self._inference_latency:
+            return threshold
+        recent = max(self._inference_latency[-3:])
+        return max(threshold, math.ceil(recent / self.config.policy_period_s) + 1)
+
     def _observe(self, need_images: bool) -> tuple[RobotState, dict[str, np.ndarray]]:
         started = time.monotonic()
         state = self.robot.observe()
@@ -394,8 +409,12 @@ class ControlLoop:
         period = config.policy_period_s
         # A camera's first frame can take seconds (a simulator makes its GL context, a real camera
         # starts streaming): take it before the clock starts, not inside the first tick.
-        read_cameras(self.cameras)
+        warmup_images = read_cameras(self.cameras)
         state = self.robot.observe()
+        if config.warmup_inference:
+            started = time.monotonic()
+            self.policy.act({**warmup_images, "state": state_vector(state)}, instruction)
+            self._report.warmup_inference_s = time.monotonic() - started
         held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
         start = time.monotonic()
         interpolator = _Interpolator(held, start)
@@ -417,8 +436,9 @@ class ControlLoop:
                     break
                 tick_times.append(now)
                 self._report.ticks += 1
+                threshold = self._replan_threshold()
                 wants_inference = not self._inference_busy.is_set() and (
-                    config.replan_when_remaining is None or sum(1 for t in schedule if t > tick + 1) <= config.replan_when_remaining
+                    threshold is None or sum(1 for t in schedule if t > tick + 1) <= threshold
                 )
                 try:
                     state, images = self._observe(need_images=wants_inference or self.recorder is not None)

@@ -71,8 +71,9 @@ class SinePolicy:
 BUILT_IN_POLICIES = {"hold": HoldPolicy, "sine": SinePolicy}
 
 
-def load_policy(path_or_name: str) -> ActionPolicy:
-    """A built-in policy by name, or an exported artifact folder through vpp.runtime."""
+def load_policy(path_or_name: str, threads: int | None = None) -> ActionPolicy:
+    """A built-in policy by name, or an exported artifact folder through vpp.runtime (`threads`:
+    ONNX Runtime's intra-op threads, None for its default of one per core)."""
     if path_or_name in BUILT_IN_POLICIES:
         return BUILT_IN_POLICIES[path_or_name]()
     folder = Path(path_or_name)
@@ -88,4 +89,4 @@ def load_policy(path_or_name: str) -> ActionPolicy:
             "install vpp-runtime or use a built-in policy"
         ) from error
     logger.info("loading policy artifact %s", folder)
-    return Policy.load(folder)
+    return Policy.load(folder, threads=threads)
