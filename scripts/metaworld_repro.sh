@@ -23,9 +23,10 @@ TVP_BATCH=${TVP_BATCH:-4}
 TVP_CHECKPOINT_EVERY=${TVP_CHECKPOINT_EVERY:-10}
 # epoch seconds after which TVP training stops at its newest checkpoint and writes model/ from it
 TVP_DEADLINE=${TVP_DEADLINE:-}
+POLICY_EPISODES_PER_TASK=${POLICY_EPISODES_PER_TASK:-10}
 WINDOW_STRIDE=${WINDOW_STRIDE:-32}
-POLICY_STEPS=${POLICY_STEPS:-400}
-POLICY_BATCH=${POLICY_BATCH:-32}
+POLICY_STEPS=${POLICY_STEPS:-250}
+POLICY_BATCH=${POLICY_BATCH:-16}
 EVAL_EPISODES=${EVAL_EPISODES:-3}
 EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-120}
 
@@ -89,7 +90,7 @@ policy_train() {
     local encoder=$1 output=$2
     shift 2
     $BIN/vpp-policy train --data "$RUN/demos" --tvp "$RUN/tvp/model" --chunk 4 --encoder "$encoder" \
-        --window-stride "$WINDOW_STRIDE" --steps "$POLICY_STEPS" --batch-size "$POLICY_BATCH" \
+        --episodes-per-task "$POLICY_EPISODES_PER_TASK" --window-stride "$WINDOW_STRIDE" --steps "$POLICY_STEPS" --batch-size "$POLICY_BATCH" \
         --checkpoint-every 50 --output "$output" "$@"
 }
 
@@ -102,7 +103,7 @@ policy_eval() {
 # One JSON with the settings, machine, stage wall times, training curves' ends and every eval.
 summarize() {
     TRAIN_TASKS=$TRAIN_TASKS EVAL_TASKS=$EVAL_TASKS DEMOS_PER_TASK=$DEMOS_PER_TASK VAE_FIT_STEPS=$VAE_FIT_STEPS \
-    TVP_STEPS=$TVP_STEPS TVP_BATCH=$TVP_BATCH WINDOW_STRIDE=$WINDOW_STRIDE POLICY_STEPS=$POLICY_STEPS \
+    TVP_STEPS=$TVP_STEPS TVP_BATCH=$TVP_BATCH WINDOW_STRIDE=$WINDOW_STRIDE POLICY_EPISODES_PER_TASK=$POLICY_EPISODES_PER_TASK POLICY_STEPS=$POLICY_STEPS \
     POLICY_BATCH=$POLICY_BATCH EVAL_EPISODES=$EVAL_EPISODES EVAL_MAX_STEPS=$EVAL_MAX_STEPS RUN=$RUN \
     $BIN/python - << 'PY'
 import json, os, platform, re
@@ -112,7 +113,7 @@ import torch
 
 run = Path(os.environ["RUN"])
 env = {k: os.environ[k] for k in ("TRAIN_TASKS", "EVAL_TASKS", "DEMOS_PER_TASK", "VAE_FIT_STEPS", "TVP_STEPS", "TVP_BATCH",
-                                  "WINDOW_STRIDE", "POLICY_STEPS", "POLICY_BATCH", "EVAL_EPISODES", "EVAL_MAX_STEPS")}
+                                  "WINDOW_STRIDE", "POLICY_EPISODES_PER_TASK", "POLICY_STEPS", "POLICY_BATCH", "EVAL_EPISODES", "EVAL_MAX_STEPS")}
 
 
 def curve(folder):
@@ -146,7 +147,7 @@ summary = {
                  "demos_per_task": int(env["DEMOS_PER_TASK"]), "camera": "corner", "image_size": 64,
                  "tvp": {"preset": "small", "vae_fit_steps": int(env["VAE_FIT_STEPS"]), "steps_planned": int(env["TVP_STEPS"]),
                          "batch_size": int(env["TVP_BATCH"]), "lr": 2e-4},
-                 "policy": {"chunk": 4, "head_preset": "small", "window_stride": int(env["WINDOW_STRIDE"]),
+                 "policy": {"chunk": 4, "head_preset": "small", "episodes_per_task": int(env["POLICY_EPISODES_PER_TASK"]), "window_stride": int(env["WINDOW_STRIDE"]),
                             "steps": int(env["POLICY_STEPS"]), "batch_size": int(env["POLICY_BATCH"]), "lr": 1e-4,
                             "lr_schedule": "tristage"},
                  "eval": {"episodes_per_task": int(env["EVAL_EPISODES"]), "max_steps": int(env["EVAL_MAX_STEPS"]),
@@ -164,7 +165,8 @@ PY
 }
 
 log "settings: train tasks $TRAIN_TASKS; eval tasks $EVAL_TASKS; demos/task $DEMOS_PER_TASK; vae fit $VAE_FIT_STEPS;" \
-    "tvp $TVP_STEPS x $TVP_BATCH (deadline ${TVP_DEADLINE:-none}); window stride $WINDOW_STRIDE;" \
+    "tvp $TVP_STEPS x $TVP_BATCH (deadline ${TVP_DEADLINE:-none}); policy episodes/task $POLICY_EPISODES_PER_TASK;" \
+    "window stride $WINDOW_STRIDE;" \
     "policy $POLICY_STEPS x $POLICY_BATCH; eval $EVAL_EPISODES episodes <= $EVAL_MAX_STEPS steps"
 
 stage collect "$RUN/demos/meta/info.json" \

@@ -143,3 +143,15 @@ def test_feature_cache_of_every_kth_window_reads_each_kept_window(tmp_path, tvp)
         strided_cache.read(strided.episodes[0].key, 1)
     with pytest.raises(ValueError, match="--window-stride 0"):
         keep_every_kth_window(strided, 0)
+
+
+def test_feature_cache_skips_episodes_without_kept_windows(tmp_path, tvp):
+    from vpp.policy.cli import keep_first_episodes_per_instruction
+
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4)
+    keep_first_episodes_per_instruction(windows, 1)
+    assert sorted({e for e, _ in windows.windows}) == [0, 1]  # the first episode of each of the two instructions
+    cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
+    assert cache.build(windows, tvp, progress=False) == 2
+    with pytest.raises(ValueError, match="--episodes-per-task 0"):
+        keep_first_episodes_per_instruction(windows, 0)

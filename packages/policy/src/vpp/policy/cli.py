@@ -77,6 +77,19 @@ def keep_every_kth_window(windows, k: int) -> None:
     windows.windows = [(e, t) for e, t in windows.windows if t % k == 0]
 
 
+def keep_first_episodes_per_instruction(windows, n: int) -> None:
+    """Keeps the windows of the first ``n`` episodes of every instruction (MetaWorld: of every task)."""
+    if n < 1:
+        raise ValueError(f"--episodes-per-task {n}; expected a positive integer")
+    seen: dict[str, int] = {}
+    kept = set()
+    for e, episode in enumerate(windows.episodes):
+        seen[episode.instruction] = seen.get(episode.instruction, 0) + 1
+        if seen[episode.instruction] <= n:
+            kept.add(e)
+    windows.windows = [(e, t) for e, t in windows.windows if e in kept]
+
+
 def cmd_train(args) -> None:
     from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
     from vpp.policy.feature_cache import FeatureCache
@@ -90,8 +103,10 @@ def cmd_train(args) -> None:
     cameras = args.camera or ["corner"]
     windows = PolicyWindowDataset(sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim)
     logger.info("%s", windows.report.summary())
+    if args.episodes_per_task is not None:
+        keep_first_episodes_per_instruction(windows, args.episodes_per_task)
     keep_every_kth_window(windows, args.window_stride)
-    logger.info("%d training windows (every %d-th timestep)", len(windows), args.window_stride)
+    logger.info("%d training windows (every %d-th timestep, episodes per task: %s)", len(windows), args.window_stride, args.episodes_per_task or "all")
     config = VPPConfig(
         cameras=cameras,
         action_dim=probe.actions.shape[1],
@@ -189,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
     train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
     train.add_argument("--feature-cache", help="folder for TVP features computed once (fixed noise per window)")
+    train.add_argument("--episodes-per-task", type=int, default=None, help="train on the first N episodes of each instruction only")
     train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
     train.add_argument("--output", required=True)
     train.add_argument("--steps", type=int, default=10000)

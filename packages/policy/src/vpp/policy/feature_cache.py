@@ -56,10 +56,11 @@ class FeatureCache:
         """Computes the features of every episode not cached yet; returns how many it computed."""
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "cache.json").write_text(json.dumps(self.meta, indent=2))
-        todo = [e for e, episode in enumerate(dataset.episodes) if not self.path(episode.key).is_file()]
         windows_of: dict[int, list[int]] = {}
         for index, (e, _) in enumerate(dataset.windows):
             windows_of.setdefault(e, []).append(index)
+        # episodes the dataset keeps no window of (--episodes-per-task) get no file
+        todo = [e for e in windows_of if not self.path(dataset.episodes[e].key).is_file()]
         noise_shape = (len(dataset.cameras), tvp.config.num_frames, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
         for e in tqdm(todo, desc="caching TVP features", disable=not progress):
             episode = dataset.episodes[e]
