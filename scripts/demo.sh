@@ -21,12 +21,15 @@ fi
 out=$(realpath -m "$1")
 cd "$(dirname "$0")/.."
 python=${VPP_PYTHON:-.venv/bin/python}
-episodes=${VPP_DEMO_EPISODES:-8}
-vae_steps=${VPP_DEMO_VAE_STEPS:-100}
-tvp_steps=${VPP_DEMO_TVP_STEPS:-150}
+episodes=${VPP_DEMO_EPISODES:-6}
+vae_steps=${VPP_DEMO_VAE_STEPS:-60}
+tvp_steps=${VPP_DEMO_TVP_STEPS:-80}
 policy_steps=${VPP_DEMO_POLICY_STEPS:-300}
 seconds=${VPP_DEMO_SECONDS:-10}
 instruction="grasp the red cube"
+# 1.6 s of actions at 10 Hz: with the newest chunk replacing the schedule, a chunk must outlast the
+# model's latency (the tiny artifact takes 0.3-0.6 s on two busy cores) plus the wait for the next.
+chunk=16
 # Every stage sees the same two cores; more BLAS threads than cores only adds contention.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$out"
@@ -55,7 +58,7 @@ skip_if "$out/tvp/model" tvp-train || stage tvp-train "$python" -m vpp.tvp.cli t
     --data "scene=lerobot:$out/demos#scene" --data "wrist=lerobot:$out/demos#wrist" \
     --fit-vae-steps "$vae_steps" --steps "$tvp_steps" --batch-size 4 --lr 1e-3 --checkpoint-every 50 --output "$out/tvp"
 skip_if "$out/policy/model" policy-train || stage policy-train "$python" -m vpp.policy.cli train --data "$out/demos" \
-    --tvp "$out/tvp/model" --camera scene --camera wrist --chunk 10 --head-preset tiny \
+    --tvp "$out/tvp/model" --camera scene --camera wrist --chunk "$chunk" --head-preset tiny \
     --steps "$policy_steps" --batch-size 16 --lr 3e-4 --checkpoint-every 100 \
     --feature-cache "$out/features" --output "$out/policy"
 skip_if "$out/artifact/manifest.json" export || stage export "$python" -m vpp.policy.cli export \
@@ -64,7 +67,7 @@ skip_if "$out/artifact/manifest.json" export || stage export "$python" -m vpp.po
 # action of a chunk may run, so that a chunk outlasts the wait for the next one.
 rm -rf "$out/rollout"
 stage rollout "$python" -m vpp.robots.cli run --robot sim-panda --policy "$out/artifact" --instruction "$instruction" \
-    --rate 10 --seconds "$seconds" --inference-threads 1 --execute-steps 10 --out "$out/rollout"
+    --rate 10 --seconds "$seconds" --inference-threads 1 --execute-steps "$chunk" --out "$out/rollout"
 
 echo "== stage times"
 printf '   %s\n' "${stage_times[@]}"

@@ -251,3 +251,19 @@ def test_the_report_says_whether_the_policy_rate_held():
     _, late = make_loop(SlowPolicy(delay_s=0.2, chunk=1), rate=20.0, execute_steps=1)
     late_report = late.run("push", seconds=0.8)
     assert late_report.missed_deadlines >= 1 and not late_report.rate_held
+
+
+def test_a_model_slower_than_a_tick_misses_no_deadline_and_its_first_chunk_is_ready_at_the_start():
+    def seconds_until_the_arm_moves(arm) -> float:
+        first_command_time = arm.received[0][0]
+        return next(t for t, command in arm.received if command.position[0] > START[0]) - first_command_time
+
+    arm, loop = make_loop(SlowPolicy(delay_s=0.2, chunk=10), rate=20.0, execute_steps=None)
+    report = loop.run("push", seconds=1.5)
+    assert report.warmup_inference_s >= 0.2 and report.chunks >= 3
+    assert report.missed_deadlines == 0 and report.rate_held
+    assert seconds_until_the_arm_moves(arm) < 0.1
+    # Started cold, the arm waits out the model's first call after the clock has started.
+    cold_arm, cold = make_loop(SlowPolicy(delay_s=0.2, chunk=10), rate=20.0, execute_steps=None, warmup_inference=False)
+    cold.run("push", seconds=1.0)
+    assert seconds_until_the_arm_moves(cold_arm) > 0.2

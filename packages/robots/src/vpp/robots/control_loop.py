@@ -4,7 +4,7 @@ Three threads:
 - the policy loop (the caller of `ControlLoop.run`): at each tick of the policy rate it reads the
   cameras and the arm, feeds finished chunks into the schedule, hands the interpolator the
   waypoint due at the next tick, and gives the model a fresh observation when it is idle and
-  the schedule runs short;
+  the schedule runs short (shorter than the model's recent latency, by default);
 - inference: `policy.act(observation, instruction)` in the background, one call at a time;
 - the servo: interpolates between waypoints at the controller's rate and streams every target
   through `Robot.send` (so through the SafetyFilter). It does no image work.
@@ -73,8 +73,9 @@ class ControlLoopConfig:
     # slower than one tick is asked early enough for its next chunk to land before the schedule
     # runs out, instead of leaving the arm holding while it thinks.
     replan_from_latency: bool = True
-    # One policy call on the first observation before the clock starts: a runtime's first call
-    # (allocation, graph warm-up) is much slower than the rest and would miss the first deadlines.
+    # The first chunk is computed before the clock starts, from the arm at rest: a runtime's first
+    # call (allocation, graph warm-up) is much slower than the rest, and the arm then has actions
+    # from the first tick on instead of missing deadlines while the model starts up.
     warmup_inference: bool = True
     # ACT's m; None turns temporal ensembling off.
     temporal_ensemble_decay: float | None = None
@@ -382,9 +383,9 @@ class ControlLoop:
 
     def _replan_threshold(self) -> int | None:
         threshold = self.config.replan_when_remaining
-        if threshold is None or not self.config.replan_from_latency or not self._inference_latency:
+        if threshold is None or not self.config.replan_from_latency:
             return threshold
-        recent = max(self._inference_latency[-3:])
+        recent = max(self._inference_latency[-3:] or [self._report.warmup_inference_s])
         return max(threshold, math.ceil(recent / self.config.policy_period_s) + 1)
 
     def _observe(self, need_images: bool) -> tuple[RobotState, dict[str, np.ndarray]]:
@@ -413,8 +414,10 @@ class ControlLoop:
         state = self.robot.observe()
         if config.warmup_inference:
             started = time.monotonic()
-            self.policy.act({**warmup_images, "state": state_vector(state)}, instruction)
+            first_chunk = np.asarray(self.policy.act({**warmup_images, "state": state_vector(state)}, instruction), dtype=np.float64)
             self._report.warmup_inference_s = time.monotonic() - started
+            # Taken as tick 0's chunk: its actions are due from tick 1, as if just observed.
+            self._results.put((0, first_chunk, state))
         held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
         start = time.monotonic()
         interpolator = _Interpolator(held, start)

@@ -13,6 +13,9 @@ from franky-sim (`franky_sim/assets/fr3.xml`) and the xArm7 + gripper from gym-x
 servos). gym-xarm pins mujoco<3 in its metadata but its model loads in MuJoCo 3; install it with
 `pip install --no-deps gym-xarm==0.1.1` (it is only read, never imported).
 
+`reset(seed)` starts a new episode (arm at its start pose, the cube respawned from `seed`) and
+`object_position()` gives the cube's true position, for scripted experts and scoring.
+
 Cameras ("scene", a fixed view of the table, and "wrist", on the hand) render off-screen; call
 `vpp.data.offscreen_gl.ensure_offscreen_gl()` before anything imports GL (`SimArm` does it).
 Each thread that reads a camera gets its own renderer, because a GL context is current in one
@@ -274,8 +277,8 @@ class SimArm(Robot):
         self._apply_gripper(self._gripper_target)
 
     def reset(self, seed: int | None = None) -> None:
-        """Arm back home, gripper open, the cube respawned at the jittered position of `seed`
-        (None: the config's seed); a new episode without recompiling the model."""
+        """Arm back at its start pose, gripper open, the cube respawned at the jittered position of
+        `seed` (None: the config's seed): a new episode without recompiling the model."""
         with self._lock:
             self._reset_state()
             self.data.qpos[self._cube_qpos : self._cube_qpos + 3] = self._cube_spawn_position(self.config.seed if seed is None else seed)
