@@ -1,9 +1,9 @@
 """Where the time of one action chunk goes: a per-component table, PyTorch eager vs the artifact.
 
-    .venv/bin/python bench/components.py --preset tiny --preset small --out bench/results/components_cpu
+    .venv/bin/python bench/components.py --preset tiny --preset small --threads 1 --out bench/results/components_cpu
 
 For each preset it builds an untrained policy (2 camera views, 7-D state and actions, chunk 10),
-exports it, and times on one thread, side by side in one process:
+exports it, and times with ``--threads`` threads, side by side in one process:
 
 - eager: the VAE encode of the current frames, the UNet forward to the hooked up-blocks (the
   features minus the VAE), the Video Former with the condition projections and the DiT encoder,
@@ -12,8 +12,9 @@ exports it, and times on one thread, side by side in one process:
   graph's time split over the same components by ORT's per-node profile (node names keep the
   PyTorch module path), scaled to the measured median of the graph.
 
-Both CPU time (``time.process_time``, robust to other processes sharing the machine) and wall
-time are recorded; the ratio column uses CPU time. The analytic multiply-accumulate count of each
+Both CPU time (``time.process_time``, summed over the process's threads; less sensitive than wall
+time to other processes on the machine, though not to their use of caches and memory bandwidth)
+and wall time are recorded; the ratio column uses CPU time, the rates wall time. The analytic multiply-accumulate count of each
 component comes from the profiled shapes, which says how far a component is from the machine's
 arithmetic limit. Writes ``OUT.json`` (machine described) and ``OUT.md`` (the table).
 """
@@ -34,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
@@ -71,10 +71,10 @@ def measure(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"cpu_ms": 1000 * statistics.median(cpu), "wall_ms": 1000 * statistics.median(wall)}
 
 
-def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int, threads: int) -> tuple[dict[str, float], dict[str, float]]:
     """(share of kernel time, multiply-accumulates) per component of one graph."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -105,16 +105,16 @@ def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: 
     return {k: v / total for k, v in durations.items()}, dict(macs)
 
 
-def bench_preset(preset: str, image_size: int, repeats: int) -> dict:
+def bench_preset(preset: str, image_size: int, repeats: int, threads: int) -> dict:
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     tvp = TextGuidedVideoPredictor.from_preset(preset)
     rng = np.random.default_rng(0)
     config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
     eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset).eval()
     folder = Path(tempfile.mkdtemp(prefix=f"vpp-bench-{preset}-"))
     export_policy(eager, folder, [INSTRUCTION])
-    runtime = Policy.load(folder, threads=1, seed=0)
+    runtime = Policy.load(folder, threads=threads, seed=0)
     observation = {camera: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for camera in config.cameras}
     observation["state"] = rng.normal(size=7)
 
@@ -139,8 +139,8 @@ def bench_preset(preset: str, image_size: int, repeats: int) -> dict:
     ort_features = measure(lambda: runtime.feature_session.run(None, feature_feed), repeats)
     ort_policy = measure(lambda: runtime.policy_session.run(None, policy_feed), repeats)
     ort_end_to_end = measure(lambda: runtime.act(observation, INSTRUCTION), repeats)
-    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats)
-    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats)
+    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats, threads)
+    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats, threads)
 
     def unet(d: dict[str, float]) -> dict[str, float]:
         return {k: d[k] - eager_rows["vae encode"][k] for k in d}
@@ -178,7 +178,7 @@ def bench_preset(preset: str, image_size: int, repeats: int) -> dict:
     }
 
 
-def machine() -> dict[str, str | int]:
+def machine(threads: int) -> dict[str, str | int]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -193,16 +193,17 @@ def machine() -> dict[str, str | int]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "threads_per_process": 1,
+        "threads_per_process": threads,
         "load_average_at_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, one thread per process; "
-        f"load average {results['machine']['load_average_at_start']} when the run started. Times are medians of CPU "
-        "time (wall time in brackets).",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['threads_per_process']} thread(s) for torch and for ORT; load average "
+        f"{results['machine']['load_average_at_start']} when the run started. Times are medians of CPU time summed "
+        "over threads (wall time in brackets); Hz from wall time.",
         "",
     ]
     for preset in results["presets"]:
@@ -225,7 +226,7 @@ def markdown(results: dict) -> str:
             f"| **end to end** (`predict_action_chunk` / `Policy.act`) | | {e['cpu_ms']:.1f} ({e['wall_ms']:.1f}) | "
             f"{o['cpu_ms']:.1f} ({o['wall_ms']:.1f}) | {e['cpu_ms'] / o['cpu_ms']:.2f}x |",
             "",
-            f"End to end: eager {1000 / e['cpu_ms']:.1f} Hz, onnxruntime {1000 / o['cpu_ms']:.1f} Hz (CPU time, one thread).",
+            f"End to end: eager {1000 / e['wall_ms']:.1f} Hz, onnxruntime {1000 / o['wall_ms']:.1f} Hz (wall time).",
             "",
         ]
     return "\n".join(lines)
@@ -236,14 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", action="append", choices=("tiny", "small"), help="repeatable; default: tiny and small")
     parser.add_argument("--image-size", type=int, default=None, help="camera frame side before resizing (default: the preset's)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     parser.add_argument("--out", default="bench/results/components_cpu", help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     presets = args.preset or ["tiny", "small"]
-    results = {"machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "presets": []}
+    torch.set_num_threads(args.threads)
+    results = {"machine": machine(args.threads), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "presets": []}
     for preset in presets:
         size = args.image_size or tvp_preset(preset).image_size
         print(f"benchmarking {preset} ...", file=sys.stderr, flush=True)
-        results["presets"].append(bench_preset(preset, size, args.repeats))
+        results["presets"].append(bench_preset(preset, size, args.repeats, args.threads))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
