@@ -5,7 +5,7 @@
 #
 # 1. OUT/demos     scripted-expert demonstrations on the simulated Panda (LeRobot v3)
 # 2. OUT/tvp       a tiny TVP trained on their videos (both cameras)
-# 3. OUT/policy    the policy head trained on the TVP's features of the demonstrations
+# 3. OUT/policy    the policy head trained on the TVP's features of the demonstrations' scene camera
 # 4. OUT/artifact  the policy exported to ONNX + manifest (the torch-free runtime's input)
 # 5. OUT/rollout   the artifact on the simulated arm at 10 Hz: rollout.mp4, latency_report.json
 #
@@ -28,7 +28,9 @@ policy_steps=${VPP_DEMO_POLICY_STEPS:-300}
 seconds=${VPP_DEMO_SECONDS:-10}
 instruction="grasp the red cube"
 # 1.6 s of actions at 10 Hz: with the newest chunk replacing the schedule, a chunk must outlast the
-# model's latency (the tiny artifact takes 0.3-0.6 s on two busy cores) plus the wait for the next.
+# model's latency plus the wait for the next. The policy sees the scene camera only (the wrist one
+# is still recorded): each view is one more TVP pass per chunk, and with two the tiny artifact
+# takes 0.45-1 s on two busy cores instead of 0.2-0.4 s, too slow to hold 10 Hz there.
 chunk=16
 # Every stage sees the same two cores; more BLAS threads than cores only adds contention.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -58,7 +60,7 @@ skip_if "$out/tvp/model" tvp-train || stage tvp-train "$python" -m vpp.tvp.cli t
     --data "scene=lerobot:$out/demos#scene" --data "wrist=lerobot:$out/demos#wrist" \
     --fit-vae-steps "$vae_steps" --steps "$tvp_steps" --batch-size 4 --lr 1e-3 --checkpoint-every 50 --output "$out/tvp"
 skip_if "$out/policy/model" policy-train || stage policy-train "$python" -m vpp.policy.cli train --data "$out/demos" \
-    --tvp "$out/tvp/model" --camera scene --camera wrist --chunk "$chunk" --head-preset tiny \
+    --tvp "$out/tvp/model" --camera scene --chunk "$chunk" --head-preset tiny \
     --steps "$policy_steps" --batch-size 16 --lr 3e-4 --checkpoint-every 100 \
     --feature-cache "$out/features" --output "$out/policy"
 skip_if "$out/artifact/manifest.json" export || stage export "$python" -m vpp.policy.cli export \

@@ -43,7 +43,7 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     demos = LeRobotDataset(out / "demos")
     assert demos.num_episodes == 2 and demos.robot_type == "sim_panda"
     manifest = json.loads((out / "artifact" / "manifest.json").read_text())
-    assert manifest["cameras"] == ["scene", "wrist"]
+    assert manifest["cameras"] == ["scene"]
     assert manifest["action"]["dim"] == 7 and manifest["state"]["dim"] == 8
 
     report = json.loads((out / "rollout" / "latency_report.json").read_text())
