@@ -27,7 +27,7 @@ POLICY_EPISODES_PER_TASK=${POLICY_EPISODES_PER_TASK:-10}
 WINDOW_STRIDE=${WINDOW_STRIDE:-32}
 POLICY_STEPS=${POLICY_STEPS:-250}
 POLICY_BATCH=${POLICY_BATCH:-16}
-EVAL_EPISODES=${EVAL_EPISODES:-3}
+EVAL_EPISODES=${EVAL_EPISODES:-8}
 EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-120}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
@@ -100,6 +100,56 @@ policy_eval() {
         --max-steps "$EVAL_MAX_STEPS" --out "$output"
 }
 
+# Offline check of what each policy learned: action-chunk MSE on demos it was not trained on
+# (episodes 10-14 of every task, every 16th timestep), beside predicting the mean training action
+# chunk of the episode's task. Cheap next to rollouts, and informative where every rollout fails.
+offline_action_error() {
+    RUN=$RUN POLICY_EPISODES_PER_TASK=$POLICY_EPISODES_PER_TASK $BIN/python - << 'PY'
+import json, os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vpp.policy.data import LeRobotEpisodeSource
+from vpp.policy.policy import VideoPredictionPolicy
+
+run = Path(os.environ["RUN"])
+trained_per_task = int(os.environ["POLICY_EPISODES_PER_TASK"])
+held_out_per_task, stride, chunk = 5, 16, 4
+source = LeRobotEpisodeSource(run / "demos")
+episodes = [source.episode(i) for i in range(len(source))]
+seen: dict[str, int] = {}
+train, test = [], []
+for episode in episodes:
+    k = seen[episode.instruction] = seen.get(episode.instruction, 0) + 1
+    if k <= trained_per_task:
+        train.append(episode)
+    elif k <= trained_per_task + held_out_per_task:
+        test.append(episode)
+task_mean = {}
+for episode in train:
+    task_mean.setdefault(episode.instruction, []).extend(
+        episode.actions[t : t + chunk] for t in range(episode.length - chunk + 1))
+task_mean = {k: np.mean(v, axis=0) for k, v in task_mean.items()}
+policies = {name: VideoPredictionPolicy.from_pretrained(run / f"policy-{name}" / "model").eval() for name in ("tvp", "vae")}
+errors = {name: [] for name in (*policies, "task_mean_chunk")}
+for e, episode in enumerate(test):
+    for t in range(0, episode.length - chunk + 1, stride):
+        truth = episode.actions[t : t + chunk]
+        observation = {"corner": episode.read_frames("corner", np.array([t]))[0], "state": episode.state[t]}
+        for name, policy in policies.items():
+            predicted = policy.predict_action_chunk(observation, episode.instruction, torch.Generator().manual_seed(e * 1000 + t))
+            errors[name].append(float(np.mean((predicted - truth) ** 2)))
+        errors["task_mean_chunk"].append(float(np.mean((task_mean[episode.instruction] - truth) ** 2)))
+result = {"held_out_episodes": len(test), "windows": len(errors["tvp"]), "timestep_stride": stride,
+          "action_chunk_mse": {k: float(np.mean(v)) for k, v in errors.items()}}
+(run / "offline").mkdir(exist_ok=True)
+(run / "offline" / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps(result))
+PY
+}
+
 # One JSON with the settings, machine, stage wall times, training curves' ends and every eval.
 summarize() {
     TRAIN_TASKS=$TRAIN_TASKS EVAL_TASKS=$EVAL_TASKS DEMOS_PER_TASK=$DEMOS_PER_TASK VAE_FIT_STEPS=$VAE_FIT_STEPS \
@@ -156,6 +206,7 @@ summary = {
     "stages": [json.loads(line) for line in (run / "stages.jsonl").read_text().splitlines() if line.strip()],
     "training": {"tvp": curve(run / "tvp"), "policy_tvp": {**curve(run / "policy-tvp"), "windows": windows("policy-tvp.log")},
                  "policy_vae": {**curve(run / "policy-vae"), "windows": windows("policy-vae.log")}},
+    "offline_action_error": json.loads((run / "offline" / "results.json").read_text()),
     "eval": {"tvp": evaluation("eval-tvp"), "vae": evaluation("eval-vae"), "oracle": oracle},
     "paper_table2": json.loads((run / "eval-oracle" / "results.json").read_text())["paper_table2"],
 }
@@ -186,5 +237,6 @@ stage eval-tvp "$RUN/eval-tvp/results.json" policy_eval "$RUN/policy-tvp/model" 
 wait "$eval_pid"
 # the upper bound the demonstrations come from, under the same seeds and step cap
 stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld oracle" "$RUN/eval-oracle"
+stage offline "$RUN/offline/results.json" offline_action_error
 summarize
 log "all stages done; $RUN/summary.json written"
