@@ -1,5 +1,6 @@
 """Starts tests/franky_sim_server.py as a child process and stops it again."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,19 @@ SERVER_SCRIPT = Path(__file__).with_name("franky_sim_server.py")
 START_TIMEOUT_S = 30.0
 
 
+def sim_host() -> str:
+    """The loopback address this test process serves franky-sim on. libfranka's ports are fixed
+    (1337, 1338), so test files that run at once (Pants runs one process per file, in parallel,
+    each with its own PANTS_EXECUTION_SLOT) each take their own address in 127.0.0.0/8."""
+    slot = os.environ.get("PANTS_EXECUTION_SLOT")
+    return "127.0.0.1" if slot is None else f"127.0.{1 + int(slot) // 250}.{2 + int(slot) % 250}"
+
+
 class FrankySimProcess:
     def __init__(self) -> None:
+        self.host = sim_host()
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT)],
+            [sys.executable, str(SERVER_SCRIPT), self.host],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -1,8 +1,9 @@
-"""Runs franky-sim's MuJoCo FR3 on 127.0.0.1 only, as a child process of the Franka tests.
+"""Runs franky-sim's MuJoCo FR3 on a loopback address only, as a child process of the Franka
+tests: ``python franky_sim_server.py [127.x.y.z]`` (default 127.0.0.1).
 
 franky-sim binds its TCP servers to the hostname it is given, but its per-client UDP state
 socket to 0.0.0.0; the socket class seen by its server module is swapped for one that maps
-that wildcard to 127.0.0.1, so nothing the tests start listens beyond loopback.
+that wildcard to the same loopback address, so nothing the tests start listens beyond loopback.
 Prints READY once the servers accept connections and exits when stdin closes or on SIGTERM.
 A line "reflex" on stdin makes the robot abort its motion with a joint-position-limit reflex,
 as a real controller would (franky-sim itself never raises errors); error recovery clears it.
@@ -14,7 +15,11 @@ import sys
 import threading
 import types
 
-LOOPBACK = "127.0.0.1"
+import ipaddress
+
+LOOPBACK = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+if not ipaddress.ip_address(LOOPBACK).is_loopback:
+    raise SystemExit(f"franky_sim_server: {LOOPBACK!r} is not a loopback address; the tests serve on 127.0.0.0/8 only")
 
 
 class _LoopbackSocket(socket.socket):

@@ -17,7 +17,7 @@ from vpp.robots.safety import SafetyFilter, SafetyLimits  # noqa: E402
 
 def test_lost_connection_raises_connection_error():
     sim = FrankySimProcess()
-    arm = FrankaRobot(FrankaConfig("127.0.0.1", enforce_realtime=False), SafetyFilter(SafetyLimits.franka_fr3()))
+    arm = FrankaRobot(FrankaConfig(sim.host, enforce_realtime=False), SafetyFilter(SafetyLimits.franka_fr3()))
     try:
         arm.connect()
         arm.observe()
@@ -34,7 +34,7 @@ def test_reflex_as_a_motion_ends_is_never_silent():
     driver must notice (robot clock frozen) instead of streaming targets into the void."""
     sim = FrankySimProcess()
     arm = FrankaRobot(
-        FrankaConfig("127.0.0.1", enforce_realtime=False, relative_dynamics_factor=0.3),
+        FrankaConfig(sim.host, enforce_realtime=False, relative_dynamics_factor=0.3),
         SafetyFilter(SafetyLimits.franka_fr3(control_period_s=0.1)),
     )
     try:

@@ -45,7 +45,7 @@ def simulator():
 @pytest.fixture(scope="module")
 def robot(simulator):
     arm = FrankaRobot(
-        FrankaConfig("127.0.0.1", enforce_realtime=False, relative_dynamics_factor=0.3), SafetyFilter(LIMITS)
+        FrankaConfig(simulator.host, enforce_realtime=False, relative_dynamics_factor=0.3), SafetyFilter(LIMITS)
     )
     arm.connect()
     yield arm
