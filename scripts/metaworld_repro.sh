@@ -54,21 +54,19 @@ stage() {
     log "$name: done in $((end - start)) s"
 }
 
-tvp_train() {
-    local steps=$1
-    $BIN/vpp-tvp train --preset small --data "metaworld=lerobot:$RUN/demos#corner" --fit-vae-steps "$VAE_FIT_STEPS" \
-        --steps "$steps" --batch-size "$TVP_BATCH" --lr 2e-4 --checkpoint-every "$TVP_CHECKPOINT_EVERY" --output "$RUN/tvp"
-}
+TVP_ARGS=(--preset small --data "metaworld=lerobot:$RUN/demos#corner" --fit-vae-steps "$VAE_FIT_STEPS"
+    --batch-size "$TVP_BATCH" --lr 2e-4 --checkpoint-every "$TVP_CHECKPOINT_EVERY" --output "$RUN/tvp")
 
 # TVP training under an optional deadline: past it, the run is stopped and resumed with --steps
 # set to its newest checkpoint, which has nothing left to do and writes model/ (constant LR, so
 # the shorter run is the same run cut short).
 tvp_train_until_deadline() {
     if [[ -z $TVP_DEADLINE ]]; then
-        tvp_train "$TVP_STEPS"
+        $BIN/vpp-tvp train "${TVP_ARGS[@]}" --steps "$TVP_STEPS"
         return
     fi
-    tvp_train "$TVP_STEPS" &
+    # exec, so that $! is the trainer itself and not a subshell that a kill would leave it behind
+    (exec $BIN/vpp-tvp train "${TVP_ARGS[@]}" --steps "$TVP_STEPS") &
     local pid=$!
     while kill -0 "$pid" 2> /dev/null; do
         if (( $(date +%s) >= TVP_DEADLINE )); then
@@ -78,7 +76,7 @@ tvp_train_until_deadline() {
             newest=$(ls -d "$RUN"/tvp/checkpoints/step-* | sort | tail -1)
             local reached=$((10#${newest##*step-}))
             echo "deadline reached: stopping at the step-$reached checkpoint"
-            tvp_train "$reached"
+            $BIN/vpp-tvp train "${TVP_ARGS[@]}" --steps "$reached"
             return
         fi
         sleep 20
@@ -167,7 +165,10 @@ env = {k: os.environ[k] for k in ("TRAIN_TASKS", "EVAL_TASKS", "DEMOS_PER_TASK",
 
 
 def curve(folder):
+    # up to the step the model was written at: a run stopped at its deadline may have logged past it
+    last = json.loads((folder / "train_config.json").read_text())["max_steps"]
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= last]
     tail = rows[-5:]
     return {"steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
             "mean_loss_last_5_logs": sum(r["loss"] for r in tail) / len(tail), "log_every": rows[1]["step"] - rows[0]["step"]}
