@@ -34,3 +34,15 @@ def test_an_artifact_folder_without_the_runtime_gives_a_clear_error(tmp_path, mo
         load_policy(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither a built-in"):
         load_policy(str(tmp_path / "missing"))
+
+
+def test_a_policy_server_url_connects_through_the_runtime_client():
+    import socket
+
+    from vpp.runtime.client import PolicyConnectionError
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PolicyConnectionError, match=f"127.0.0.1:{port}"):
+        load_policy(f"ws://127.0.0.1:{port}")

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run a policy on an arm")
     run_parser.add_argument("--robot", choices=ROBOTS, required=True)
-    run_parser.add_argument("--policy", required=True, help=f"an artifact folder or a built-in: {', '.join(BUILT_IN_POLICIES)}")
+    run_parser.add_argument("--policy", required=True, help=f"an artifact folder, a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}")
     run_parser.add_argument("--instruction", required=True)
     run_parser.add_argument("--seconds", type=float, default=10.0)
     run_parser.add_argument("--out", default="robot_run")

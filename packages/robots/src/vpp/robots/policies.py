@@ -72,10 +72,20 @@ BUILT_IN_POLICIES = {"hold": HoldPolicy, "sine": SinePolicy}
 
 
 def load_policy(path_or_name: str, threads: int | None = None) -> ActionPolicy:
-    """A built-in policy by name, or an exported artifact folder through vpp.runtime (`threads`:
-    ONNX Runtime's intra-op threads, None for its default of one per core)."""
+    """A built-in policy by name, a policy server's ``ws://host:port`` (`vpp-runtime serve` on a
+    GPU box; the artifact runs there), or an exported artifact folder through vpp.runtime
+    (`threads`: ONNX Runtime's intra-op threads, None for its default of one per core)."""
     if path_or_name in BUILT_IN_POLICIES:
         return BUILT_IN_POLICIES[path_or_name]()
+    if path_or_name.startswith(("ws://", "wss://")):
+        try:
+            from vpp.runtime.client import PolicyClient
+        except ImportError as error:
+            raise ArtifactRuntimeUnavailable(
+                f"cannot reach the policy server {path_or_name}: vpp.runtime's client is not available ({error}); install vpp-runtime"
+            ) from error
+        logger.info("connecting to policy server %s", path_or_name)
+        return PolicyClient(path_or_name)
     folder = Path(path_or_name)
     if not folder.is_dir():
         raise FileNotFoundError(
