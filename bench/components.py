@@ -118,14 +118,11 @@ def bench_preset(preset: str, image_size: int, repeats: int, threads: int) -> di
     observation = {camera: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for camera in config.cameras}
     observation["state"] = rng.normal(size=7)
 
-    pixels, state = runtime.preprocess(observation)
-    hidden, pooled = runtime.text(INSTRUCTION)
-    noise = runtime.sample_noise(np.random.default_rng(1))
-    feature_feed = {"images": pixels, "text_hidden": hidden, "noise": noise["features"]}
-    features = runtime.feature_session.run(None, feature_feed)[0]
-    policy_feed = {"features": features, "lang": pooled, "state": state, "noise": noise["actions"]}
+    feature_feed, policy_feed = runtime.graph_feeds(observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1)))
+    features = policy_feed["features"] = runtime.feature_session.run(None, feature_feed)[0]
     t = {k: torch.from_numpy(v) for k, v in policy_feed.items()}
-    t.update(images=torch.from_numpy(pixels), text_hidden=torch.from_numpy(hidden), feature_noise=torch.from_numpy(noise["features"]))
+    t.update(images=torch.from_numpy(feature_feed["images"]), text_hidden=torch.from_numpy(feature_feed["text_hidden"]))
+    t.update(feature_noise=torch.from_numpy(feature_feed["noise"]))
     head = eager.head
     with torch.no_grad():
         eager_rows = {

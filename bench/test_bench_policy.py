@@ -73,10 +73,7 @@ def test_bench_end_to_end(benchmark, policies, implementation):
 def test_bench_features(benchmark, policies, implementation):
     preset, eager, runtime, observation = policies
     benchmark.group = f"features {preset} 2 views (VAE + UNet)"
-    pixels, _ = runtime.preprocess(observation)
-    hidden, _ = runtime.text(INSTRUCTION)
-    noise = runtime.sample_noise(np.random.default_rng(1))["features"]
-    feed = {"images": pixels, "text_hidden": hidden, "noise": noise}
+    feed, _ = runtime.graph_feeds(observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1)))
     tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
 
     def torch_features():
@@ -96,11 +93,8 @@ def test_bench_features(benchmark, policies, implementation):
 def test_bench_head(benchmark, policies, implementation):
     preset, eager, runtime, observation = policies
     benchmark.group = f"head {preset} (Video Former + 10 DDIM steps)"
-    pixels, state = runtime.preprocess(observation)
-    hidden, pooled = runtime.text(INSTRUCTION)
-    noise = runtime.sample_noise(np.random.default_rng(1))
-    features = runtime.feature_session.run(None, {"images": pixels, "text_hidden": hidden, "noise": noise["features"]})[0]
-    feed = {"features": features, "lang": pooled, "state": state, "noise": noise["actions"]}
+    feature_feed, feed = runtime.graph_feeds(observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1)))
+    feed["features"] = runtime.feature_session.run(None, feature_feed)[0]
     tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
 
     def torch_head():

@@ -176,6 +176,17 @@ class Policy:
         noise: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim), float32."""
+        normalized = self._run_graphs(*self.graph_feeds(observation, instruction, noise))
+        return self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
+
+    def graph_feeds(
+        self,
+        observation: Mapping[str, Any],
+        instruction: str,
+        noise: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The inputs ``act`` gives features.onnx and policy.onnx: (feature feed, policy feed
+        without "features", which is the first graph's output)."""
         pixels, state = self.preprocess(observation)
         hidden, pooled = self.text(instruction)
         noise = self.sample_noise() if noise is None else noise
@@ -185,8 +196,7 @@ class Policy:
         policy_feed = {"lang": pooled, "noise": noise["actions"]}
         if state is not None:
             policy_feed["state"] = state
-        normalized = self._run_graphs(feature_feed, policy_feed)
-        return self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
+        return feature_feed, policy_feed
 
     def _run_graphs(self, feature_feed: dict[str, np.ndarray], policy_feed: dict[str, np.ndarray]) -> np.ndarray:
         """features.onnx, then policy.onnx on its output where the first graph left it: in device
