@@ -108,6 +108,11 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     # the key and value projections of every cross-attention (spatial and temporal) moved
     cross_attentions = sum(1 for name, _ in policy.tvp.unet.named_modules() if name.endswith(".attn2"))
     assert manifest["graphs"]["features"]["rewrites"]["projected_before_broadcast"] == 2 * cross_attentions
+    # every GEGLU feed-forward (spatial ff, temporal ff_in and ff) exported as two projections
+    from diffusers.models.activations import GEGLU
+
+    geglus = sum(isinstance(m, GEGLU) for m in policy.tvp.unet.modules())
+    assert geglus > 0 and manifest["graphs"]["features"]["rewrites"]["geglu_split"] == geglus
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
     assert 0 <= parity["features_relative_max_abs"] <= parity["tolerance"]["features_relative"]
