@@ -105,14 +105,18 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     assert manifest["action"]["normalizer"]["low"] == policy.action_normalizer.low.tolist()
     assert manifest["sampler"]["sigmas"] == policy.head.diffusion.sigmas().tolist()
     assert manifest["text"]["instructions"] == INSTRUCTIONS
-    # the key and value projections of every cross-attention (spatial and temporal) moved
-    cross_attentions = sum(1 for name, _ in policy.tvp.unet.named_modules() if name.endswith(".attn2"))
-    assert manifest["graphs"]["features"]["rewrites"]["projected_before_broadcast"] == 2 * cross_attentions
+    rewrites = manifest["graphs"]["features"]["rewrites"]
+    cross_attentions = [name for name, _ in policy.tvp.unet.named_modules() if name.endswith(".attn2")]
+    temporal = [name for name in cross_attentions if ".temporal_transformer_blocks." in name]
+    # every temporal cross-attention attends once per video; the spatial ones' key and value
+    # projections moved in front of the per-frame broadcast
+    assert temporal and rewrites["temporal_cross_attention_folded"] == len(temporal)
+    assert rewrites["projected_before_broadcast"] == 2 * (len(cross_attentions) - len(temporal)) > 0
     # every GEGLU feed-forward (spatial ff, temporal ff_in and ff) exported as two projections
     from diffusers.models.activations import GEGLU
 
     geglus = sum(isinstance(m, GEGLU) for m in policy.tvp.unet.modules())
-    assert geglus > 0 and manifest["graphs"]["features"]["rewrites"]["geglu_split"] == geglus
+    assert geglus > 0 and rewrites["geglu_split"] == geglus
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
     assert 0 <= parity["features_relative_max_abs"] <= parity["tolerance"]["features_relative"]

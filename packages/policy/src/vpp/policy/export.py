@@ -7,7 +7,8 @@ The artifact is a folder:
   encode of the current frame and the hooked UNet forward in one graph; for ``encoder="vae"``
   just the VAE latents, with no noise input). The text's key/value projections are moved in
   front of the UNet's per-frame and per-pixel broadcasts (``vpp.policy.graph_passes``), and
-  each GEGLU feed-forward is traced as two half-width projections (:func:`split_geglu`).
+  each GEGLU feed-forward is traced as two half-width projections and the temporal cross-attention
+  attends once per video to its text (``vpp.policy.export_patches``).
 - ``policy.onnx``: features + language embedding (1, D_lang) + normalised state (1, S) + unit
   action noise (1, chunk, action_dim) -> normalised action chunk, with every DDIM step unrolled
   in the graph (one ORT call per chunk beat a Python loop over a one-step graph).
@@ -28,21 +29,20 @@ observation at a time.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from vpp.policy.export_patches import fold_temporal_cross_attention, split_geglu
 from vpp.policy.graph_passes import project_before_broadcast
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.tvp.features import feature_sigma, predictive_features
@@ -137,39 +137,6 @@ def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: l
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=False)
-
-
-def _split_geglu_forward(module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    weight, bias = module.proj.weight, module.proj.bias
-    half = weight.shape[0] // 2
-    value = F.linear(hidden_states, weight[:half], None if bias is None else bias[:half])
-    gate = F.linear(hidden_states, weight[half:], None if bias is None else bias[half:])
-    return value * module.gelu(gate)
-
-
-@contextlib.contextmanager
-def split_geglu(module: nn.Module) -> Iterator[int]:
-    """While open, every diffusers ``GEGLU`` under ``module`` computes its value and gate halves
-    with two half-width projections instead of one full-width projection and a ``chunk``; yields
-    how many it patched, and restores them on exit.
-
-    The result is the same function (the two halves of the weight are its two row blocks, which
-    the exporter folds into two initializers, so the artifact does not grow). What changes is the
-    graph: ``chunk`` exports as two ``Slice`` nodes, which ONNX Runtime fuses into a ``Split``
-    that copies the whole (tokens, 2 x inner) projection once more: 66 ms of a 770 ms small-preset
-    feature pass on one core (8.6%, the largest non-matmul cost in its profile). Two projections
-    write their halves where the ``Gelu`` and ``Mul`` read them, with the same multiply-adds.
-    """
-    from diffusers.models.activations import GEGLU
-
-    patched = [m for m in module.modules() if isinstance(m, GEGLU) and m.proj.weight.shape[0] % 2 == 0]
-    for m in patched:
-        m.forward = _split_geglu_forward.__get__(m)
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
 
 
 def _optimize_graph(path: Path) -> int:
@@ -274,7 +241,7 @@ def export_policy(
     # The VAE encoder needs neither text nor noise, and the exporter drops unused inputs.
     feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
-    with split_geglu(feature_graph) as geglu_splits:
+    with split_geglu(feature_graph) as geglu_splits, fold_temporal_cross_attention(feature_graph) as folded:
         _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
     feature_rewrites = _optimize_graph(out / "features.onnx")
     features = feature_graph(*feature_args)
@@ -364,7 +331,11 @@ def export_policy(
                 "file": "features.onnx",
                 "inputs": feature_inputs,
                 "output": "features",
-                "rewrites": {"projected_before_broadcast": feature_rewrites, "geglu_split": geglu_splits},
+                "rewrites": {
+                    "projected_before_broadcast": feature_rewrites,
+                    "geglu_split": geglu_splits,
+                    "temporal_cross_attention_folded": folded,
+                },
             },
             "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
         },

@@ -12,6 +12,8 @@ reshape that leaves the last axis as it is:
 
 (``Tile`` likewise, its last repeat being 1). The pass makes that rewrite wherever static shape
 inference proves the last axis is K on all three tensors, and drops the nodes it leaves unused.
+At export, ``vpp.policy.export_patches.fold_temporal_cross_attention`` has already removed the
+per-pixel broadcast, so there the pass meets the spatial ``Tile``s only.
 """
 
 from __future__ import annotations
