@@ -143,6 +143,9 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     obs = observation(np.random.default_rng(0), state_dim=None)
     noise = runtime.sample_noise(np.random.default_rng(4))
     assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
+    # the UNet is not in this graph: no UNet rewrite is claimed
+    rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
+    assert rewrites == {"projected_before_broadcast": 0, "geglu_split": 0, "temporal_cross_attention_folded": 0}
     expected = torch_actions(policy, obs, "push the button", noise)
     assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
 

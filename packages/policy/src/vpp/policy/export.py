@@ -29,6 +29,7 @@ observation at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -241,7 +242,12 @@ def export_policy(
     # The VAE encoder needs neither text nor noise, and the exporter drops unused inputs.
     feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
-    with split_geglu(feature_graph) as geglu_splits, fold_temporal_cross_attention(feature_graph) as folded:
+    # The patches rewire the TVP's UNet, which a VAE-encoder graph never calls.
+    if cfg.encoder == "vae":
+        patches = (contextlib.nullcontext(0), contextlib.nullcontext(0))
+    else:
+        patches = (split_geglu(feature_graph), fold_temporal_cross_attention(feature_graph))
+    with patches[0] as geglu_splits, patches[1] as folded:
         _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
     feature_rewrites = _optimize_graph(out / "features.onnx")
     features = feature_graph(*feature_args)
