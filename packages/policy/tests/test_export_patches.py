@@ -15,7 +15,7 @@ from diffusers.models.activations import GEGLU
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 from torch import nn
 
-from vpp.policy.export_patches import fold_temporal_cross_attention, split_geglu
+from vpp.policy.export_patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
 
 
 class _FeedForward(nn.Module):
@@ -134,3 +134,54 @@ def test_fold_leaves_masked_or_unusual_attentions_alone():
     with fold_temporal_cross_attention(model) as patched:
         assert patched == 1
         assert "forward" not in vars(model.temporal_transformer_blocks[0].attn2)
+
+
+class _Attentions(nn.Module):
+    """a self- and a cross-attention as diffusers builds them in SVD's transformer blocks"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from diffusers.models.attention_processor import Attention
+
+        self.self_attn = Attention(query_dim=32, heads=4, dim_head=8)
+        self.cross_attn = Attention(query_dim=32, cross_attention_dim=12, heads=2, dim_head=16)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.cross_attn(self.self_attn(x), encoder_hidden_states=text)
+
+
+def test_multi_head_attention_nodes_same_function_and_restored(tmp_path):
+    torch.manual_seed(0)
+    model = _Attentions().eval()
+    x, text = torch.randn(3, 10, 32), torch.randn(3, 5, 12)
+    with torch.no_grad():
+        before = model(x, text)
+        with multi_head_attention_nodes(model) as patched:
+            assert patched == 2
+            during = model(x, text)
+            torch.onnx.export(model, (x, text), str(tmp_path / "mha.onnx"), input_names=["x", "text"], output_names=["y"], opset_version=17, dynamo=False)
+        after = model(x, text)
+    torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert all("forward" not in vars(m) for m in model.modules())
+    graph = onnx.load(str(tmp_path / "mha.onnx")).graph
+    nodes = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(nodes) == 2 and {n.domain for n in nodes} == {"com.microsoft"}
+    assert sorted(onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "num_heads") == [2, 4]
+    assert not [n for n in graph.node if n.op_type == "Softmax"]
+    got = ort.InferenceSession(str(tmp_path / "mha.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy(), "text": text.numpy()})[0]
+    np.testing.assert_allclose(got, before.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_multi_head_attention_nodes_skip_masked_calls_and_unusual_attentions():
+    torch.manual_seed(0)
+    model = _Attentions().eval()
+    model.cross_attn.residual_connection = True
+    x, text = torch.randn(1, 4, 32), torch.randn(1, 5, 12)
+    mask = torch.zeros(1, 4, 4)
+    with torch.no_grad():
+        before = model.self_attn(x, attention_mask=mask)
+        with multi_head_attention_nodes(model) as patched:
+            assert patched == 1 and "forward" not in vars(model.cross_attn)
+            # a masked call runs the original processor
+            torch.testing.assert_close(model.self_attn(x, attention_mask=mask), before, rtol=0, atol=0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
 
 from vpp.policy.cli import main as policy_cli  # noqa: E402
 from vpp.policy.export import ExportError, export_policy, reference_actions  # noqa: E402
@@ -117,6 +118,12 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
 
     geglus = sum(isinstance(m, GEGLU) for m in policy.tvp.unet.modules())
     assert geglus > 0 and rewrites["geglu_split"] == geglus
+    # every UNet attention is one ORT MultiHeadAttention node, and no Softmax is left in the UNet
+    attentions = [name for name, _ in policy.tvp.unet.named_modules() if name.endswith((".attn1", ".attn2"))]
+    assert rewrites["multi_head_attention_nodes"] == len(attentions)
+    graph = onnx.load(str(folder / "features.onnx")).graph
+    assert sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in graph.node) == len(attentions)
+    assert not [node.name for node in graph.node if node.op_type == "Softmax" and node.name.startswith("/unet/")]
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
     assert 0 <= parity["features_relative_max_abs"] <= parity["tolerance"]["features_relative"]
@@ -145,9 +152,22 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
     # the UNet is not in this graph: no UNet rewrite is claimed
     rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
-    assert rewrites == {"projected_before_broadcast": 0, "geglu_split": 0, "temporal_cross_attention_folded": 0}
+    assert rewrites == {"projected_before_broadcast": 0, "geglu_split": 0, "temporal_cross_attention_folded": 0, "multi_head_attention_nodes": 0}
     expected = torch_actions(policy, obs, "push the button", noise)
     assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
+
+
+def test_standard_ops_only_artifact(tmp_path):
+    policy = tiny_policy(cameras=("corner",), state_dim=None)
+    export_policy(policy, tmp_path, ["push the button"], text_encoder=False, attention_nodes=False)
+    graph = onnx.load(str(tmp_path / "features.onnx")).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
+    rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
+    assert rewrites["multi_head_attention_nodes"] == 0 and rewrites["temporal_cross_attention_folded"] > 0
+    runtime = Policy.load(tmp_path, threads=1)
+    obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
 
 
 def test_export_fails_loudly_above_tolerance(tmp_path):

@@ -164,7 +164,7 @@ def cmd_export(args) -> None:
     if not instructions:
         raise SystemExit("vpp-policy export: give --instruction TEXT (repeatable) or --instructions FILE")
     policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
-    manifest = export_policy(policy, args.out, list(dict.fromkeys(instructions)), seed=args.seed, text_encoder=not args.no_text_encoder)
+    manifest = export_policy(policy, args.out, list(dict.fromkeys(instructions)), seed=args.seed, text_encoder=not args.no_text_encoder, attention_nodes=not args.standard_ops_only)
     print(manifest)
 
 
@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--instructions", help="file with one instruction per line")
     export.add_argument("--seed", type=int, default=0, help="seed of the random parity-check inputs")
     export.add_argument("--no-text-encoder", action="store_true", help="cache only: the runtime refuses other instructions")
+    export.add_argument(
+        "--standard-ops-only",
+        action="store_true",
+        help="no ONNX Runtime contrib ops (attention as MatMul/Softmax), for runtimes other than ORT's CPU and CUDA providers",
+    )
     export.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpp.policy.export_patches import fold_temporal_cross_attention, split_geglu
+from vpp.policy.export_patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
 from vpp.policy.graph_passes import project_before_broadcast
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.tvp.features import feature_sigma, predictive_features
@@ -191,10 +191,14 @@ def export_policy(
     seed: int = 0,
     tolerance: Mapping[str, float] = PARITY_TOLERANCE,
     text_encoder: bool = True,
+    attention_nodes: bool = True,
 ) -> Path:
     """Writes the artifact folder ``out`` and returns the manifest path; raises
     :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance``.
-    ``text_encoder=False`` leaves out the text-encoder graph: only the cached instructions work."""
+    ``text_encoder=False`` leaves out the text-encoder graph: only the cached instructions work.
+    ``attention_nodes=False`` keeps the UNet's attentions in standard ONNX operators instead of
+    ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (CPU and CUDA providers have it; other
+    runtimes, and TensorRT without falling back to CUDA nodes, do not)."""
     if not instructions:
         raise ExportError("no instructions given: the artifact's text cache would be empty")
     if len(set(instructions)) != len(instructions):
@@ -244,10 +248,15 @@ def export_policy(
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
     # The patches rewire the TVP's UNet, which a VAE-encoder graph never calls.
     if cfg.encoder == "vae":
-        patches = (contextlib.nullcontext(0), contextlib.nullcontext(0))
+        patches = (contextlib.nullcontext(0), contextlib.nullcontext(0), contextlib.nullcontext(0))
     else:
-        patches = (split_geglu(feature_graph), fold_temporal_cross_attention(feature_graph))
-    with patches[0] as geglu_splits, patches[1] as folded:
+        # the fold first: the attention-node patch leaves the attentions it took alone
+        patches = (
+            split_geglu(feature_graph),
+            fold_temporal_cross_attention(feature_graph, multi_head_attention_node=attention_nodes),
+            multi_head_attention_nodes(feature_graph) if attention_nodes else contextlib.nullcontext(0),
+        )
+    with patches[0] as geglu_splits, patches[1] as folded, patches[2] as attention_node_count:
         _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
     feature_rewrites = _optimize_graph(out / "features.onnx")
     features = feature_graph(*feature_args)
@@ -341,6 +350,8 @@ def export_policy(
                     "projected_before_broadcast": feature_rewrites,
                     "geglu_split": geglu_splits,
                     "temporal_cross_attention_folded": folded,
+                    # the folded temporal cross-attentions are MultiHeadAttention nodes too
+                    "multi_head_attention_nodes": attention_node_count + (folded if attention_nodes else 0),
                 },
             },
             "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
