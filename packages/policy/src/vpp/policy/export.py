@@ -7,8 +7,10 @@ The artifact is a folder:
   encode of the current frame and the hooked UNet forward in one graph; for ``encoder="vae"``
   just the VAE latents, with no noise input). The text's key/value projections are moved in
   front of the UNet's per-frame and per-pixel broadcasts (``vpp.policy.graph_passes``), and
-  each GEGLU feed-forward is traced as two half-width projections and the temporal cross-attention
-  attends once per video to its text (``vpp.policy.export_patches``).
+  each GEGLU feed-forward is traced as two half-width projections, the temporal cross-attention
+  attends once per video to its text, and every UNet attention is one ONNX Runtime
+  ``com.microsoft.MultiHeadAttention`` node unless ``attention_nodes=False``
+  (``vpp.policy.export_patches``).
 - ``policy.onnx``: features + language embedding (1, D_lang) + normalised state (1, S) + unit
   action noise (1, chunk, action_dim) -> normalised action chunk, with every DDIM step unrolled
   in the graph (one ORT call per chunk beat a Python loop over a one-step graph).
