@@ -107,6 +107,9 @@ def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: 
             macs[row] += float(np.prod(outputs[0])) * inputs[0][-1]
         elif op in ("Conv", "FusedConv") and len(inputs) > 1:
             macs[row] += float(np.prod(outputs[0])) * float(np.prod(inputs[1][1:]))
+        elif op == "MultiHeadAttention" and len(inputs) > 1:
+            # q (B, S, C) against k (B, L, C): q k^T and the weighted sum of v, B*S*L*C each
+            macs[row] += 2.0 * float(np.prod(inputs[0])) * inputs[1][1]
     total = sum(durations.values())
     return {k: v / total for k, v in durations.items()}, dict(macs)
 
