@@ -177,7 +177,7 @@ def test_multi_head_attention_nodes_skip_masked_calls_and_unusual_attentions():
     torch.manual_seed(0)
     model = _Attentions().eval()
     model.cross_attn.residual_connection = True
-    x, text = torch.randn(1, 4, 32), torch.randn(1, 5, 12)
+    x = torch.randn(1, 4, 32)
     mask = torch.zeros(1, 4, 4)
     with torch.no_grad():
         before = model.self_attn(x, attention_mask=mask)
