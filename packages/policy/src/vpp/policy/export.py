@@ -142,16 +142,18 @@ def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: l
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=False)
 
 
-def _optimize_graph(path: Path) -> int:
-    """Applies :func:`project_before_broadcast` in place; returns how many MatMuls it moved. The
-    weights stay where the exporter put them (external files for graphs over 2 GB): only the
-    graph is loaded and rewritten. The parity check that follows runs the rewritten graph."""
+def _optimize_graph(path: Path) -> dict[str, int]:
+    """Applies :func:`project_before_broadcast` in place; returns how many MatMuls it moved and
+    how many ``MultiHeadAttention`` nodes the graph holds. The weights stay where the exporter
+    put them (external files for graphs over 2 GB): only the graph is loaded and rewritten. The
+    parity check that follows runs the rewritten graph."""
     import onnx
 
     model, rewritten = project_before_broadcast(onnx.load(str(path), load_external_data=False))
     if rewritten:
         onnx.save(model, str(path))
-    return rewritten
+    attention_nodes = sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in model.graph.node)
+    return {"projected_before_broadcast": rewritten, "multi_head_attention_nodes": attention_nodes}
 
 
 def tokenizer_data(policy: VideoPredictionPolicy) -> dict[str, Any] | None:
@@ -248,19 +250,19 @@ def export_policy(
     # The VAE encoder needs neither text nor noise, and the exporter drops unused inputs.
     feature_inputs = ["images", "text_hidden", "noise"] if feature_noise is not None else ["images"]
     feature_args = (images, hidden[:1], feature_noise) if feature_noise is not None else (images,)
-    # The patches rewire the TVP's UNet, which a VAE-encoder graph never calls.
-    if cfg.encoder == "vae":
-        patches = (contextlib.nullcontext(0), contextlib.nullcontext(0), contextlib.nullcontext(0))
-    else:
-        # the fold first: the attention-node patch leaves the attentions it took alone
-        patches = (
-            split_geglu(feature_graph),
-            fold_temporal_cross_attention(feature_graph, multi_head_attention_node=attention_nodes),
-            multi_head_attention_nodes(feature_graph) if attention_nodes else contextlib.nullcontext(0),
-        )
-    with patches[0] as geglu_splits, patches[1] as folded, patches[2] as attention_node_count:
+    module_patches = {"geglu_split": 0, "temporal_cross_attention_folded": 0}
+    with contextlib.ExitStack() as patches:
+        # The patches rewire the TVP's UNet, which a VAE-encoder graph never calls.
+        if cfg.encoder != "vae":
+            module_patches["geglu_split"] = patches.enter_context(split_geglu(feature_graph))
+            # the fold first: the attention-node patch leaves the attentions it took alone
+            module_patches["temporal_cross_attention_folded"] = patches.enter_context(
+                fold_temporal_cross_attention(feature_graph, multi_head_attention_node=attention_nodes)
+            )
+            if attention_nodes:
+                patches.enter_context(multi_head_attention_nodes(feature_graph))
         _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
-    feature_rewrites = _optimize_graph(out / "features.onnx")
+    feature_rewrites = {**module_patches, **_optimize_graph(out / "features.onnx")}
     features = feature_graph(*feature_args)
 
     state_dim = cfg.state_dim
@@ -348,13 +350,7 @@ def export_policy(
                 "file": "features.onnx",
                 "inputs": feature_inputs,
                 "output": "features",
-                "rewrites": {
-                    "projected_before_broadcast": feature_rewrites,
-                    "geglu_split": geglu_splits,
-                    "temporal_cross_attention_folded": folded,
-                    # the folded temporal cross-attentions are MultiHeadAttention nodes too
-                    "multi_head_attention_nodes": attention_node_count + (folded if attention_nodes else 0),
-                },
+                "rewrites": feature_rewrites,
             },
             "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
         },

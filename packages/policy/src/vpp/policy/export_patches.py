@@ -16,12 +16,25 @@ PyTorch model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+@contextlib.contextmanager
+def _forwards_replaced(replacements: list[tuple[nn.Module, Callable[..., Any]]]) -> Iterator[int]:
+    """Sets each module's instance ``forward``, yields how many, and deletes them again on exit
+    (the class's ``forward`` takes over as before)."""
+    for module, forward in replacements:
+        module.forward = forward
+    try:
+        yield len(replacements)
+    finally:
+        for module, _ in replacements:
+            del module.forward
 
 
 def _split_geglu_forward(module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -48,13 +61,8 @@ def split_geglu(module: nn.Module) -> Iterator[int]:
     from diffusers.models.activations import GEGLU
 
     patched = [m for m in module.modules() if isinstance(m, GEGLU) and m.proj.weight.shape[0] % 2 == 0]
-    for m in patched:
-        m.forward = _split_geglu_forward.__get__(m)
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
+    with _forwards_replaced([(m, _split_geglu_forward.__get__(m)) for m in patched]) as count:
+        yield count
 
 
 class _MultiHeadAttention(torch.autograd.Function):
@@ -102,20 +110,16 @@ def multi_head_attention_nodes(module: nn.Module) -> Iterator[int]:
     """
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    patched = []
+    replacements = []
     for attn in module.modules():
         if not isinstance(attn, Attention) or "forward" in vars(attn):
             continue
         if not isinstance(attn.processor, AttnProcessor2_0) or not _plain_attention(attn):
             continue
-        original = attn.forward
-        attn.forward = lambda *args, _attn=attn, _original=original, **kwargs: _plain_attention_forward(_attn, *args, _original=_original, **kwargs)
-        patched.append(attn)
-    try:
-        yield len(patched)
-    finally:
-        for attn in patched:
-            del attn.forward
+        forward = lambda *args, _attn=attn, _original=attn.forward, **kwargs: _plain_attention_forward(_attn, *args, _original=_original, **kwargs)  # noqa: E731
+        replacements.append((attn, forward))
+    with _forwards_replaced(replacements) as count:
+        yield count
 
 
 class _VideoText:
@@ -124,7 +128,6 @@ class _VideoText:
     def __init__(self) -> None:
         self.context: torch.Tensor | None = None  # (batch, L, D): each video's first-frame text
         self.pixels = 0  # latent pixels per frame: the rows of time_context per video
-        self.multi_head_attention_node = False
 
 
 def _plain_attention(attn: nn.Module) -> bool:
@@ -140,7 +143,7 @@ def _plain_attention(attn: nn.Module) -> bool:
     )
 
 
-def _folded_cross_attention(attn: nn.Module, state: _VideoText, hidden_states: torch.Tensor) -> torch.Tensor:
+def _folded_cross_attention(attn: nn.Module, state: _VideoText, hidden_states: torch.Tensor, as_node: bool) -> torch.Tensor:
     context = state.context
     videos, pixels = context.shape[0], state.pixels
     rows, frames, _ = hidden_states.shape  # (videos * pixels, frames, C)
@@ -150,7 +153,7 @@ def _folded_cross_attention(attn: nn.Module, state: _VideoText, hidden_states: t
     key, value = attn.to_k(context), attn.to_v(context)  # (videos, L, inner)
     # (videos * pixels, frames) rows -> one query sequence of pixels * frames per video
     query = query.reshape(videos, pixels * frames, query.shape[-1])
-    if state.multi_head_attention_node:
+    if as_node:
         out = _MultiHeadAttention.apply(query, key, value, attn.heads)
     else:
         out = _MultiHeadAttention.forward(None, query, key, value, attn.heads)
@@ -182,12 +185,11 @@ def fold_temporal_cross_attention(module: nn.Module, multi_head_attention_node: 
     from diffusers.models.attention_processor import AttnProcessor2_0
     from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
-    hooks, patched = [], []
+    hooks, replacements = [], []
     for transformer in module.modules():
         if not isinstance(transformer, TransformerSpatioTemporalModel):
             continue
         state = _VideoText()
-        state.multi_head_attention_node = multi_head_attention_node
 
         def record(_module: nn.Module, args: tuple, kwargs: dict, state: _VideoText = state) -> None:
             hidden_states = args[0] if args else kwargs["hidden_states"]
@@ -211,14 +213,12 @@ def fold_temporal_cross_attention(module: nn.Module, multi_head_attention_node: 
             def forward(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, _attn: nn.Module = attn, _state: _VideoText = state, _original=attn.forward, **kwargs: Any) -> torch.Tensor:
                 if _state.context is None or attention_mask is not None or encoder_hidden_states is None or kwargs:
                     return _original(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
-                return _folded_cross_attention(_attn, _state, hidden_states)
+                return _folded_cross_attention(_attn, _state, hidden_states, multi_head_attention_node)
 
-            attn.forward = forward
-            patched.append(attn)
+            replacements.append((attn, forward))
     try:
-        yield len(patched)
+        with _forwards_replaced(replacements) as count:
+            yield count
     finally:
         for hook in hooks:
             hook.remove()
-        for attn in patched:
-            del attn.forward
