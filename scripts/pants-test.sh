@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PANTS_BOOTSTRAP_ONLY=1 ./pants
+# The wheel's custom-op library needs ONNX Runtime's C API headers (pants.toml passes this on).
+bash scripts/ort-headers.sh
+export VPP_ORT_INCLUDE_DIR=${VPP_ORT_INCLUDE_DIR:-$PWD/.cache/onnxruntime-headers/include}
 pants_python=.tools/pants-2.17.1/bin/python
 if ! "$pants_python" 3rdparty/python/sync_from_pyprojects.py --check; then
     echo "pants-test: regenerating the lockfile; commit what 3rdparty/python/lock.sh changed" >&2

@@ -23,6 +23,9 @@ if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     fi
 fi
 
+# ONNX Runtime's C API header, for vpp-runtime's custom-op library (built by the install below).
+bash scripts/ort-headers.sh || echo "warning: no ONNX Runtime headers; vpp-runtime builds without its custom ops" >&2
+
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0

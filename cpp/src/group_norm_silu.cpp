@@ -44,31 +44,38 @@ VPP_CPU_CLONES void normalise_channel(const float* x, float* y, std::int64_t spa
 
 }  // namespace
 
-void group_norm_silu(const float* x, const float* weight, const float* bias, float* y,
-                     std::int64_t batch, std::int64_t channels, std::int64_t spatial,
-                     std::int64_t num_groups, float eps, bool apply_silu) {
+void group_norm_silu_items(const float* x, const float* weight, const float* bias, float* y,
+                           std::int64_t channels, std::int64_t spatial, std::int64_t num_groups,
+                           float eps, bool apply_silu, std::int64_t begin, std::int64_t end) {
     const std::int64_t channels_per_group = channels / num_groups;
     const std::int64_t group_size = channels_per_group * spatial;
     if (group_size == 0) return;
+    for (std::int64_t item = begin; item < end; ++item) {
+        const std::int64_t group = item % num_groups;
+        const std::int64_t offset = item * group_size;
+        const Moments moments = group_moments(x + offset, group_size);
+        const double inv_std = 1.0 / std::sqrt(moments.variance + static_cast<double>(eps));
+        for (std::int64_t local = 0; local < channels_per_group; ++local) {
+            const std::int64_t channel = group * channels_per_group + local;
+            const double gamma = weight ? weight[channel] : 1.0;
+            const double beta = bias ? bias[channel] : 0.0;
+            const double scale = inv_std * gamma;
+            const double shift = beta - moments.mean * scale;
+            const std::int64_t channel_offset = offset + local * spatial;
+            normalise_channel(x + channel_offset, y + channel_offset, spatial,
+                              static_cast<float>(scale), static_cast<float>(shift), apply_silu);
+        }
+    }
+}
+
+void group_norm_silu(const float* x, const float* weight, const float* bias, float* y,
+                     std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                     std::int64_t num_groups, float eps, bool apply_silu) {
+    if (channels / num_groups * spatial == 0) return;
     detail::parallel_for(
         batch * num_groups, batch * channels * spatial, [&](std::int64_t begin, std::int64_t end) {
-            for (std::int64_t item = begin; item < end; ++item) {
-                const std::int64_t group = item % num_groups;
-                const std::int64_t offset = item * group_size;
-                const Moments moments = group_moments(x + offset, group_size);
-                const double inv_std = 1.0 / std::sqrt(moments.variance + static_cast<double>(eps));
-                for (std::int64_t local = 0; local < channels_per_group; ++local) {
-                    const std::int64_t channel = group * channels_per_group + local;
-                    const double gamma = weight ? weight[channel] : 1.0;
-                    const double beta = bias ? bias[channel] : 0.0;
-                    const double scale = inv_std * gamma;
-                    const double shift = beta - moments.mean * scale;
-                    const std::int64_t channel_offset = offset + local * spatial;
-                    normalise_channel(x + channel_offset, y + channel_offset, spatial,
-                                      static_cast<float>(scale), static_cast<float>(shift),
-                                      apply_silu);
-                }
-            }
+            group_norm_silu_items(x, weight, bias, y, channels, spatial, num_groups, eps,
+                                  apply_silu, begin, end);
         });
 }
 

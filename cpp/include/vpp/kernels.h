@@ -15,6 +15,13 @@ void group_norm_silu(const float* x, const float* weight, const float* bias, flo
                      std::int64_t batch, std::int64_t channels, std::int64_t spatial,
                      std::int64_t num_groups, float eps, bool apply_silu);
 
+// The same on the (batch, group) items [begin, end) only (item = b * num_groups + g), on the
+// calling thread: for callers that bring their own threads, as the ONNX Runtime custom op does
+// with ORT's intra-op pool.
+void group_norm_silu_items(const float* x, const float* weight, const float* bias, float* y,
+                           std::int64_t channels, std::int64_t spatial, std::int64_t num_groups,
+                           float eps, bool apply_silu, std::int64_t begin, std::int64_t end);
+
 // How the network output F turns into the denoised estimate D = c_skip * x + c_out * F.
 enum class Parameterisation {
     kEdm,  // Karras et al. F-prediction: c_out = +s*sd/sqrt(s^2+sd^2)

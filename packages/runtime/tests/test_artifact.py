@@ -123,6 +123,12 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     assert rewrites["multi_head_attention_nodes"] == len(attentions)
     graph = onnx.load(str(folder / "features.onnx")).graph
     assert sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in graph.node) == len(attentions)
+    # every GroupNorm (VAE encoder and UNet) is one vpp.fused node, most with the SiLU after it
+    fused = [node for node in graph.node if node.domain == "vpp.fused"]
+    assert fused and {node.op_type for node in fused} == {"GroupNorm"}
+    assert not any(node.op_type == "InstanceNormalization" for node in graph.node)
+    assert rewrites["fused_group_norms"] == len(fused) and 0 < rewrites["silu_folded_into_group_norm"] < len(fused)
+    assert manifest["graphs"]["features"]["custom_ops"] == {"domain": "vpp.fused", "ops": {"GroupNorm": len(fused)}}
     assert not [node.name for node in graph.node if node.op_type == "Softmax" and node.name.startswith("/unet/")]
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
@@ -152,18 +158,24 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
     # the UNet is not in this graph: no UNet rewrite is claimed
     rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
-    assert rewrites == {"projected_before_broadcast": 0, "geglu_split": 0, "temporal_cross_attention_folded": 0, "multi_head_attention_nodes": 0}
+    unet_rewrites = ("projected_before_broadcast", "geglu_split", "temporal_cross_attention_folded", "multi_head_attention_nodes")
+    assert {name: rewrites[name] for name in unet_rewrites} == dict.fromkeys(unet_rewrites, 0)
+    # the VAE encoder's GroupNorms are fused kernels all the same
+    vae_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in policy.tvp.vae.encoder.modules())
+    assert rewrites["fused_group_norms"] == vae_norms > 0
     expected = torch_actions(policy, obs, "push the button", noise)
     assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
 
 
 def test_standard_ops_only_artifact(tmp_path):
     policy = tiny_policy(cameras=("corner",), state_dim=None)
-    export_policy(policy, tmp_path, ["push the button"], text_encoder=False, attention_nodes=False)
+    export_policy(policy, tmp_path, ["push the button"], text_encoder=False, attention_nodes=False, fused_kernels=False)
     graph = onnx.load(str(tmp_path / "features.onnx")).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
-    rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
+    features = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]
+    rewrites = features["rewrites"]
     assert rewrites["multi_head_attention_nodes"] == 0 and rewrites["temporal_cross_attention_folded"] > 0
+    assert rewrites["fused_group_norms"] == 0 and features["custom_ops"] is None
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     noise = runtime.sample_noise(np.random.default_rng(4))
@@ -271,12 +283,9 @@ def test_artifact_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], check=True)
-    # The source trees on the path, as an editable install would put them, without building
-    # vpp-runtime's C++ kernels (the Policy does not need them).
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    (site / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n{REPO / 'packages/data/src'}\n")
+    # vpp-runtime itself, built from its source as `pip install vpp-runtime` builds it: the C++
+    # kernels and the custom-op library that the artifact's fused GroupNorm nodes need.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO / "packages" / "runtime")], check=True, timeout=900)
     policy, folder = exported
     obs = observation(np.random.default_rng(7))
     np.savez(tmp_path / "obs.npz", **obs)
@@ -285,6 +294,7 @@ def test_artifact_runs_in_a_clean_venv_without_torch(exported, tmp_path):
         "assert importlib.util.find_spec('torch') is None, 'torch is importable'\n"
         "from vpp.runtime.policy import Policy\n"
         f"policy = Policy.load({str(folder)!r}, threads=1)\n"
+        f"assert policy.custom_ops_library.is_relative_to({str(venv)!r}), policy.custom_ops_library\n"
         f"obs = dict(np.load({str(tmp_path / 'obs.npz')!r}))\n"
         "noise = policy.sample_noise(np.random.default_rng(3))\n"
         f"np.save({str(tmp_path / 'actions.npy')!r}, policy.act(obs, 'open the drawer', noise=noise))\n"
@@ -296,3 +306,14 @@ def test_artifact_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     noise = Policy.load(folder).sample_noise(np.random.default_rng(3))
     expected = torch_actions(policy, obs, "open the drawer", noise)
     assert np.abs(np.load(tmp_path / "actions.npy") - expected).max() < 1e-4
+
+
+def test_fused_kernels_without_the_custom_op_library_fail_clearly(exported, monkeypatch, tmp_path):
+    from vpp.runtime import custom_ops
+
+    monkeypatch.setattr(custom_ops, "ort_ops_library", lambda: None)
+    with pytest.raises(custom_ops.CustomOpsUnavailableError, match=r"vpp.fused custom ops \(GroupNorm\).*--standard-ops-only"):
+        Policy.load(exported[1])
+    with pytest.raises(ExportError, match="fused_kernels=False"):
+        export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"])
+    assert not (tmp_path / "manifest.json").exists()

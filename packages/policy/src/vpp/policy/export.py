@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from vpp.policy.export_patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
-from vpp.policy.graph_passes import project_before_broadcast
+from vpp.policy.graph_passes import FUSED_DOMAIN, fuse_group_norm_silu, fuse_group_norms, project_before_broadcast
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.tvp.features import feature_sigma, predictive_features
 
@@ -142,18 +142,40 @@ def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: l
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=OPSET, dynamo=False)
 
 
-def _optimize_graph(path: Path) -> dict[str, int]:
-    """Applies :func:`project_before_broadcast` in place; returns how many MatMuls it moved and
-    how many ``MultiHeadAttention`` nodes the graph holds. The weights stay where the exporter
-    put them (external files for graphs over 2 GB): only the graph is loaded and rewritten. The
-    parity check that follows runs the rewritten graph."""
+def _optimize_graph(path: Path, fused_kernels: bool) -> dict[str, int]:
+    """Applies :func:`project_before_broadcast` in place, and with ``fused_kernels``
+    :func:`fuse_group_norms` and :func:`fuse_group_norm_silu`; returns how many MatMuls the
+    first moved, how many SiLUs the last folded, and how many ``MultiHeadAttention`` and fused
+    GroupNorm nodes the graph holds. The weights stay where the
+    exporter put them (external files for graphs over 2 GB): only the graph is loaded and
+    rewritten. The parity check that follows runs the rewritten graph."""
     import onnx
 
-    model, rewritten = project_before_broadcast(onnx.load(str(path), load_external_data=False))
-    if rewritten:
+    model, projected = project_before_broadcast(onnx.load(str(path), load_external_data=False))
+    norms = silus = 0
+    if fused_kernels:
+        model, norms = fuse_group_norms(model, FUSED_DOMAIN)
+        model, silus = fuse_group_norm_silu(model, FUSED_DOMAIN)
+    if projected or norms:
         onnx.save(model, str(path))
-    attention_nodes = sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in model.graph.node)
-    return {"projected_before_broadcast": rewritten, "multi_head_attention_nodes": attention_nodes}
+    nodes = model.graph.node
+    return {
+        "projected_before_broadcast": projected,
+        "multi_head_attention_nodes": sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in nodes),
+        "fused_group_norms": sum(node.op_type == "GroupNorm" and node.domain == FUSED_DOMAIN for node in nodes),
+        "silu_folded_into_group_norm": silus,
+    }
+
+
+def _custom_ops(path: Path) -> dict[str, Any] | None:
+    """The manifest's ``custom_ops`` entry of a graph: {"domain", "ops": {op: node count}}, or None."""
+    import onnx
+
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.domain == FUSED_DOMAIN:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {"domain": FUSED_DOMAIN, "ops": ops} if ops else None
 
 
 def tokenizer_data(policy: VideoPredictionPolicy) -> dict[str, Any] | None:
@@ -179,11 +201,13 @@ def _normalizer_dict(normalizer) -> dict[str, Any] | None:
     return None if normalizer is None else normalizer.to_dict()
 
 
-def _session(path: Path):
+def _session(path: Path, custom_ops_library: Path | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if custom_ops_library is not None:
+        options.register_custom_ops_library(str(custom_ops_library))
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -196,13 +220,17 @@ def export_policy(
     tolerance: Mapping[str, float] = PARITY_TOLERANCE,
     text_encoder: bool = True,
     attention_nodes: bool = True,
+    fused_kernels: bool = True,
 ) -> Path:
     """Writes the artifact folder ``out`` and returns the manifest path; raises
     :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance``.
     ``text_encoder=False`` leaves out the text-encoder graph: only the cached instructions work.
     ``attention_nodes=False`` keeps the UNet's attentions in standard ONNX operators instead of
     ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (CPU and CUDA providers have it; other
-    runtimes, and TensorRT without falling back to CUDA nodes, do not)."""
+    runtimes, and TensorRT without falling back to CUDA nodes, do not).
+    ``fused_kernels=False`` keeps GroupNorm (and the SiLU after it) in standard operators
+    instead of vpp-runtime's ``vpp.fused.GroupNorm`` custom op, which needs vpp-runtime's
+    custom-op library (built with ONNX Runtime's C API header) wherever the artifact runs."""
     if not instructions:
         raise ExportError("no instructions given: the artifact's text cache would be empty")
     if len(set(instructions)) != len(instructions):
@@ -213,6 +241,14 @@ def export_policy(
             f"noise_aug_strength={tvp_config.noise_aug_strength}: the first-frame noise augmentation draws its own "
             "noise inside the TVP; export supports noise_aug_strength=0 only"
         )
+    custom_ops_library = None
+    if fused_kernels:
+        from vpp.runtime.custom_ops import CustomOpsUnavailableError, require_library
+
+        try:
+            custom_ops_library = require_library({"GroupNorm": 1}, "export with fused kernels")
+        except CustomOpsUnavailableError as error:
+            raise ExportError(f"{error} (or pass fused_kernels=False)") from error
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +298,7 @@ def export_policy(
             if attention_nodes:
                 patches.enter_context(multi_head_attention_nodes(feature_graph))
         _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
-    feature_rewrites = {**module_patches, **_optimize_graph(out / "features.onnx")}
+    feature_rewrites = {**module_patches, **_optimize_graph(out / "features.onnx", fused_kernels)}
     features = feature_graph(*feature_args)
 
     state_dim = cfg.state_dim
@@ -275,7 +311,9 @@ def export_policy(
     actions = policy_graph(*policy_args)
     export_seconds = time.perf_counter() - started
 
-    feature_session, policy_session = _session(out / "features.onnx"), _session(out / "policy.onnx")
+    feature_custom_ops = _custom_ops(out / "features.onnx")
+    feature_session = _session(out / "features.onnx", custom_ops_library if feature_custom_ops else None)
+    policy_session = _session(out / "policy.onnx")
     feature_feed = {name: value.numpy() for name, value in zip(feature_inputs, feature_args)}
     onnx_features = feature_session.run(None, feature_feed)[0]
     features_error = float(np.abs(onnx_features - features.numpy()).max() / max(1.0, float(features.abs().max())))
@@ -351,6 +389,7 @@ def export_policy(
                 "inputs": feature_inputs,
                 "output": "features",
                 "rewrites": feature_rewrites,
+                "custom_ops": feature_custom_ops,
             },
             "policy": {"file": "policy.onnx", "inputs": policy_inputs, "output": "actions"},
         },

@@ -14,6 +14,15 @@ reshape that leaves the last axis as it is:
 inference proves the last axis is K on all three tensors, and drops the nodes it leaves unused.
 At export, ``vpp.policy.export_patches.fold_temporal_cross_attention`` has already removed the
 per-pixel broadcast, so there the pass meets the spatial ``Tile``s only.
+
+:func:`fuse_group_norms`: the exporter writes ``group_norm`` as Reshape to (N, G, -1),
+InstanceNormalization with unit scale and zero bias, Reshape back, Mul by the weight and Add of
+the bias: five ORT kernels, each a pass over the activation. The pass puts one
+``vpp.fused.GroupNorm`` node in their place, vpp-runtime's fused kernel as an ONNX Runtime custom
+op (``libvpp_ort_ops.so``); :func:`fuse_group_norm_silu` then folds the SiLU (Sigmoid, Mul) that
+follows most of them into it. Matching the exported graph, not patching the modules before the
+export, keeps the exporter's static shapes: a custom node there hides its output shape from the
+exporter, whose reshapes after it then stay dynamic.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from onnx import helper, numpy_helper, shape_inference
 logger = logging.getLogger(__name__)
 
 BROADCASTS = ("Expand", "Tile")
+FUSED_DOMAIN = "vpp.fused"
 
 
 def _last_dims(model: onnx.ModelProto) -> dict[str, int | None]:
@@ -112,3 +122,158 @@ def project_before_broadcast(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     logger.info("projected %d MatMuls before their broadcast; %d nodes left unused and removed", rewritten, removed)
     onnx.checker.check_model(model)
     return model, rewritten
+
+
+def _constant(name: str, producer: dict[str, onnx.NodeProto], initializers: dict[str, onnx.TensorProto]) -> tuple[str, onnx.TensorProto | None]:
+    """(the initializer's name, the tensor) behind ``name``, through Identity nodes; a Constant
+    node gives (name, its tensor); anything else (name, None)."""
+    while name not in initializers and name in producer and producer[name].op_type == "Identity":
+        name = producer[name].input[0]
+    if name in initializers:
+        return name, initializers[name]
+    node = producer.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return name, node.attribute[0].t
+    return name, None
+
+
+def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """A small constant's values (None for tensors kept in external files)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    return numpy_helper.to_array(tensor)
+
+
+def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx.ModelProto, int]:
+    """Replaces each exported GroupNorm (Reshape to (N, G, -1), InstanceNormalization with
+    unit scale and zero bias, Reshape back to the input's Shape, Mul by a (C, 1, ..., 1) weight,
+    Add of a (C, 1, ..., 1) bias, every intermediate read only by the next: torch's export of
+    ``group_norm``, whose affine has x's rank - 1 dimensions) with one ``domain``
+    GroupNorm node (num_groups G, the InstanceNormalization's epsilon, silu 0) that reads the
+    same weight and bias. Returns the rewritten model (a copy) and how many it replaced. The
+    weights are not read (they may live in external files): only their shapes are."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    ranks = {info.name: len(info.type.tensor_type.shape.dim) for info in list(inferred.graph.value_info) + list(graph.input)
+             if info.type.tensor_type.HasField("shape")}
+    producer = {name: node for node in graph.node for name in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {output.name for output in graph.output}
+
+    def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
+        users = readers.get(name, [])
+        if len(users) != 1 or name in outputs or users[0].op_type != op_type or users[0].domain not in ("", "ai.onnx"):
+            return None
+        return users[0]
+
+    def affine(node: onnx.NodeProto, data: str) -> tuple[str, list[int]] | None:
+        """The per-channel constant that ``node`` (Mul or Add) applies to ``data``."""
+        if list(node.input).count(data) != 1 or len(node.input) != 2:
+            return None
+        other = node.input[1] if node.input[0] == data else node.input[0]
+        name, tensor = _constant(other, producer, initializers)
+        if tensor is None or not tensor.dims or any(d != 1 for d in tensor.dims[1:]):
+            return None
+        return name, list(tensor.dims)
+
+    # nodes are keyed by their first output's name (unique in a graph; node names may be empty)
+    replacements: dict[str, onnx.NodeProto] = {}  # the Add's output -> the fused node
+    dropped: set[str] = set()  # the other replaced nodes
+    for norm in graph.node:
+        if norm.op_type != "InstanceNormalization" or norm.domain not in ("", "ai.onnx"):
+            continue
+        first = producer.get(norm.input[0])
+        if first is None or first.op_type != "Reshape" or readers.get(first.output[0]) != [norm]:
+            continue
+        x = first.input[0]
+        _, target = _constant(first.input[1], producer, initializers)
+        _, scale = _constant(norm.input[1], producer, initializers)
+        _, shift = _constant(norm.input[2], producer, initializers)
+        if target is None or scale is None or shift is None:
+            continue
+        target_values, scale_values, shift_values = _values(target), _values(scale), _values(shift)
+        groups = int(scale_values.size) if scale_values is not None else 0
+        if (target_values is None or target_values.tolist() != [0, groups, -1] or groups == 0
+                or not np.all(scale_values == 1) or shift_values is None or not np.all(shift_values == 0)):
+            continue
+        back = only_reader(norm.output[0], "Reshape")
+        if back is None or back.input[0] != norm.output[0]:
+            continue
+        shape_of = producer.get(back.input[1])
+        if shape_of is None or shape_of.op_type != "Shape" or shape_of.input[0] != x or shape_of.attribute:
+            continue
+        mul = only_reader(back.output[0], "Mul")
+        weight = mul and affine(mul, back.output[0])
+        add = weight and only_reader(mul.output[0], "Add")
+        bias = add and affine(add, mul.output[0])
+        # torch's group_norm export unsqueezes the affine to x's rank - 1, which puts C on axis
+        # 1; where shape inference knows x's rank, it must agree.
+        rank = ranks.get(x)
+        if not bias or weight[1] != bias[1] or weight[1][0] % groups or (rank is not None and rank != len(weight[1]) + 1):
+            continue
+        epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        fused = helper.make_node(
+            "GroupNorm", [x, weight[0], bias[0]], [add.output[0]], name=norm.name.replace("InstanceNormalization", "GroupNorm"),
+            domain=domain, num_groups=groups, epsilon=epsilon, silu=0,
+        )
+        replacements[add.output[0]] = fused
+        dropped.update(n.output[0] for n in (first, norm, back, mul))
+    if not replacements:
+        return model, 0
+    nodes = []
+    for node in graph.node:
+        if node.output and node.output[0] in replacements:
+            nodes.append(replacements[node.output[0]])
+        elif not node.output or node.output[0] not in dropped:
+            nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _remove_unused_nodes(graph)
+    if not any(opset.domain == domain for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model, len(replacements)
+
+
+def fuse_group_norm_silu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx.ModelProto, int]:
+    """Folds ``x * Sigmoid(x)`` (the exporter's SiLU) into the ``domain`` GroupNorm node that
+    produces ``x`` (its ``silu`` attribute set to 1) wherever the two nodes of the SiLU are the
+    normalised tensor's only readers and it is no graph output. Returns the rewritten model (a
+    copy) and how many SiLUs it folded."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    nodes = list(graph.node)
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            readers.setdefault(name, []).append(index)
+    outputs = {output.name for output in graph.output}
+    dropped: set[int] = set()
+    folded = 0
+    for node in nodes:
+        if node.domain != domain or node.op_type != "GroupNorm":
+            continue
+        silu = next((a for a in node.attribute if a.name == "silu"), None)
+        x = node.output[0]
+        users = readers.get(x, [])
+        if silu is None or silu.i != 0 or x in outputs or len(users) != 2:
+            continue
+        sigmoid = next((i for i in users if nodes[i].op_type == "Sigmoid" and nodes[i].domain in ("", "ai.onnx")), None)
+        mul = next((i for i in users if nodes[i].op_type == "Mul" and nodes[i].domain in ("", "ai.onnx")), None)
+        if sigmoid is None or mul is None or sorted(nodes[mul].input) != sorted([x, nodes[sigmoid].output[0]]):
+            continue
+        if readers.get(nodes[sigmoid].output[0], []) != [mul] or nodes[sigmoid].output[0] in outputs:
+            continue
+        silu.i = 1
+        node.output[0] = nodes[mul].output[0]
+        dropped.update((sigmoid, mul))
+        folded += 1
+    if folded:
+        kept = [onnx.NodeProto.FromString(n.SerializeToString()) for i, n in enumerate(nodes) if i not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return model, folded

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from vpp.runtime import custom_ops
 from vpp.runtime.artifact import Artifact
 from vpp.runtime.errors import ObservationError, UnknownInstructionError
 from vpp.runtime.tokenizer import ClipTokenizer
@@ -77,6 +78,7 @@ class Policy:
             options.intra_op_num_threads = threads
         self.providers = list(providers) if providers is not None else default_providers()
         graphs = manifest["graphs"]
+        self.custom_ops_library = self._register_custom_ops(options, graphs)
         self.feature_session = ort.InferenceSession(str(artifact.path(graphs["features"]["file"])), options, providers=self.providers)
         self.policy_session = ort.InferenceSession(str(artifact.path(graphs["policy"]["file"])), options, providers=self.providers)
         # Where features.onnx leaves its output: the memory of the provider that runs it.
@@ -98,6 +100,31 @@ class Policy:
         self.feature_noise_shape = None if features["noise_shape"] is None else tuple(features["noise_shape"])
         self.fixed_feature_noise = artifact.fixed_feature_noise()
         self.rng = np.random.default_rng(seed)
+
+    def _register_custom_ops(self, options: ort.SessionOptions, graphs: Mapping[str, Any]) -> Path | None:
+        """Registers vpp-runtime's custom-op library when a graph uses its ops; warns when a
+        chosen accelerator has no kernel for one (ORT then runs it on the CPU, copying its
+        tensors to and from the device)."""
+        needed: dict[str, int] = {}
+        for graph in graphs.values():
+            ops = (graph.get("custom_ops") or {}).get("ops", {})
+            for name, count in ops.items():
+                needed[name] = needed.get(name, 0) + int(count)
+        if not needed:
+            return None
+        path = custom_ops.require_library(needed, f"artifact {self.artifact.folder}")
+        options.register_custom_ops_library(str(path))
+        library_ops = custom_ops.library_ops(path)
+        if any(provider in ACCELERATED_PROVIDERS for provider in self.providers):
+            # TensorRT hands the nodes it cannot take to the CUDA provider.
+            lacking = sorted(name for name in needed if "CUDAExecutionProvider" not in library_ops.get(name, []))
+            if lacking:
+                logger.warning(
+                    "%s has no CUDA kernel for %s %s: ORT runs those nodes on the CPU and copies their tensors to and "
+                    "from the GPU; build vpp-runtime with VPP_WITH_CUDA=ON, or export with --standard-ops-only",
+                    path.name, custom_ops.DOMAIN, lacking,
+                )
+        return path
 
     @classmethod
     def load(
