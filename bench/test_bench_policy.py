@@ -45,6 +45,7 @@ def policies(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"artifact-{preset}")
     export_policy(eager, folder, [INSTRUCTION])
     runtime = Policy.load(folder, threads=1, seed=0)
+    runtime.folder = folder
     side = 2 * tvp.config.image_size
     observation = {
         "corner": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
@@ -67,6 +68,26 @@ def test_bench_end_to_end(benchmark, policies, implementation):
         benchmark(eager.predict_action_chunk, observation, INSTRUCTION, generator)
     else:
         benchmark(runtime.act, observation, INSTRUCTION)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bench_end_to_end_on_both_cores(benchmark, policies, implementation):
+    """The same, with two threads on each side: what a robot PC with this CPU and nothing
+    else to run would see (noisier on the shared bench VM than the one-thread groups)."""
+    preset, eager, runtime, observation = policies
+    benchmark.group = f"end-to-end {preset} 2 views, 2 threads"
+    two_threads = Policy.load(runtime.folder, threads=2, seed=0)
+    noise = runtime.sample_noise(np.random.default_rng(1))
+    np.testing.assert_allclose(two_threads.act(observation, INSTRUCTION, noise=noise), runtime.act(observation, INSTRUCTION, noise=noise), rtol=0, atol=1e-5)
+    torch.set_num_threads(2)
+    try:
+        if implementation == "torch-eager":
+            generator = torch.Generator().manual_seed(0)
+            benchmark(eager.predict_action_chunk, observation, INSTRUCTION, generator)
+        else:
+            benchmark(two_threads.act, observation, INSTRUCTION)
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

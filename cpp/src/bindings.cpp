@@ -105,6 +105,22 @@ py::array group_norm_silu(const py::array& x, const std::optional<py::array>& we
     return y;
 }
 
+py::array geglu(const py::array& value, const py::array& gate) {
+    require_float32_contiguous(value, "value");
+    require_float32_contiguous(gate, "gate");
+    require_same_shape(gate, value, "gate", "value");
+    py::array_t<float> out = empty_like(value);
+    const auto* value_ptr = static_cast<const float*>(value.data());
+    const auto* gate_ptr = static_cast<const float*>(gate.data());
+    float* out_ptr = out.mutable_data();
+    const auto count = static_cast<std::int64_t>(value.size());
+    {
+        py::gil_scoped_release release;
+        vpp::geglu(value_ptr, gate_ptr, out_ptr, count);
+    }
+    return out;
+}
+
 using SamplerKernel = void (*)(const float*, const float*, float*, std::int64_t, double, double,
                                double, vpp::Parameterisation);
 
@@ -214,6 +230,7 @@ PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Fused CPU (and optionally CUDA) kernels of the vpp runtime";
     module.def("group_norm_silu", &group_norm_silu, py::arg("x"), py::arg("weight"),
                py::arg("bias"), py::arg("num_groups"), py::arg("eps"), py::arg("apply_silu"));
+    module.def("geglu", &geglu, py::arg("value"), py::arg("gate"));
     module.def(
         "edm_denoise",
         [](const py::array& x, const py::array& f, double sigma, double sigma_data,

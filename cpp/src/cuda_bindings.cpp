@@ -96,6 +96,19 @@ py::array group_norm_silu_staged(const py::array& x, const std::optional<py::arr
     return y;
 }
 
+py::array geglu_staged(const py::array& value, const py::array& gate) {
+    require_float32_contiguous(value, "value");
+    require_float32_contiguous(gate, "gate");
+    if (gate.size() != value.size()) throw py::value_error("gate must have the shape of value");
+    DeviceBuffer device_value(value.data(), float_bytes(value));
+    DeviceBuffer device_gate(gate.data(), float_bytes(gate));
+    check(cuda::geglu(device_value.floats(), device_gate.floats(), device_value.floats(), value.size(), nullptr),
+          "geglu launch");
+    py::array_t<float> out = empty_like(value);
+    device_value.copy_to_host(out.mutable_data());
+    return out;
+}
+
 template <typename Launch>
 py::array sampler_update(const py::array& x, const py::array& f, const std::optional<py::array>& out,
                          Launch launch) {
@@ -162,6 +175,7 @@ void bind_cuda_kernels(py::module_& module) {
         return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
     });
     module.def("cuda_group_norm_silu", &group_norm_silu_staged);
+    module.def("cuda_geglu", &geglu_staged, py::arg("value"), py::arg("gate"));
     module.def("cuda_edm_denoise", [](const py::array& x, const py::array& f, double sigma, double sigma_data,
                                       const std::string& param, const std::optional<py::array>& out) {
         return sampler_update(x, f, out, [&](const float* dx, const float* df, float* dout, std::int64_t n) {

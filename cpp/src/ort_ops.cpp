@@ -14,10 +14,13 @@
 //                                          silu (int, 0 or 1: apply SiLU to the output)
 //     X (N, C, D1, ..., Dk) float32, k >= 0; scale, bias (C). Statistics over the
 //     (C / num_groups) x D1 x ... x Dk values of each (n, group), as torch.nn.GroupNorm.
-//     CPU, and CUDA when built with VPP_WITH_CUDA.
+//   GeGLU(value, gate) -> Y                 Y = value * gelu(gate), the exact (erf) GELU;
+//     value and gate float32 of one shape (the GEGLU feed-forward's two half projections).
+//   Both on CPU, and on CUDA when built with VPP_WITH_CUDA.
 
 #include <onnxruntime_c_api.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
@@ -157,6 +160,74 @@ OrtStatus* ORT_API_CALL compute_group_norm(void* kernel_data, OrtKernelContext* 
 
 void ORT_API_CALL destroy_group_norm(void* kernel) noexcept { delete static_cast<GroupNormKernel*>(kernel); }
 
+// -- GeGLU ------------------------------------------------------------------------------------
+
+struct GegluKernel {
+    bool on_cuda;
+};
+
+struct GegluCall {
+    const float* value;
+    const float* gate;
+    float* y;
+    std::int64_t count, chunk;
+};
+
+void geglu_chunk(void* data, size_t index) {
+    const auto& call = *static_cast<const GegluCall*>(data);
+    const std::int64_t begin = static_cast<std::int64_t>(index) * call.chunk;
+    vpp::geglu_range(call.value, call.gate, call.y, begin, std::min(begin + call.chunk, call.count));
+}
+
+OrtStatus* ORT_API_CALL create_geglu(const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo*, void** kernel) noexcept {
+    const char* provider = op->GetExecutionProviderType(op);
+    *kernel = new GegluKernel{provider != nullptr && std::string(provider) == "CUDAExecutionProvider"};
+    return nullptr;
+}
+
+OrtStatus* ORT_API_CALL compute_geglu(void* kernel_data, OrtKernelContext* context) noexcept {
+    const auto& kernel = *static_cast<const GegluKernel*>(kernel_data);
+    const OrtValue* inputs[2] = {};
+    for (size_t i = 0; i < 2; ++i) VPP_ORT_RETURN_IF_ERROR(api->KernelContext_GetInput(context, i, &inputs[i]));
+    std::vector<std::int64_t> dims, gate_dims;
+    ONNXTensorElementDataType type{}, gate_type{};
+    VPP_ORT_RETURN_IF_ERROR(tensor_shape(inputs[0], dims, &type));
+    VPP_ORT_RETURN_IF_ERROR(tensor_shape(inputs[1], gate_dims, &gate_type));
+    if (dims != gate_dims) return invalid("GeGLU: value and gate must have one shape");
+    OrtValue* output = nullptr;
+    VPP_ORT_RETURN_IF_ERROR(api->KernelContext_GetOutput(context, 0, dims.data(), dims.size(), &output));
+    void* pointers[3] = {};
+    for (size_t i = 0; i < 2; ++i) VPP_ORT_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(inputs[i]), &pointers[i]));
+    VPP_ORT_RETURN_IF_ERROR(api->GetTensorMutableData(output, &pointers[2]));
+    const std::int64_t count = element_count(dims);
+    if (count == 0) return nullptr;
+    const auto* value = static_cast<const float*>(pointers[0]);
+    const auto* gate = static_cast<const float*>(pointers[1]);
+    auto* y = static_cast<float*>(pointers[2]);
+#ifdef VPP_WITH_CUDA
+    if (kernel.on_cuda) {
+        void* stream = nullptr;
+        VPP_ORT_RETURN_IF_ERROR(api->KernelContext_GetGPUComputeStream(context, &stream));
+        const cudaError_t error = vpp::cuda::geglu(value, gate, y, count, static_cast<cudaStream_t>(stream));
+        if (error != cudaSuccess)
+            return api->CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string("vpp.fused.GeGLU: CUDA launch failed: ") + cudaGetErrorString(error)).c_str());
+        return nullptr;
+    }
+#else
+    (void)kernel;
+#endif
+    // Chunks of 16 k values: large enough to amortise a task, small enough to share out.
+    constexpr std::int64_t kChunk = std::int64_t{1} << 14;
+    if (count <= kChunk) {
+        vpp::geglu_range(value, gate, y, 0, count);
+        return nullptr;
+    }
+    GegluCall call{value, gate, y, count, kChunk};
+    return api->KernelContext_ParallelFor(context, &geglu_chunk, static_cast<size_t>((count + kChunk - 1) / kChunk), 0, &call);
+}
+
+void ORT_API_CALL destroy_geglu(void* kernel) noexcept { delete static_cast<GegluKernel*>(kernel); }
+
 // Y has X's shape and type. ORT hands the input's type as an info object that it owns, with
 // -1 for a dimension it does not know; setting the output writes every dimension without a
 // symbolic name as its number, so an unknown one would become a literal -1 that later clashes
@@ -199,8 +270,10 @@ OrtStatus* ORT_API_CALL infer_same_shape(const OrtCustomOp*, OrtShapeInferContex
 template <const char* Provider>
 const char* ORT_API_CALL provider_of(const OrtCustomOp*) noexcept { return Provider; }
 const char* ORT_API_CALL group_norm_name(const OrtCustomOp*) noexcept { return "GroupNorm"; }
+const char* ORT_API_CALL geglu_name(const OrtCustomOp*) noexcept { return "GeGLU"; }
 ONNXTensorElementDataType ORT_API_CALL float_type(const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 size_t ORT_API_CALL three(const OrtCustomOp*) noexcept { return 3; }
+size_t ORT_API_CALL two(const OrtCustomOp*) noexcept { return 2; }
 size_t ORT_API_CALL one(const OrtCustomOp*) noexcept { return 1; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) noexcept { return INPUT_OUTPUT_REQUIRED; }
 OrtMemType ORT_API_CALL default_memory(const OrtCustomOp*, size_t) noexcept { return OrtMemTypeDefault; }
@@ -220,17 +293,22 @@ char kCpuProvider[] = "CPUExecutionProvider";
 char kCudaProvider[] = "CUDAExecutionProvider";
 #endif
 
+// One op's table: float32 inputs and one float32 output of the first input's shape.
 template <const char* Provider>
-OrtCustomOp group_norm_op() {
+OrtCustomOp float_op(const char*(ORT_API_CALL* name)(const OrtCustomOp*) noexcept,
+                     size_t(ORT_API_CALL* input_count)(const OrtCustomOp*) noexcept,
+                     OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void**) noexcept,
+                     OrtStatus*(ORT_API_CALL* compute)(void*, OrtKernelContext*) noexcept,
+                     void(ORT_API_CALL* destroy)(void*) noexcept) {
     OrtCustomOp op{};
     op.version = ORT_API_VERSION;
-    op.GetName = &group_norm_name;
+    op.GetName = name;
     op.GetExecutionProviderType = &provider_of<Provider>;
     op.GetInputType = &float_type;
-    op.GetInputTypeCount = &three;
+    op.GetInputTypeCount = input_count;
     op.GetOutputType = &float_type;
     op.GetOutputTypeCount = &one;
-    op.KernelDestroy = &destroy_group_norm;
+    op.KernelDestroy = destroy;
     op.GetInputCharacteristic = &required;
     op.GetOutputCharacteristic = &required;
     op.GetInputMemoryType = &default_memory;
@@ -238,8 +316,8 @@ OrtCustomOp group_norm_op() {
     op.GetVariadicInputHomogeneity = &homogeneous;
     op.GetVariadicOutputMinArity = &arity_one;
     op.GetVariadicOutputHomogeneity = &homogeneous;
-    op.CreateKernelV2 = &create_group_norm;
-    op.KernelComputeV2 = &compute_group_norm;
+    op.CreateKernelV2 = create;
+    op.KernelComputeV2 = compute;
     op.InferOutputShapeFn = &infer_same_shape;
     op.GetStartVersion = &start_version;
     op.GetEndVersion = &end_version;
@@ -250,11 +328,21 @@ OrtCustomOp group_norm_op() {
     return op;
 }
 
+template <const char* Provider>
+OrtCustomOp group_norm_op() {
+    return float_op<Provider>(&group_norm_name, &three, &create_group_norm, &compute_group_norm, &destroy_group_norm);
+}
+
+template <const char* Provider>
+OrtCustomOp geglu_op() {
+    return float_op<Provider>(&geglu_name, &two, &create_geglu, &compute_geglu, &destroy_geglu);
+}
+
 // ORT keeps pointers to the ops and the domain for as long as sessions use them: they live
 // for the whole process, created once.
-OrtCustomOp cpu_group_norm = group_norm_op<kCpuProvider>();
+OrtCustomOp cpu_ops[] = {group_norm_op<kCpuProvider>(), geglu_op<kCpuProvider>()};
 #ifdef VPP_WITH_CUDA
-OrtCustomOp cuda_group_norm = group_norm_op<kCudaProvider>();
+OrtCustomOp cuda_ops[] = {group_norm_op<kCudaProvider>(), geglu_op<kCudaProvider>()};
 #endif
 OrtCustomOpDomain* domain = nullptr;
 std::mutex domain_mutex;
@@ -278,9 +366,12 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     if (domain == nullptr) {
         OrtCustomOpDomain* created = nullptr;
         VPP_ORT_RETURN_IF_ERROR(api->CreateCustomOpDomain(kDomain, &created));
-        OrtStatus* status = api->CustomOpDomain_Add(created, &cpu_group_norm);
+        OrtStatus* status = nullptr;
+        for (OrtCustomOp& op : cpu_ops)
+            if (!status) status = api->CustomOpDomain_Add(created, &op);
 #ifdef VPP_WITH_CUDA
-        if (!status) status = api->CustomOpDomain_Add(created, &cuda_group_norm);
+        for (OrtCustomOp& op : cuda_ops)
+            if (!status) status = api->CustomOpDomain_Add(created, &op);
 #endif
         if (status) {
             api->ReleaseCustomOpDomain(created);
@@ -291,11 +382,12 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return api->AddCustomOpDomain(options, domain);
 }
 
-// Which ops and providers this build holds, for the Python side's checks ("GroupNorm:CPU,CUDA").
+// Which ops and providers this build holds, for the Python side's checks
+// ("Op:Provider,Provider;Op:Provider").
 extern "C" __attribute__((visibility("default"))) const char* vpp_fused_ops() {
 #ifdef VPP_WITH_CUDA
-    return "GroupNorm:CPUExecutionProvider,CUDAExecutionProvider";
+    return "GroupNorm:CPUExecutionProvider,CUDAExecutionProvider;GeGLU:CPUExecutionProvider,CUDAExecutionProvider";
 #else
-    return "GroupNorm:CPUExecutionProvider";
+    return "GroupNorm:CPUExecutionProvider;GeGLU:CPUExecutionProvider";
 #endif
 }

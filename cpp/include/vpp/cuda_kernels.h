@@ -16,6 +16,10 @@ cudaError_t group_norm_silu(const float* x, const float* weight, const float* bi
                             std::int64_t num_groups, float eps, bool apply_silu,
                             cudaStream_t stream);
 
+// See vpp::geglu: out = value * gelu(gate), elementwise.
+cudaError_t geglu(const float* value, const float* gate, float* out, std::int64_t count,
+                  cudaStream_t stream);
+
 // out = a * x + b * f elementwise; the sampler entry points below fold their scalars into a, b
 // on the host exactly as the CPU kernels do. out may alias x.
 cudaError_t edm_denoise(const float* x, const float* f, float* out, std::int64_t count,

@@ -22,6 +22,12 @@ void group_norm_silu_items(const float* x, const float* weight, const float* bia
                            std::int64_t channels, std::int64_t spatial, std::int64_t num_groups,
                            float eps, bool apply_silu, std::int64_t begin, std::int64_t end);
 
+// out = value * gelu(gate), the GEGLU feed-forward's activation (exact erf GELU), elementwise
+// over count values; one pass instead of a GELU pass and a product pass.
+void geglu(const float* value, const float* gate, float* out, std::int64_t count);
+// The same on [begin, end) only, on the calling thread (for ORT's thread pool).
+void geglu_range(const float* value, const float* gate, float* out, std::int64_t begin, std::int64_t end);
+
 // How the network output F turns into the denoised estimate D = c_skip * x + c_out * F.
 enum class Parameterisation {
     kEdm,  // Karras et al. F-prediction: c_out = +s*sd/sqrt(s^2+sd^2)

@@ -1,6 +1,6 @@
-"""fuse_group_norms / fuse_group_norm_silu: torch's exported GroupNorm (and the SiLU after it)
-becomes one vpp.fused.GroupNorm node that computes the same thing in ONNX Runtime, and graphs
-the rewrite would change are left alone."""
+"""fuse_group_norms, fuse_group_norm_silu and fuse_geglu: torch's exported GroupNorm (and the
+SiLU after it) and GEGLU activation become single vpp.fused nodes that compute the same thing in
+ONNX Runtime, and graphs the rewrites would change are left alone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vpp.policy.graph_passes import FUSED_DOMAIN, fuse_group_norm_silu, fuse_group_norms
+from vpp.policy.graph_passes import FUSED_DOMAIN, fuse_geglu, fuse_group_norm_silu, fuse_group_norms
 from vpp.runtime.custom_ops import ort_ops_library
 
 LIBRARY = ort_ops_library()
@@ -137,3 +137,46 @@ def test_a_group_norm_that_is_a_graph_output_keeps_its_pieces_readable():
     for before, after in zip(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()}),
                              ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x.numpy()})):
         np.testing.assert_array_equal(after, before)
+
+
+class Feedforward(nn.Module):
+    """GEGLU as vpp's export traces it (two half projections), and a tanh-approximate GELU
+    gate, which is another function and must stay as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value, self.gate, self.other = nn.Linear(8, 32), nn.Linear(8, 32), nn.Linear(8, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exact = self.value(x) * F.gelu(self.gate(x))
+        approximate = self.value(x) * F.gelu(self.other(x), approximate="tanh")
+        return exact + approximate
+
+
+@needs_library
+def test_the_exact_geglu_becomes_one_node_and_the_tanh_one_stays():
+    torch.manual_seed(1)
+    module = Feedforward().eval()
+    x = torch.randn(3, 5, 8) * 2
+    model = exported(module, x)
+    fused, count = fuse_geglu(model)
+    assert count == 1 and [node.op_type for node in fused_nodes(fused)] == ["GeGLU"]
+    assert "Erf" not in {node.op_type for node in fused.graph.node} and "Tanh" in {node.op_type for node in fused.graph.node}
+    with torch.no_grad():
+        expected = module(x).numpy()
+    np.testing.assert_allclose(run(fused, x.numpy()), expected, rtol=1e-5, atol=1e-5)
+    again, second = fuse_geglu(fused)
+    assert second == 0 and len(again.graph.node) == len(fused.graph.node)
+
+
+def test_a_gelu_whose_inner_product_is_read_elsewhere_is_left_alone():
+    class Leaky(nn.Module):
+        def forward(self, value: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            gelu = F.gelu(gate)
+            return value * gelu, gelu
+
+    value, gate = torch.randn(4, 6), torch.randn(4, 6)
+    buffer = io.BytesIO()
+    torch.onnx.export(Leaky(), (value, gate), buffer, input_names=["value", "gate"], output_names=["y", "g"], opset_version=17, dynamo=False)
+    rewritten, count = fuse_geglu(onnx.load_from_string(buffer.getvalue()))
+    assert count == 0 and not fused_nodes(rewritten)

@@ -124,11 +124,11 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     graph = onnx.load(str(folder / "features.onnx")).graph
     assert sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in graph.node) == len(attentions)
     # every GroupNorm (VAE encoder and UNet) is one vpp.fused node, most with the SiLU after it
-    fused = [node for node in graph.node if node.domain == "vpp.fused"]
-    assert fused and {node.op_type for node in fused} == {"GroupNorm"}
-    assert not any(node.op_type == "InstanceNormalization" for node in graph.node)
-    assert rewrites["fused_group_norms"] == len(fused) and 0 < rewrites["silu_folded_into_group_norm"] < len(fused)
-    assert manifest["graphs"]["features"]["custom_ops"] == {"domain": "vpp.fused", "ops": {"GroupNorm": len(fused)}}
+    norms = [node for node in graph.node if node.domain == "vpp.fused" and node.op_type == "GroupNorm"]
+    assert norms and not any(node.op_type == "InstanceNormalization" for node in graph.node)
+    assert rewrites["fused_group_norms"] == len(norms) and 0 < rewrites["silu_folded_into_group_norm"] < len(norms)
+    assert rewrites["fused_geglu"] == 0  # opt-in (export_policy(fused_geglu=True)): no faster on the CPU
+    assert manifest["graphs"]["features"]["custom_ops"] == {"domain": "vpp.fused", "ops": {"GroupNorm": len(norms)}}
     assert not [node.name for node in graph.node if node.op_type == "Softmax" and node.name.startswith("/unet/")]
     parity = manifest["parity"]
     assert 0 <= parity["policy_max_abs"] <= parity["tolerance"]["normalized_actions"]
@@ -159,6 +159,7 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     # the UNet is not in this graph: no UNet rewrite is claimed
     rewrites = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]["rewrites"]
     unet_rewrites = ("projected_before_broadcast", "geglu_split", "temporal_cross_attention_folded", "multi_head_attention_nodes")
+    unet_rewrites += ("fused_geglu",)
     assert {name: rewrites[name] for name in unet_rewrites} == dict.fromkeys(unet_rewrites, 0)
     # the VAE encoder's GroupNorms are fused kernels all the same
     vae_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in policy.tvp.vae.encoder.modules())
@@ -175,7 +176,7 @@ def test_standard_ops_only_artifact(tmp_path):
     features = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]
     rewrites = features["rewrites"]
     assert rewrites["multi_head_attention_nodes"] == 0 and rewrites["temporal_cross_attention_folded"] > 0
-    assert rewrites["fused_group_norms"] == 0 and features["custom_ops"] is None
+    assert rewrites["fused_group_norms"] == rewrites["fused_geglu"] == 0 and features["custom_ops"] is None
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     noise = runtime.sample_noise(np.random.default_rng(4))
@@ -317,3 +318,21 @@ def test_fused_kernels_without_the_custom_op_library_fail_clearly(exported, monk
     with pytest.raises(ExportError, match="fused_kernels=False"):
         export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"])
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_fused_geglu_artifact(tmp_path):
+    """export_policy(fused_geglu=True): every GEGLU activation is one vpp.fused.GeGLU node, and
+    the runtime's actions still match PyTorch's."""
+    from diffusers.models.activations import GEGLU
+
+    policy = tiny_policy(cameras=("corner",), state_dim=None)
+    export_policy(policy, tmp_path, ["push the button"], text_encoder=False, fused_geglu=True)
+    features = json.loads((tmp_path / "manifest.json").read_text())["graphs"]["features"]
+    geglus = sum(isinstance(m, GEGLU) for m in policy.tvp.unet.modules())
+    assert geglus > 0 and features["rewrites"]["fused_geglu"] == geglus == features["custom_ops"]["ops"]["GeGLU"]
+    graph = onnx.load(str(tmp_path / "features.onnx")).graph
+    assert not any(node.op_type == "Erf" for node in graph.node)
+    runtime = Policy.load(tmp_path, threads=1)
+    obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4

@@ -24,7 +24,7 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not
 
 
 def test_every_cuda_kernel_has_a_source():
-    assert {source.stem for source in CUDA_SOURCES} == {"group_norm_silu", "sampler_step", "attention"}
+    assert {source.stem for source in CUDA_SOURCES} == {"group_norm_silu", "sampler_step", "attention", "geglu"}
 
 
 @needs_nvcc
@@ -84,8 +84,15 @@ def test_cmake_builds_the_extension_with_cuda_bindings(cuda_extension_dir):
     )
     device_count, names = output.split(" ", 1)
     assert int(device_count) >= 0
-    for kernel in ("cuda_group_norm_silu", "cuda_ddim_step", "cuda_euler_step", "cuda_edm_denoise", "cuda_scaled_dot_product_attention"):
+    for kernel in ("cuda_group_norm_silu", "cuda_geglu", "cuda_ddim_step", "cuda_euler_step", "cuda_edm_denoise", "cuda_scaled_dot_product_attention"):
         assert kernel in names
+    # the ORT custom-op library of a CUDA build carries each op's CUDA kernel too
+    from vpp.runtime import custom_ops
+
+    library = cuda_extension_dir / custom_ops.library_name()
+    if library.exists():  # built when CMake found ORT's C API header (scripts/ort-headers.sh)
+        ops = custom_ops.library_ops(library)
+        assert all("CUDAExecutionProvider" in ops[name] for name in ("GroupNorm", "GeGLU")), ops
 
 
 @pytest.mark.slow
@@ -99,6 +106,7 @@ def test_cuda_kernels_match_cpu_kernels_on_a_gpu(cuda_extension_dir):
         "w, b = (rng.standard_normal(320).astype(np.float32) for _ in range(2))\n"
         "np.testing.assert_allclose(_kernels.cuda_group_norm_silu(x, w, b, 32, 1e-5, True), _kernels.group_norm_silu(x, w, b, 32, 1e-5, True), rtol=1e-4, atol=1e-4)\n"
         "f = rng.standard_normal(x.shape).astype(np.float32)\n"
+        "np.testing.assert_allclose(_kernels.cuda_geglu(x, f), _kernels.geglu(x, f), rtol=1e-5, atol=1e-5)\n"
         "for name in ('ddim_step', 'euler_step'):\n"
         "    for p in ('edm', 'v'):\n"
         "        np.testing.assert_allclose(getattr(_kernels, 'cuda_' + name)(x, f, 80.0, 40.0, 0.5, p, None), getattr(_kernels, name)(x, f, 80.0, 40.0, 0.5, p, None), rtol=1e-6, atol=1e-5)\n"

@@ -40,7 +40,8 @@ def session(model: bytes, threads: int = 1) -> ort.InferenceSession:
 
 def test_the_library_is_found_and_reports_its_ops():
     assert LIBRARY.name == custom_ops.library_name()
-    assert "CPUExecutionProvider" in custom_ops.library_ops(LIBRARY)["GroupNorm"]
+    ops = custom_ops.library_ops(LIBRARY)
+    assert "CPUExecutionProvider" in ops["GroupNorm"] and "CPUExecutionProvider" in ops["GeGLU"]
     assert custom_ops.require_library({"GroupNorm": 3}, "test") == LIBRARY
 
 
@@ -102,6 +103,32 @@ def test_unknown_input_dimensions_stay_unknown_for_the_nodes_after():
     ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
     z = session(model.SerializeToString()).run(None, {"x": x, "shape": np.array([2, 4, 3, 3]), "scale": ones, "bias": zeros})[0]
     np.testing.assert_allclose(z, reference.group_norm_silu(x.astype(np.float64), None, None, 2, 1e-5, True) + x, atol=1e-5)
+
+
+def geglu_model(dims: list) -> bytes:
+    node = helper.make_node("GeGLU", ["value", "gate"], ["y"], domain=custom_ops.DOMAIN)
+    graph = helper.make_graph(
+        [node], "geglu",
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, dims), helper.make_tensor_value_info("gate", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)]).SerializeToString()
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 7), (16, 256, 256)], ids=["small", "3-D", "threaded"])
+def test_geglu_matches_the_reference_on_one_and_two_threads(shape):
+    rng = np.random.default_rng(4)
+    value, gate = rng.standard_normal(shape).astype(np.float32), (rng.standard_normal(shape) * 3).astype(np.float32)
+    model = geglu_model([f"d{i}" for i in range(len(shape))])
+    one = session(model, threads=1).run(None, {"value": value, "gate": gate})[0]
+    two = session(model, threads=2).run(None, {"value": value, "gate": gate})[0]
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_geglu_refuses_operands_of_two_shapes():
+    with pytest.raises(Exception, match="value and gate must have one shape"):
+        session(geglu_model(["a", "b"])).run(None, {"value": np.zeros((2, 3), np.float32), "gate": np.zeros((3, 2), np.float32)})
 
 
 def test_bad_input_gives_an_error_naming_the_problem():

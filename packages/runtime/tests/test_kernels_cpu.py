@@ -72,6 +72,27 @@ def test_group_norm_silu_matches_unfused_reference(rng, shape, num_groups):
     np.testing.assert_allclose(fused, reference_group_norm_silu(x, weight, bias, num_groups, 1e-5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 11), (4096, 256)], ids=["odd", "3-D", "threaded"])
+def test_geglu_matches_the_exact_gelu_reference(rng, shape):
+    value = random_float32(rng, shape)
+    gate = random_float32(rng, shape, scale=3.0)
+    fused = kernels.geglu(value, gate)
+    assert fused.dtype == np.float32 and fused.shape == shape
+    np.testing.assert_allclose(fused, reference.geglu(*as64(value, gate)), rtol=1e-5, atol=1e-6)
+
+
+def test_geglu_erf_is_accurate_across_its_ranges_and_far_into_both_tails():
+    # the polynomial range |x| <= 1, the erfc range 1..4 and the tails beyond, in gate units
+    # (x = gate / sqrt(2)), and the boundaries themselves
+    gate = np.concatenate([np.linspace(-12, 12, 200_001), np.sqrt(2) * np.array([-4, -1, 0, 1, 4])]).astype(np.float32)
+    value = np.ones_like(gate)
+    fused, expected = kernels.geglu(value, gate), reference.geglu(*as64(value, gate))
+    np.testing.assert_allclose(fused, expected, rtol=0, atol=1e-6)
+    negative = expected < -1e-7  # the gelu of very negative gates: relative accuracy too
+    np.testing.assert_allclose(fused[negative], expected[negative], rtol=2e-5)
+    assert np.all(np.isfinite(fused)) and fused[gate > 8].tolist() == gate[gate > 8].tolist()
+
+
 def test_group_norm_without_affine_or_silu(rng):
     x = random_float32(rng, (2, 16, 7, 3))
     fused = kernels.group_norm_silu(x, None, None, 4, 1e-6, silu=False)
@@ -278,7 +299,16 @@ def bad_attention_calls(rng):
     ]
 
 
-@pytest.mark.parametrize("make_calls", [bad_group_norm_calls, bad_sampler_calls, bad_attention_calls])
+def bad_geglu_calls(rng):
+    value = random_float32(rng, (3, 4))
+    return [
+        (lambda: kernels.geglu(value, value[:2]), r"gate has shape \(2, 4\), expected the shape of value \(3, 4\)"),
+        (lambda: kernels.geglu(value.astype(np.float64), value), "value must be float32"),
+        (lambda: kernels.geglu(value, np.asfortranarray(value)), "gate must be C-contiguous"),
+    ]
+
+
+@pytest.mark.parametrize("make_calls", [bad_group_norm_calls, bad_sampler_calls, bad_attention_calls, bad_geglu_calls])
 def test_bad_input_raises_value_error_naming_the_problem(rng, make_calls):
     for call, message in make_calls(rng):
         with pytest.raises(ValueError, match=message):

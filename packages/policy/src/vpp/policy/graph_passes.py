@@ -15,6 +15,10 @@ inference proves the last axis is K on all three tensors, and drops the nodes it
 At export, ``vpp.policy.export_patches.fold_temporal_cross_attention`` has already removed the
 per-pixel broadcast, so there the pass meets the spatial ``Tile``s only.
 
+:func:`fuse_geglu`: the GEGLU feed-forward's ``value * gelu(gate)``, which the exporter writes
+as six nodes (ORT fuses five of them into its Gelu, leaving two passes), becomes one
+``vpp.fused.GeGLU`` node: one pass.
+
 :func:`fuse_group_norms`: the exporter writes ``group_norm`` as Reshape to (N, G, -1),
 InstanceNormalization with unit scale and zero bias, Reshape back, Mul by the weight and Add of
 the bias: five ORT kernels, each a pass over the activation. The pass puts one
@@ -277,3 +281,89 @@ def fuse_group_norm_silu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> 
         del graph.node[:]
         graph.node.extend(kept)
     return model, folded
+
+
+def fuse_geglu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx.ModelProto, int]:
+    """Replaces ``value * gelu(gate)`` as the exporter writes the exact GELU (Div by sqrt(2),
+    Erf, Add 1, Mul by gate, Mul by 0.5, then the product with value; every intermediate read
+    only by the next) with one ``domain`` GeGLU(value, gate) node. Where shape inference knows
+    both shapes they must be equal (the op does not broadcast). Returns the rewritten model (a
+    copy) and how many it replaced."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for info in list(inferred.graph.value_info) + list(graph.input):
+        if info.type.tensor_type.HasField("shape"):
+            dims = info.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[info.name] = [d.dim_value for d in dims]
+    producer = {name: node for node in graph.node for name in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {output.name for output in graph.output}
+
+    def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
+        """The standard-domain ``op_type`` node that makes ``name``, when it is its only reader's input."""
+        node = producer.get(name)
+        if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx") or name in outputs or len(readers.get(name, [])) != 1:
+            return None
+        return node
+
+    def scalar(name: str) -> float | None:
+        _, tensor = _constant(name, producer, initializers)
+        values = None if tensor is None else _values(tensor)
+        return None if values is None or values.size != 1 else float(values.reshape(()))
+
+    def other_input(node: onnx.NodeProto, name: str) -> str | None:
+        if len(node.input) != 2 or list(node.input).count(name) != 1:
+            return None
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    replacements: dict[str, onnx.NodeProto] = {}
+    dropped: set[str] = set()
+    for product in graph.node:
+        if product.op_type != "Mul" or product.domain not in ("", "ai.onnx") or len(product.input) != 2:
+            continue
+        for gelu_name in product.input:
+            half_mul = made_by(gelu_name, "Mul")
+            value = other_input(product, gelu_name)
+            if half_mul is None or value is None:
+                continue
+            inner = next((made_by(i, "Mul") for i in half_mul.input if made_by(i, "Mul") is not None), None)
+            if inner is None or scalar(other_input(half_mul, inner.output[0]) or "") != 0.5:
+                continue
+            plus_one = next((made_by(i, "Add") for i in inner.input if made_by(i, "Add") is not None), None)
+            if plus_one is None:
+                continue
+            gate = other_input(inner, plus_one.output[0])
+            erf = next((made_by(i, "Erf") for i in plus_one.input if made_by(i, "Erf") is not None), None)
+            if gate is None or erf is None or scalar(other_input(plus_one, erf.output[0]) or "") != 1.0:
+                continue
+            scale = made_by(erf.input[0], "Div")
+            if scale is None or scale.input[0] != gate or abs((scalar(scale.input[1]) or 0.0) - 2.0**0.5) > 1e-6:
+                continue
+            if value in shapes and gate in shapes and shapes[value] != shapes[gate]:
+                continue
+            replacements[product.output[0]] = helper.make_node(
+                "GeGLU", [value, gate], [product.output[0]], name=product.name.rsplit("/", 1)[0] + "/GeGLU", domain=domain
+            )
+            dropped.update(n.output[0] for n in (half_mul, inner, plus_one, erf, scale))
+            break
+    if not replacements:
+        return model, 0
+    nodes = []
+    for node in graph.node:
+        if node.output and node.output[0] in replacements:
+            nodes.append(replacements[node.output[0]])
+        elif not node.output or node.output[0] not in dropped:
+            nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _remove_unused_nodes(graph)
+    if not any(opset.domain == domain for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model, len(replacements)

@@ -6,7 +6,11 @@ float64 copies for an exact-as-possible reference) and the benchmarks time them 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def group_norm_silu(
@@ -25,6 +29,12 @@ def group_norm_silu(
     if silu:
         normalised = normalised / (1.0 + np.exp(-normalised))
     return normalised
+
+
+def geglu(value: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """value * GELU(gate), the exact (erf) GELU."""
+    gelu = 0.5 * gate * (1.0 + _erf(gate / math.sqrt(2.0)).astype(gate.dtype))
+    return value * gelu
 
 
 def edm_denoise(x: np.ndarray, f: np.ndarray, sigma: float, sigma_data: float, parameterisation: str) -> np.ndarray:
