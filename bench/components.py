@@ -77,22 +77,39 @@ def measure(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"cpu_ms": 1000 * statistics.median(cpu), "wall_ms": 1000 * statistics.median(wall)}
 
 
-def profile_split(path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int, threads: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(share of kernel time, multiply-accumulates) per component of one graph."""
+# Runs profiled but left out of the split: a session's first runs grow ORT's memory arena and
+# touch new pages, which makes them 1.3-2x slower, the elementwise operators most of all.
+WARM_UP_RUNS = 3
+
+
+def node_events(events: list[dict], runs: int, skip: int) -> list[dict]:
+    """The kernel-time events of the last ``runs - skip`` of ``runs`` profiled runs (each run
+    records the same nodes, in order)."""
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    if len(kernels) % runs:
+        raise ValueError(f"{len(kernels)} kernel events do not split into {runs} runs")
+    return kernels[skip * len(kernels) // runs :]
+
+
+def profile_split(
+    path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int, threads: int, custom_ops_library: Path | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(share of kernel time, multiply-accumulates) per component of one graph, from ORT's
+    profile of ``repeats`` runs after :data:`WARM_UP_RUNS` unprofiled ones."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
+    if custom_ops_library is not None:
+        options.register_custom_ops_library(str(custom_ops_library))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(repeats):
+    for _ in range(WARM_UP_RUNS + repeats):
         session.run(None, feed)
-    events = json.loads(Path(session.end_profiling()).read_text())
+    events = node_events(json.loads(Path(session.end_profiling()).read_text()), WARM_UP_RUNS + repeats, WARM_UP_RUNS)
     durations: dict[str, float] = defaultdict(float)
     macs: dict[str, float] = defaultdict(float)
     counted: set[str] = set()
     for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
-            continue
         row = component_of(event["name"], graph)
         durations[row] += event["dur"]
         if event["name"] in counted:
@@ -145,8 +162,9 @@ def bench_preset(preset: str, image_size: int, repeats: int, threads: int) -> di
     ort_features = measure(lambda: runtime.feature_session.run(None, feature_feed), repeats)
     ort_policy = measure(lambda: runtime.policy_session.run(None, policy_feed), repeats)
     ort_end_to_end = measure(lambda: runtime.act(observation, INSTRUCTION), repeats)
-    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats, threads)
-    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats, threads)
+    library = runtime.custom_ops_library
+    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats, threads, library)
+    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats, threads, library)
 
     def unet(d: dict[str, float]) -> dict[str, float]:
         return {k: d[k] - eager_rows["vae encode"][k] for k in d}

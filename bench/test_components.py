@@ -36,3 +36,12 @@ def test_policy_graph_rows():
     assert component_of("/video_former/blocks.0/attn/MatMul_kernel_time", "policy") == "video former + dit encoder"
     assert component_of("/encoder_blocks.1/mlp/Gemm_kernel_time", "policy") == "video former + dit encoder"
     assert component_of("/decoder_blocks.0/attn/MatMul_kernel_time", "policy") == "dit decoder x10 steps"
+
+
+def test_the_warm_up_runs_are_left_out_of_the_split():
+    run = [{"cat": "Node", "name": f"/unet/n{i}_kernel_time", "dur": 1} for i in range(3)]
+    events = [dict(e, dur=100) for e in run] + [{"cat": "Session", "name": "x"}] + run * 2
+    kept = _components.node_events(events, runs=3, skip=1)
+    assert len(kept) == 6 and all(e["dur"] == 1 for e in kept)
+    with pytest.raises(ValueError, match="do not split into 4 runs"):
+        _components.node_events(events, runs=4, skip=1)
