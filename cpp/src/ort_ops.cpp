@@ -231,15 +231,15 @@ void ORT_API_CALL destroy_geglu(void* kernel) noexcept { delete static_cast<Gegl
 // Y has X's shape and type. ORT hands the input's type as an info object that it owns, with
 // -1 for a dimension it does not know; setting the output writes every dimension without a
 // symbolic name as its number, so an unknown one would become a literal -1 that later clashes
-// with the real size. Unknown dimensions therefore get a symbolic name of their own. An input
-// of rank < 2 (GroupNorm needs (N, C, ...), so ORT knows no shape) leaves the output unset.
+// with the real size. Unknown dimensions therefore get a symbolic name of their own. Rank 0
+// also stands for "no shape known" (neither op takes a scalar): the output is then left unset.
 OrtStatus* ORT_API_CALL infer_same_shape(const OrtCustomOp*, OrtShapeInferContext* context) noexcept {
     static std::atomic<std::uint64_t> unknown_dims{0};
     OrtTensorTypeAndShapeInfo* input = nullptr;
     VPP_ORT_RETURN_IF_ERROR(api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
     size_t rank = 0;
     VPP_ORT_RETURN_IF_ERROR(api->GetDimensionsCount(input, &rank));
-    if (rank < 2) return nullptr;
+    if (rank == 0) return nullptr;
     std::vector<std::int64_t> dims(rank);
     std::vector<const char*> symbols(rank);
     ONNXTensorElementDataType type{};

@@ -315,7 +315,8 @@ def test_fused_kernels_without_the_custom_op_library_fail_clearly(exported, monk
     monkeypatch.setattr(custom_ops, "ort_ops_library", lambda: None)
     with pytest.raises(custom_ops.CustomOpsUnavailableError, match=r"vpp.fused custom ops \(GroupNorm\).*--standard-ops-only"):
         Policy.load(exported[1])
-    with pytest.raises(ExportError, match="fused_kernels=False"):
+    monkeypatch.setenv(custom_ops.ENVIRONMENT_VARIABLE, str(tmp_path / "moved.so"))
+    with pytest.raises(ExportError, match="moved.so.*fused_kernels=False"):
         export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"])
     assert not (tmp_path / "manifest.json").exists()
 

@@ -143,13 +143,13 @@ def _onnx_export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: l
 
 
 def _optimize_graph(path: Path, fused_kernels: bool, fused_geglu: bool = False) -> dict[str, int]:
-    """Applies :func:`project_before_broadcast` in place, and with ``fused_kernels``
+    """Applies :func:`project_before_broadcast` in place, with ``fused_kernels`` also
     :func:`fuse_group_norms` and :func:`fuse_group_norm_silu`, and with ``fused_geglu``
-    :func:`fuse_geglu`; returns how
-    many MatMuls the first moved, how many SiLUs and GEGLU activations became fused nodes, and
-    how many ``MultiHeadAttention`` and fused GroupNorm nodes the graph holds. The weights stay where the
-    exporter put them (external files for graphs over 2 GB): only the graph is loaded and
-    rewritten. The parity check that follows runs the rewritten graph."""
+    :func:`fuse_geglu`. Returns how many MatMuls the first moved, how many SiLUs and GEGLU
+    activations became fused nodes, and how many ``MultiHeadAttention`` and fused GroupNorm
+    nodes the graph holds. The weights stay where the exporter put them (external files for
+    graphs over 2 GB): only the graph is loaded and rewritten. The parity check that follows
+    runs the rewritten graph."""
     import onnx
 
     model, projected = project_before_broadcast(onnx.load(str(path), load_external_data=False))
@@ -205,6 +205,41 @@ def _normalizer_dict(normalizer) -> dict[str, Any] | None:
     return None if normalizer is None else normalizer.to_dict()
 
 
+CUSTOM_OPS_LIBRARY = {"linux": "libvpp_ort_ops.so", "darwin": "libvpp_ort_ops.dylib", "win32": "vpp_ort_ops.dll"}
+
+
+def _custom_ops_library(needed: list[str]) -> Path:
+    """vpp-runtime's custom-op library, which the parity check needs to run fused-kernel graphs:
+    ``$VPP_ORT_OPS_LIBRARY``, else the file beside the installed ``vpp.runtime`` package. Found
+    by path and asked for its ops through its C entry point, as ONNX Runtime finds it:
+    ``vpp.policy`` does not import ``vpp.runtime`` (DESIGN.md: imports go one way)."""
+    import ctypes
+    import importlib.util
+    import os
+    import sys
+
+    name = CUSTOM_OPS_LIBRARY.get(sys.platform, CUSTOM_OPS_LIBRARY["linux"])
+    override = os.environ.get("VPP_ORT_OPS_LIBRARY")
+    spec = None if override else importlib.util.find_spec("vpp.runtime")
+    folders = [] if spec is None else list(spec.submodule_search_locations or [])
+    candidates = [Path(override)] if override else [Path(folder) / name for folder in folders]
+    library = next((path for path in candidates if path.is_file()), None)
+    if library is None:
+        raise ExportError(
+            f"export with fused kernels needs vpp-runtime's custom-op library {name} (looked in "
+            f"{[str(c) for c in candidates] or 'no installed vpp.runtime'}): install vpp-runtime built with ONNX Runtime's "
+            "C API header (scripts/ort-headers.sh), set VPP_ORT_OPS_LIBRARY, or pass fused_kernels=False "
+            "(vpp-policy export --standard-ops-only)"
+        )
+    describe = ctypes.CDLL(str(library)).vpp_fused_ops
+    describe.restype = ctypes.c_char_p
+    has = {entry.partition(":")[0] for entry in describe().decode().split(";")}
+    missing = sorted(set(needed) - has)
+    if missing:
+        raise ExportError(f"{library} lacks the vpp.fused ops {missing}: update vpp-runtime")
+    return library
+
+
 def _session(path: Path, custom_ops_library: Path | None = None):
     import onnxruntime as ort
 
@@ -250,15 +285,7 @@ def export_policy(
             f"noise_aug_strength={tvp_config.noise_aug_strength}: the first-frame noise augmentation draws its own "
             "noise inside the TVP; export supports noise_aug_strength=0 only"
         )
-    custom_ops_library = None
-    if fused_kernels:
-        from vpp.runtime.custom_ops import CustomOpsUnavailableError, require_library
-
-        try:
-            needed = {"GroupNorm": 1, "GeGLU": 1} if fused_geglu else {"GroupNorm": 1}
-            custom_ops_library = require_library(needed, "export with fused kernels")
-        except CustomOpsUnavailableError as error:
-            raise ExportError(f"{error} (or pass fused_kernels=False)") from error
+    custom_ops_library = _custom_ops_library(["GroupNorm", "GeGLU"] if fused_geglu else ["GroupNorm"]) if fused_kernels else None
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
