@@ -108,6 +108,16 @@ def test_triton_sampler_updates_match_reference(triton_kernels, rng, parameteris
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=atol)
 
 
+def test_triton_geglu_matches_reference(triton_kernels, rng):
+    module, device = triton_kernels
+    value = rng.standard_normal((3, 700)).astype(np.float32)  # 2,100 values: three blocks, one masked
+    gate = (rng.standard_normal((3, 700)) * 4).astype(np.float32)
+    result = module.geglu(to_tensor(value, device), to_tensor(gate, device)).cpu().numpy()
+    np.testing.assert_allclose(result, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expected the shape of value"):
+        module.geglu(to_tensor(value, device), to_tensor(gate[:1], device))
+
+
 def test_triton_step_writes_in_place(triton_kernels, rng):
     module, device = triton_kernels
     x = rng.standard_normal(100).astype(np.float32)

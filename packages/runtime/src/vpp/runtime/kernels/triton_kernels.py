@@ -1,4 +1,4 @@
-"""Triton versions of the fused GroupNorm+SiLU and sampler-step kernels, on torch tensors.
+"""Triton versions of the fused GroupNorm+SiLU, GEGLU and sampler-step kernels, on torch tensors.
 
 The GPU path of the runtime imports this module lazily; importing it needs torch and triton,
 which the CPU runtime never loads. Without a GPU the kernels run under ``TRITON_INTERPRET=1``
@@ -78,6 +78,16 @@ def _axpby_kernel(x_ptr, f_ptr, out_ptr, count, a, b, BLOCK: tl.constexpr):
     tl.store(out_ptr + idx, a * x + b * f, mask=valid)
 
 
+@triton.jit
+def _geglu_kernel(value_ptr, gate_ptr, out_ptr, count, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = idx < count
+    value = tl.load(value_ptr + idx, mask=valid)
+    gate = tl.load(gate_ptr + idx, mask=valid)
+    gelu = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
+    tl.store(out_ptr + idx, value * gelu, mask=valid)
+
+
 def _check_tensor(name: str, value: object, device: torch.device | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of float32, got {type(value).__name__}")
@@ -131,6 +141,19 @@ def group_norm_silu(
         BLOCK=_GROUP_NORM_BLOCK,
     )
     return y
+
+
+def geglu(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """value * GELU(gate) (exact erf GELU), as vpp.runtime.kernels.geglu."""
+    _check_tensor("value", value)
+    _check_tensor("gate", gate, value.device)
+    if gate.shape != value.shape:
+        raise ValueError(f"gate has shape {tuple(gate.shape)}, expected the shape of value {tuple(value.shape)}")
+    out = torch.empty_like(value)
+    count = value.numel()
+    if count:
+        _geglu_kernel[(triton.cdiv(count, _ELEMENTWISE_BLOCK),)](value, gate, out, count, BLOCK=_ELEMENTWISE_BLOCK)
+    return out
 
 
 def _axpby(x: torch.Tensor, f: torch.Tensor, a: float, b: float, out: torch.Tensor | None) -> torch.Tensor:
