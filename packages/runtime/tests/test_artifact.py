@@ -337,3 +337,14 @@ def test_fused_geglu_artifact(tmp_path):
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     noise = runtime.sample_noise(np.random.default_rng(4))
     assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
+
+
+def test_a_cuda_provider_without_cuda_kernels_for_the_custom_ops_is_warned_about(exported, caplog):
+    from vpp.runtime import custom_ops
+
+    if "CUDAExecutionProvider" in custom_ops.library_ops(custom_ops.ort_ops_library())["GroupNorm"]:
+        pytest.skip("this vpp-runtime was built with the CUDA kernels")
+    with caplog.at_level("WARNING", logger="vpp.runtime.policy"):
+        # onnxruntime without CUDA falls back to the CPU provider, with a warning of its own
+        Policy.load(exported[1], providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
+    assert any("no CUDA kernel for vpp.fused ['GroupNorm']" in record.getMessage() for record in caplog.records)
