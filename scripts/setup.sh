@@ -13,9 +13,10 @@ if [[ -f $stamp && "$(cat $stamp)" == "$inputs" ]]; then
 fi
 
 if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    # ffmpeg libs are bundled by PyAV; the GL stack is for MuJoCo's off-screen rendering.
+    # ffmpeg libs are bundled by PyAV; the GL stack is for MuJoCo's off-screen rendering;
+    # curl, binutils (ar) and xz-utils unpack ONNX Runtime's headers (scripts/ort-headers.sh).
     need=()
-    for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6; do
+    for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 curl binutils xz-utils; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if ((${#need[@]})); then
