@@ -101,9 +101,19 @@ def test_joint_targets_beyond_limits_are_clamped(robot):
     assert all(c.positions[6] <= LIMITS.joint_max[6] for c in sent)
     steps = np.abs(np.diff(np.vstack([c.positions for c in sent]), axis=0))
     assert steps.max() <= LIMITS.joint_step_limit_rad + 1e-9
-    time.sleep(0.5)
+    # The arm heads for the clamped target and settles where the last command put it. How far
+    # ten commands get depends on how fast the simulated arm follows: the filter keeps a target
+    # within a few steps of the measured state, and on a loaded machine the arm lags more. So
+    # the test waits for the arm to settle instead of expecting a fixed distance.
+    last = sent[-1].positions[6]
+    assert last >= start[6] + LIMITS.joint_step_limit_rad
+    deadline = time.monotonic() + 3.0
     moved = robot.observe().joint_positions
-    assert moved[6] > start[6] + 0.2 and moved[6] <= LIMITS.joint_max[6]
+    while abs(moved[6] - last) > 0.01 and time.monotonic() < deadline:
+        assert moved[6] <= LIMITS.joint_max[6]
+        time.sleep(0.05)
+        moved = robot.observe().joint_positions
+    assert moved[6] == pytest.approx(last, abs=0.01) and moved[6] <= LIMITS.joint_max[6]
 
 
 def test_gripper_opening_is_clamped_to_the_configured_range(robot):
