@@ -3,7 +3,8 @@
 # the custom-op library that cpp/CMakeLists.txt builds into the vpp-runtime wheel. The headers
 # are taken from Debian's libonnxruntime-dev package (a .deb is an ar archive; nothing is
 # installed, and no ORT library is linked: the ops use the C API that ORT hands them). PyPI's
-# onnxruntime wheels ship no headers. Version 1.21's C API works with any ORT >= 1.21.
+# onnxruntime wheels ship no headers. Version 1.21's C API works with any ORT >= 1.21, and the
+# headers are the same on every architecture (the amd64 package serves aarch64 builds too).
 # Elsewhere: pass -DVPP_ORT_INCLUDE_DIR=<an ORT release's include/> or set VPP_ORT_INCLUDE_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
