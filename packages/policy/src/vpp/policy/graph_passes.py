@@ -149,6 +149,39 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
     return numpy_helper.to_array(tensor)
 
 
+def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.TensorProto], dict[str, list[onnx.NodeProto]], set[str]]:
+    """(producer of each tensor, initializers by name, readers of each tensor, graph output names)."""
+    producer = {name: node for node in graph.node for name in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return producer, initializers, readers, {output.name for output in graph.output}
+
+
+def _replace_nodes(model: onnx.ModelProto, replacements: dict[str, onnx.NodeProto], dropped: set[str], domain: str) -> tuple[onnx.ModelProto, int]:
+    """Puts each ``replacements`` node where the node making the same first output stood, drops
+    the nodes whose first output is in ``dropped`` and whatever is left unused, and imports
+    ``domain`` (nodes are keyed by their first output: unique in a graph, where names may be
+    empty). Returns (model, how many nodes were replaced)."""
+    if not replacements:
+        return model, 0
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        if node.output and node.output[0] in replacements:
+            nodes.append(replacements[node.output[0]])
+        elif not node.output or node.output[0] not in dropped:
+            nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _remove_unused_nodes(graph)
+    if not any(opset.domain == domain for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model, len(replacements)
+
+
 def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx.ModelProto, int]:
     """Replaces each exported GroupNorm (Reshape to (N, G, -1), InstanceNormalization with
     unit scale and zero bias, Reshape back to the input's Shape, Mul by a (C, 1, ..., 1) weight,
@@ -162,13 +195,7 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
     inferred = shape_inference.infer_shapes(model)
     ranks = {info.name: len(info.type.tensor_type.shape.dim) for info in list(inferred.graph.value_info) + list(graph.input)
              if info.type.tensor_type.HasField("shape")}
-    producer = {name: node for node in graph.node for name in node.output}
-    initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
+    producer, initializers, readers, outputs = _graph_index(graph)
 
     def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
         users = readers.get(name, [])
@@ -186,7 +213,6 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
             return None
         return name, list(tensor.dims)
 
-    # nodes are keyed by their first output's name (unique in a graph; node names may be empty)
     replacements: dict[str, onnx.NodeProto] = {}  # the Add's output -> the fused node
     dropped: set[str] = set()  # the other replaced nodes
     for norm in graph.node:
@@ -228,20 +254,7 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
         )
         replacements[add.output[0]] = fused
         dropped.update(n.output[0] for n in (first, norm, back, mul))
-    if not replacements:
-        return model, 0
-    nodes = []
-    for node in graph.node:
-        if node.output and node.output[0] in replacements:
-            nodes.append(replacements[node.output[0]])
-        elif not node.output or node.output[0] not in dropped:
-            nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    _remove_unused_nodes(graph)
-    if not any(opset.domain == domain for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(domain, 1))
-    return model, len(replacements)
+    return _replace_nodes(model, replacements, dropped, domain)
 
 
 def fuse_group_norm_silu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx.ModelProto, int]:
@@ -299,13 +312,7 @@ def fuse_geglu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx
             dims = info.type.tensor_type.shape.dim
             if all(d.HasField("dim_value") for d in dims):
                 shapes[info.name] = [d.dim_value for d in dims]
-    producer = {name: node for node in graph.node for name in node.output}
-    initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
+    producer, initializers, readers, outputs = _graph_index(graph)
 
     def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
         """The standard-domain ``op_type`` node that makes ``name``, when it is its only reader's input."""
@@ -354,17 +361,4 @@ def fuse_geglu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx
             )
             dropped.update(n.output[0] for n in (half_mul, inner, plus_one, erf, scale))
             break
-    if not replacements:
-        return model, 0
-    nodes = []
-    for node in graph.node:
-        if node.output and node.output[0] in replacements:
-            nodes.append(replacements[node.output[0]])
-        elif not node.output or node.output[0] not in dropped:
-            nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    _remove_unused_nodes(graph)
-    if not any(opset.domain == domain for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(domain, 1))
-    return model, len(replacements)
+    return _replace_nodes(model, replacements, dropped, domain)
