@@ -191,6 +191,22 @@ def test_reopened_writer_appends_after_finalize(tmp_path):
     assert dataset.episode(3).from_timestamp(TOP) == pytest.approx(3.9)
 
 
+def test_full_chroma_lossless_folder_reads_back_exactly_and_keeps_its_format_when_reopened(tmp_path):
+    root = tmp_path / "ds"
+    episodes = write_dataset(root, codec="libx264", pix_fmt="yuv444p", crf=0)
+    extra = make_episode(5, seed=7)
+    # reopened with the defaults: the appended episode joins the folder's 4:4:4 H.264 files
+    with LeRobotDatasetWriter(root, FPS, FEATURES) as writer:
+        writer.add_episode(extra, "close the drawer")
+    dataset = LeRobotDataset(root)
+    for key in (TOP, WRIST):
+        assert dataset.features[key]["info"]["video.pix_fmt"] == "yuv444p"
+        assert dataset.features[key]["info"]["video.codec"] == "h264"
+    for index, expected in [(0, episodes[0]), (2, episodes[2]), (3, extra)]:
+        frames = dataset.episode(index).read_frames(TOP, [0, len(expected[TOP]) - 1])
+        assert np.abs(frames.astype(int) - expected[TOP][[0, -1]]).max() <= 4
+
+
 def test_reopening_with_other_features_or_fps_is_refused(tmp_path):
     root = tmp_path / "ds"
     write_dataset(root)

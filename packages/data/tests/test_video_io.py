@@ -126,3 +126,40 @@ def test_module_does_not_import_torch():
     code = "import sys, vpp.data.video_io, vpp.data.lerobot; print(sorted(m for m in ('torch', 'pandas', 'diffusers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def one_pixel_marker_frames(num_frames: int = 6, size: int = 64) -> np.ndarray:
+    """Grey frames with a single saturated red pixel: a 64 px render's goal marker."""
+    frames = np.full((num_frames, size, size, 3), 120, dtype=np.uint8)
+    frames[:, 31, 37] = (255, 0, 0)
+    return frames
+
+
+def test_full_chroma_keeps_a_one_pixel_colour_marker_that_420_loses(tmp_path):
+    frames = one_pixel_marker_frames()
+    lossy = video_io.read_video(tmp_path / "420.mp4") if video_io.write_video(tmp_path / "420.mp4", frames, FPS) else None
+    video_io.write_video(tmp_path / "444.mp4", frames, FPS, codec="libx264", crf=0, pix_fmt="yuv444p")
+    kept = video_io.read_video(tmp_path / "444.mp4")
+    # 4:2:0 averages the marker's colour with its grey neighbours: its red channel lead collapses
+    assert int(lossy[0, 31, 37, 0]) - int(lossy[0, 31, 37, 1]) < 100
+    assert np.abs(kept.astype(int) - frames).max() <= 4
+    assert video_io.video_info(tmp_path / "444.mp4")["video.pix_fmt"] == "yuv444p"
+
+
+def test_full_chroma_takes_odd_sizes_and_refuses_encoders_without_it(tmp_path):
+    odd = np.full((3, 33, 35, 3), 90, dtype=np.uint8)
+    video_io.write_video(tmp_path / "odd.mp4", odd, FPS, codec="libx264", pix_fmt="yuv444p")
+    assert video_io.read_video(tmp_path / "odd.mp4").shape == odd.shape
+    with pytest.raises(ValueError, match="does not encode yuv444p"):
+        video_io.write_video(tmp_path / "av1.mp4", odd[:, :32, :32], FPS, codec="libsvtav1", pix_fmt="yuv444p")
+    with pytest.raises(ValueError, match="pix_fmt='rgb48'"):
+        video_io.write_video(tmp_path / "bad.mp4", odd[:, :32, :32], FPS, codec="libx264", pix_fmt="rgb48")
+
+
+def test_concatenation_refuses_other_encoder_settings(tmp_path):
+    # crf 0 switches H.264 to its lossless profile: packets of the second file would decode as garbage
+    frames = moving_square_frames(4)
+    video_io.write_video(tmp_path / "a.mp4", frames, FPS, codec="libx264", crf=0)
+    video_io.write_video(tmp_path / "b.mp4", frames, FPS, codec="libx264", crf=23)
+    with pytest.raises(ValueError, match="encoder settings differ"):
+        video_io.concatenate_videos([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "ab.mp4")

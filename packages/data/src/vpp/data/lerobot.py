@@ -520,6 +520,10 @@ class LeRobotDatasetWriter:
     finished episode; ``finalize`` makes stats.json exact (quantiles over all frames instead of
     bounds over episodes) and releases the folder. Data and video files hold several episodes
     and roll over to the next file by size, as LeRobot's recorder does.
+
+    Videos default to ``video_io.default_codec()`` in 4:2:0; small renders whose details are
+    single pixels (a 64 px MetaWorld goal) want ``codec="libx264", pix_fmt="yuv444p", crf=0``.
+    A re-opened folder keeps the codec and pixel format it recorded.
     """
 
     def __init__(
@@ -530,6 +534,8 @@ class LeRobotDatasetWriter:
         robot_type: str | None = None,
         *,
         codec: str | None = None,
+        pix_fmt: str = video_io.PIX_FMT,
+        crf: int | None = None,
         chunks_size: int = DEFAULT_CHUNKS_SIZE,
         data_files_size_in_mb: float = DEFAULT_DATA_FILES_SIZE_IN_MB,
         video_files_size_in_mb: float = DEFAULT_VIDEO_FILES_SIZE_IN_MB,
@@ -541,6 +547,8 @@ class LeRobotDatasetWriter:
                 raise ValueError(f"{name}={value}; expected > 0")
         self.root = Path(root)
         self.fps = int(fps)
+        self.pix_fmt = pix_fmt
+        self.crf = crf
         self.user_features = _normalise_features(features)
         self.video_keys = [key for key, f in self.user_features.items() if f["dtype"] == "video"]
         self.root.mkdir(parents=True, exist_ok=True)
@@ -588,6 +596,8 @@ class LeRobotDatasetWriter:
         if leftovers:
             raise ValueError(f"{self.root} has files but no {INFO_PATH} (e.g. {leftovers[0]}); expected an empty folder or a LeRobot v3.0 dataset")
         self.codec = (codec or video_io.default_codec()) if self.video_keys else None
+        if self.codec is not None:
+            video_io.check_pix_fmt(self.codec, self.pix_fmt)
         features = {**{k: dict(v) for k, v in self.user_features.items()}, **json.loads(json.dumps(DEFAULT_FEATURES))}
         self.info = {
             "codebase_version": CODEBASE_VERSION,
@@ -637,6 +647,20 @@ class LeRobotDatasetWriter:
                 self.codec = encoder
             else:
                 self.codec = codec or video_io.default_codec()
+            pix_fmts = {self.info["features"][k].get("info", {}).get("video.pix_fmt") for k in self.video_keys} - {None}
+            if len(pix_fmts) > 1:
+                raise LeRobotFormatError(f"{self.root}: cameras use different pixel formats {sorted(pix_fmts)}")
+            if pix_fmts:
+                recorded_fmt = pix_fmts.pop()
+                if recorded_fmt != self.pix_fmt:
+                    # appended episodes share the folder's video files, so they keep its format
+                    logger.warning("%s holds %s videos; appending in %s instead of %s", self.root, recorded_fmt, recorded_fmt, self.pix_fmt)
+                    self.pix_fmt = recorded_fmt
+            video_io.check_pix_fmt(self.codec, self.pix_fmt)
+            # the encoder's rate settings are in its stream headers: appended episodes must match them
+            crfs = {self.info["features"][k].get("info", {}).get("video.crf") for k in self.video_keys} - {None}
+            if crfs:
+                self.crf = int(crfs.pop())
         logger.info("%s: resuming after %d episodes (%d frames)", self.root, len(self.episode_rows), self.total_frames)
 
     @property
@@ -793,7 +817,7 @@ class LeRobotDatasetWriter:
         episode_file = self.root / "videos" / key / f"episode-{episode_index:06d}.mp4{TMP_SUFFIX}"
         episode_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            video_io.write_video(episode_file, frames, self.fps, codec=self.codec)
+            video_io.write_video(episode_file, frames, self.fps, codec=self.codec, crf=self.crf, pix_fmt=self.pix_fmt)
             chunk, file, append = self._place(
                 f"videos/{key}", VIDEO_PATH, episode_file.stat().st_size, self.info["video_files_size_in_mb"], video_key=key
             )
@@ -810,6 +834,8 @@ class LeRobotDatasetWriter:
         if "info" not in feature:
             probed = video_io.video_info(target)
             feature["info"] = {**probed, "video.is_depth_map": False, "video.g": video_io.DEFAULT_GOP}
+            if self.crf is not None:
+                feature["info"]["video.crf"] = self.crf
         return {
             f"videos/{key}/chunk_index": chunk,
             f"videos/{key}/file_index": file,
