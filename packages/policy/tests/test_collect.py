@@ -5,7 +5,9 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vpp.policy.collect import collect_metaworld
+from vpp.policy.collect import STATE_FILE, OldCollectionError, collect_metaworld, collected_configurations
+from vpp.policy.envs.metaworld import MetaWorldTask
+from vpp.policy.evaluate import evaluate_metaworld
 from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
 from vpp.data.lerobot import LeRobotDataset
 from vpp.tvp.data.mixture import MixtureClipDataset
@@ -35,3 +37,47 @@ def test_collection_resumes_and_feeds_both_stages(tmp_path):
     clips = MixtureClipDataset([LeRobotClipSource(out, camera="corner")], num_frames=8, image_size=32)
     assert clips[0]["video"].shape == (8, 3, 32, 32)
     assert json.loads((out / "collection_state.json").read_text())["config"]["cameras"] == ["corner", "topview"]
+
+
+def test_collection_records_configurations_that_evaluation_never_uses(tmp_path):
+    out = tmp_path / "mw"
+    collect_metaworld(out, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
+    configurations = collected_configurations(out)
+    assert sorted(configurations) == [0, 1, 2]
+    with MetaWorldTask("reach", image_size=32) as env:
+        for task, kept in configurations.values():
+            env.reset(kept.attempt, "train")
+            assert task == "reach" and env.rand_vec.tolist() == kept.rand_vec
+    evaluated = evaluate_metaworld("oracle", ["reach"], episodes=3, cameras=["corner"], image_size=32, max_steps=1, progress=False)
+    collected = np.array([kept.rand_vec for _, kept in configurations.values()])
+    for rand_vec in evaluated["rand_vecs"]["reach"]:
+        assert np.abs(collected - np.array(rand_vec)).max(axis=1).min() > 1e-3
+
+
+def test_a_killed_writer_commit_is_recorded_once(tmp_path):
+    out = tmp_path / "mw"
+    collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
+    # as if killed after the dataset committed episode 1 but before the state recorded it
+    saved = json.loads((out / STATE_FILE).read_text())
+    last = saved["tasks"]["reach"]["episodes"].pop()
+    saved["tasks"]["reach"].update(kept=1, next_attempt=last["attempt"])
+    saved["pending"] = {"task": "reach", **last}
+    (out / STATE_FILE).write_text(json.dumps(saved))
+    state = collect_metaworld(out, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
+    assert LeRobotDataset(out).num_episodes == 3 and state.tasks["reach"].kept == 3
+    attempts = [e.attempt for e in state.tasks["reach"].episodes]
+    assert [e.episode_index for e in state.tasks["reach"].episodes] == [0, 1, 2] and len(set(attempts)) == 3
+
+
+def test_a_folder_collected_by_the_old_scheme_is_refused(tmp_path):
+    out = tmp_path / "mw"
+    collect_metaworld(out, tasks=["reach"], episodes_per_task=1, image_size=32, progress=False)
+    saved = json.loads((out / STATE_FILE).read_text())
+    old = {"config": {k: saved["config"][k] for k in ("cameras", "image_size", "fps")},
+           "tasks": {"reach": {"next_attempt": 1, "kept": 1, "dropped": 0}}}
+    (out / STATE_FILE).write_text(json.dumps(old))
+    with pytest.raises(OldCollectionError, match="old scheme"):
+        collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
+    (out / STATE_FILE).unlink()
+    with pytest.raises(OldCollectionError, match="no collection_state.json"):
+        collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)

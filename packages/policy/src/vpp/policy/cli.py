@@ -54,6 +54,7 @@ def cmd_eval(args) -> None:
         name=name,
         execute=args.execute,
         max_steps=args.max_steps,
+        split=args.split,
     )
 
 
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--name", help="row name in the results table")
     evaluate.add_argument("--execute", type=int, default=None, help="actions of each chunk to execute (default: all)")
     evaluate.add_argument("--max-steps", type=int, default=None, help="cap episode length (smoke runs)")
+    evaluate.add_argument(
+        "--split", default="eval", choices=["eval", "train"],
+        help="configurations to start from: eval (never collected) or train (the demonstrations' own, to measure fitting)",
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)")

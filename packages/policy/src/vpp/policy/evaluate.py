@@ -2,8 +2,9 @@
 
 A policy is anything with ``act(observation, instruction) -> (k, 4) actions``: the chunk is
 executed whole (``execute`` actions of it, if set) before the policy is asked again, as the
-paper does. Episode i of every task resets with seed ``EVAL_SEED_OFFSET + i``, far from the seeds
-demonstrations are collected with.
+paper does. Episode i of every task starts from configuration i of the ``eval`` split: object and
+goal positions drawn by MetaWorld's own randomisation from a seed stream disjoint from the one
+demonstrations are collected from (``vpp.policy.envs.metaworld``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from vpp.policy.envs.metaworld import MetaWorldTask, check_task
+from vpp.policy.envs.metaworld import MetaWorldTask, check_split, check_task
 from vpp.policy.envs.metaworld_tasks import GROUPS, PAPER_TABLE2
 
 logger = logging.getLogger(__name__)
-
-EVAL_SEED_OFFSET = 100_000
 
 
 class ChunkPolicy(Protocol):
@@ -68,6 +67,7 @@ def evaluate_metaworld(
     execute: int | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    split: str = "eval",
 ) -> dict:
     """Runs ``episodes`` seeded episodes per task; writes results.json, results.md and one
     rollout video per task (its first episode) under ``output``. ``policy="oracle"`` runs
@@ -76,16 +76,20 @@ def evaluate_metaworld(
     if isinstance(policy, str) and policy != "oracle":
         raise ValueError(f"policy {policy!r}: expected an object with act() or 'oracle'")
     tasks = [check_task(t) for t in tasks]
+    check_split(split)
     output = Path(output) if output is not None else None
     per_task: dict[str, float] = {}
     episode_lengths: dict[str, list[int]] = {}
+    configurations: dict[str, list[list[float]]] = {}
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld eval", disable=not progress)
     for task in tasks:
         successes = []
         episode_lengths[task] = []
+        configurations[task] = []
         with MetaWorldTask(task, cameras, image_size) as env:
             for i in range(episodes):
-                obs = env.reset(EVAL_SEED_OFFSET + i)
+                obs = env.reset(i, split)
+                configurations[task].append(env.rand_vec.tolist())
                 frames = [obs[cameras[0]]] if i == 0 and output is not None else None
                 success = False
                 done = False
@@ -114,12 +118,13 @@ def evaluate_metaworld(
     results = {
         "name": name,
         "episodes_per_task": episodes,
-        "seed_offset": EVAL_SEED_OFFSET,
+        "split": split,
         "cameras": list(cameras),
         "image_size": image_size,
         "per_task": per_task,
         "mean_episode_length": {t: float(np.mean(v)) for t, v in episode_lengths.items()},
         "groups": scores,
+        "rand_vecs": configurations,
         "paper_table2": PAPER_TABLE2,
     }
     table = format_table(name, scores, len(per_task))

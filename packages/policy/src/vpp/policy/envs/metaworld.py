@@ -4,11 +4,19 @@ Rendering dominates the cost on a CPU: MuJoCo's default scene (4096 shadow map, 
 multisampling) renders a frame in 50-75 ms under Mesa, while with shadows and multisampling off
 it takes ~10 ms at 64-128 px, so both are switched off here. The ``corner`` cameras render upside
 down and are flipped back.
+
+Episode configurations (object and goal positions: MetaWorld's ``rand_vec``) come from MetaWorld's
+own randomisation, its reset-time rejection sampling from the task's random reset space, driven by
+a seed that names a split and an index. ``train`` (demonstrations) and ``eval`` (evaluation) are
+disjoint seed streams, so evaluation never starts from a demonstrated state, and any number of
+episodes can be drawn: MT1's 50 fixed ``train_tasks`` are not used for configurations at all.
+(MetaWorld v3's ``reset(seed=...)`` ignores its seed: the seed has to go through ``env.seed``.)
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +31,9 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper"
 FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4"}
 STATE_DIM = 4  # hand position (3) + gripper opening (1), the first entries of MetaWorld's observation
 ACTION_DIM = 4
+# Seed streams of episode configurations; the code sits above the task and index bits of the
+# seed, so two splits never share a seed (see configuration_seed).
+SPLITS = {"train": 1, "eval": 2}
 
 
 def check_task(task: str) -> str:
@@ -30,6 +41,20 @@ def check_task(task: str) -> str:
     if task not in INSTRUCTIONS:
         raise ValueError(f"unknown MetaWorld task {task!r}; expected one of {', '.join(ALL_TASKS)}")
     return task
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}; expected one of {', '.join(SPLITS)}")
+    return split
+
+
+def configuration_seed(task: str, split: str, index: int) -> int:
+    """The seed that draws episode ``index`` of ``split`` for ``task``: split, task and index in
+    separate bit fields, so distinct (split, task, index) give distinct seeds."""
+    if not 0 <= index < 2**32:
+        raise ValueError(f"episode index {index}; expected 0 <= index < 2**32")
+    return (SPLITS[check_split(split)] << 64) | (zlib.crc32(check_task(task).encode()) << 32) | index
 
 
 @dataclass
@@ -41,9 +66,10 @@ class StepResult:
 
 class MetaWorldTask:
     """One MetaWorld task rendered from the given cameras; observations are
-    {camera: uint8 (H, W, 3), "state": float32 (4,)}."""
+    {camera: uint8 (H, W, 3), "state": float32 (4,)}. ``rand_vec`` is the current episode's
+    configuration (object/goal positions), as MetaWorld stores it."""
 
-    def __init__(self, task: str, cameras: Sequence[str] = ("corner",), image_size: int = 64, seed: int = 0) -> None:
+    def __init__(self, task: str, cameras: Sequence[str] = ("corner",), image_size: int = 64) -> None:
         ensure_offscreen_gl()
         import metaworld
 
@@ -55,14 +81,17 @@ class MetaWorldTask:
         self.image_size = image_size
         self.instruction = INSTRUCTIONS[self.task]
         name = f"{self.task}-v3"
-        self._benchmark = metaworld.MT1(name, seed=seed)
-        self.env = self._benchmark.train_classes[name](
+        benchmark = metaworld.MT1(name, seed=0)
+        self.env = benchmark.train_classes[name](
             render_mode="rgb_array", camera_name=self.cameras[0], width=image_size, height=image_size
         )
+        # An MT1 task carries the task's fixed settings and makes the goal observable, as in
+        # training; its own rand_vec is replaced at every reset.
+        self.env.set_task(benchmark.train_tasks[0])
         self.env.model.light_castshadow[:] = 0
         self.env.model.vis.quality.offsamples = 0
         self.max_steps = int(self.env.max_path_length)
-        self.num_variations = len(self._benchmark.train_tasks)
+        self.rand_vec: np.ndarray | None = None
         self._last_obs: np.ndarray | None = None
         self.steps = 0
 
@@ -79,12 +108,39 @@ class MetaWorldTask:
         self._last_obs = raw
         return {**self._render(), "state": np.asarray(raw[:STATE_DIM], dtype=np.float32)}
 
-    def reset(self, episode_seed: int) -> dict[str, np.ndarray]:
-        """Episode ``episode_seed`` picks the object/goal variation and seeds the reset."""
-        self.env.set_task(self._benchmark.train_tasks[episode_seed % self.num_variations])
-        raw, _ = self.env.reset(seed=episode_seed)
-        self.steps = 0
+    def reset(self, index: int, split: str) -> dict[str, np.ndarray]:
+        """Starts episode ``index`` of ``split``: MetaWorld draws its configuration from the
+        task's random reset space (resampling what the task rejects) with the episode's seed."""
+        self.env.seed(configuration_seed(self.task, split, index))
+        self.env._freeze_rand_vec = False
+        self.env.seeded_rand_vec = True
+        raw = self._reset()
+        self.rand_vec = np.array(self.env._last_rand_vec, dtype=np.float64)
         return self._observation(raw)
+
+    def reset_to(self, rand_vec: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
+        """Starts an episode from a recorded configuration: a ``rand_vec`` that ``reset`` drew
+        (an arbitrary one that the task's rejection sampling would redraw makes MetaWorld's
+        reset loop forever)."""
+        rand_vec = np.array(rand_vec, dtype=np.float64)
+        expected = self.env._random_reset_space.low.shape
+        if rand_vec.shape != expected or not np.isfinite(rand_vec).all():
+            raise ValueError(f"{self.task} configuration {rand_vec.tolist()}; expected {expected[0]} finite values")
+        self.env._freeze_rand_vec = True
+        self.env._last_rand_vec = rand_vec
+        raw = self._reset()
+        self.rand_vec = rand_vec
+        return self._observation(raw)
+
+    def _reset(self) -> np.ndarray:
+        import mujoco
+
+        raw, _ = self.env.reset()
+        # MetaWorld moves the goal site after its last forward pass, so without this the first
+        # frame shows the goal where the reset's first (discarded) draw put it
+        mujoco.mj_forward(self.env.model, self.env.data)
+        self.steps = 0
+        return raw
 
     def step(self, action: np.ndarray) -> StepResult:
         action = np.asarray(action, dtype=np.float32)
