@@ -58,6 +58,36 @@ def cmd_eval(args) -> None:
     )
 
 
+def cmd_diagnose(args) -> None:
+    import json
+    from pathlib import Path
+
+    from vpp.policy.data import LeRobotEpisodeSource
+    from vpp.policy.diagnostics import image_sensitivity, offline_action_error, split_by_task
+    from vpp.policy.policy import VideoPredictionPolicy
+
+    policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
+    config = policy.config
+    source = LeRobotEpisodeSource(args.data, state_key=None if config.state_dim is None else "observation.state")
+    train, held_out = split_by_task([source.episode(i) for i in range(len(source))], args.train_episodes_per_task, args.held_out_per_task)
+    settings = {"samples": args.samples, "stride": args.stride, "seed": args.seed, "progress": True}
+    results = {
+        "policy": args.policy,
+        "data": args.data,
+        "train_episodes_per_task": args.train_episodes_per_task,
+        "offline_action_error": offline_action_error(policy, train, held_out, config.cameras, config.chunk, **settings),
+        "image_sensitivity": image_sensitivity(policy, held_out, config.cameras, config.chunk, **settings),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnostics.json").write_text(json.dumps(results, indent=2) + "\n")
+    mse, eyes = results["offline_action_error"]["action_chunk_mse"], results["image_sensitivity"]
+    print(f"action chunk MSE: policy mean {mse['policy_mean']:.4f} (one sample {mse['policy_single_sample']:.4f}), "
+          f"task mean chunk {mse['task_mean_chunk']:.4f}")
+    print(f"image ratio {eyes['image_ratio']}, state ratio {eyes['state_ratio']} (oracle shift {eyes['oracle_shift']:.4f})")
+    print(f"written to {out / 'diagnostics.json'}")
+
+
 def load_tvp(args):
     import torch
 
@@ -197,6 +227,22 @@ def main(argv: list[str] | None = None) -> None:
         help="configurations to start from: eval (never collected) or train (the demonstrations' own, to measure fitting)",
     )
     evaluate.set_defaults(func=cmd_eval)
+
+    diagnose = sub.add_parser(
+        "diagnose", help="offline action error and image sensitivity of a policy on held-out demonstrations -> JSON"
+    )
+    diagnose.add_argument("--policy", required=True, help="a saved policy folder")
+    diagnose.add_argument("--data", required=True, help="the LeRobotDataset v3 folder the policy was trained on")
+    diagnose.add_argument(
+        "--train-episodes-per-task", type=int, default=10,
+        help="the first N episodes of each task are the training set (train's --episodes-per-task); the next are held out",
+    )
+    diagnose.add_argument("--held-out-per-task", type=int, default=5)
+    diagnose.add_argument("--samples", type=int, default=4, help="action chunks sampled per window")
+    diagnose.add_argument("--stride", type=int, default=16, help="measure every k-th timestep")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--out", required=True, help="folder for diagnostics.json")
+    diagnose.set_defaults(func=cmd_diagnose)
 
     train = sub.add_parser("train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)")
     train.add_argument("--data", action="append", required=True, help="LeRobotDataset v3 folder (repeatable)")
