@@ -6,12 +6,12 @@ import torch
 
 from vpp.tvp.checkpoint import latest_checkpoint
 from vpp.tvp.model import TextGuidedVideoPredictor
-from vpp.tvp.train import TrainConfig, TVPTrainer
+from vpp.tvp.train import TrainConfig, TVPTrainer, fit_vae
 
 
-def make_trainer(output, dataset, steps=6, lr=1e-3, every=3):
+def make_trainer(output, dataset, steps=6, lr=1e-3, every=3, model=None):
     torch.manual_seed(0)
-    model = TextGuidedVideoPredictor.from_preset("tiny")
+    model = model if model is not None else TextGuidedVideoPredictor.from_preset("tiny")
     config = TrainConfig(output_dir=str(output), max_steps=steps, batch_size=2, learning_rate=lr, checkpoint_every=every, log_every=1)
     return TVPTrainer(model, dataset, config)
 
@@ -34,6 +34,45 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, squares_dataset):
     assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in logged] == pytest.approx(straight, rel=1e-5, abs=1e-7)
     assert (tmp_path / "resumed" / "model" / "tvp_config.json").is_file()
+
+
+def train_unet(output, model, dataset, steps=3):
+    config = TrainConfig(output_dir=str(output), max_steps=steps, batch_size=2, learning_rate=1e-3, checkpoint_every=100, log_every=1)
+    trainer = TVPTrainer(model, dataset, config)
+    losses = trainer.train()
+    return losses, {k: v.clone() for k, v in trainer.unwrapped.unet.state_dict().items()}
+
+
+def test_frozen_parameters_gradients_do_not_enter_clipping(tmp_path, squares_dataset):
+    torch.manual_seed(0)
+    stale = TextGuidedVideoPredictor.from_preset("tiny")
+    clean = TextGuidedVideoPredictor.from_preset("tiny")
+    clean.load_state_dict(stale.state_dict())
+    # gradients left on the frozen VAE (as an earlier fit could leave them) must not scale the UNet's update
+    for p in stale.vae.parameters():
+        p.grad = torch.ones_like(p)
+    stale_losses, stale_unet = train_unet(tmp_path / "stale", stale, squares_dataset)
+    clean_losses, clean_unet = train_unet(tmp_path / "clean", clean, squares_dataset)
+    assert stale_losses == pytest.approx(clean_losses, rel=1e-6)
+    for name, tensor in clean_unet.items():
+        torch.testing.assert_close(stale_unet[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fit_vae_leaves_no_gradients_and_a_resumed_run_repeats_the_straight_one(tmp_path, squares_dataset):
+    def fitted_model():
+        torch.manual_seed(0)
+        model = TextGuidedVideoPredictor.from_preset("tiny")
+        fit_vae(model, squares_dataset, steps=3, batch_size=4)
+        return model
+
+    model = fitted_model()
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    straight = make_trainer(tmp_path / "straight", squares_dataset, model=model, steps=4, every=2).train()
+    first = make_trainer(tmp_path / "resumed", squares_dataset, model=fitted_model(), steps=4, every=1).train(stop_after=1)
+    # the resumed process rebuilds the model from base/, where no fitting gradients exist
+    rest = make_trainer(tmp_path / "resumed", squares_dataset, steps=4, every=1).train()
+    assert first + rest == pytest.approx(straight, rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.slow

@@ -125,6 +125,8 @@ def fit_vae(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    # gradients left on the frozen VAE would be counted by anything that walks model.parameters()
+    optimizer.zero_grad(set_to_none=True)
     vae.eval()
     vae.requires_grad_(False)
     return losses

@@ -82,6 +82,9 @@ class AcceleratedTrainer(ABC):
             self.start_step = read_state(self.checkpoint)["step"]
             logger.info("resuming from %s at step %d", self.checkpoint, self.start_step)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, self.optimizer, self.scheduler)
+        # Clipping sees only what the optimizer steps: a frozen module's leftover .grad would
+        # otherwise shrink every update by a constant that a resumed process no longer has.
+        self.trained_parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.metrics_path = self.output_dir / "metrics.jsonl"
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,7 @@ class AcceleratedTrainer(ABC):
                 loss = self.compute_loss(batch, step_generator(cfg.seed, step, micro, acc.process_index))
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    acc.clip_grad_norm_(self.trained_parameters, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
