@@ -38,5 +38,5 @@ def test_collect_train_both_stages_and_evaluate(tmp_path, capsys):
     policy_cli(["eval", "--policy", str(model), "--tasks", "reach", "--episodes", "1", "--size", "32", "--max-steps", "8",
                 "--out", str(tmp_path / "eval")])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results["per_task"]) == {"reach"} and results["mean_episode_length"]["reach"] == 8
+    assert set(results["per_task"]) == {"reach"} and results["per_task"]["reach"]["mean_episode_length"] == 8
     assert (tmp_path / "eval" / "videos" / "reach.mp4").is_file()

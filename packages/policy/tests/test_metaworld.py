@@ -7,7 +7,7 @@ pytest.importorskip("metaworld")
 
 from vpp.policy.envs.metaworld import MetaWorldTask, configuration_seed
 from vpp.policy.envs.metaworld_tasks import ALL_TASKS, GROUPS, INSTRUCTIONS
-from vpp.policy.evaluate import evaluate_metaworld, group_scores
+from vpp.policy.evaluate import evaluate_metaworld, group_scores, wilson_interval
 
 
 def test_task_table_covers_metaworld():
@@ -91,25 +91,64 @@ def test_configurations_are_reproducible_and_replayable():
 
 
 class StillPolicy:
+    def __init__(self):
+        self.calls = 0
+
     def act(self, observation, instruction):
         assert isinstance(instruction, str) and observation["corner"].shape == (32, 32, 3)
+        self.calls += 1
         return np.zeros((5, 4), dtype=np.float32)
 
 
 def test_evaluation_writes_table_json_and_videos(tmp_path):
-    results = evaluate_metaworld("oracle", ["reach"], episodes=2, cameras=["corner"], image_size=32, output=tmp_path / "oracle")
-    assert results["per_task"] == {"reach": 1.0}
+    results = evaluate_metaworld("oracle", ["reach"], episodes=2, cameras=["corner"], image_size=32, output=tmp_path / "oracle", videos_per_task=2)
+    assert results["per_task"]["reach"]["success"] == 1.0 and results["per_task"]["reach"]["episodes"] == 2
     still = evaluate_metaworld(StillPolicy(), ["reach"], episodes=1, cameras=["corner"], image_size=32, output=tmp_path / "still", max_steps=20)
-    assert still["per_task"] == {"reach": 0.0} and still["mean_episode_length"]["reach"] == 20
+    assert still["per_task"]["reach"]["success"] == 0.0 and still["per_task"]["reach"]["mean_episode_length"] == 20
     saved = json.loads((tmp_path / "oracle" / "results.json").read_text())
-    assert saved["groups"]["easy"] == 1.0 and saved["groups"]["middle"] is None
+    assert saved["easy"]["success"] == 1.0 and saved["easy"]["ci95"] == pytest.approx([0.342, 1.0], abs=1e-3)
+    assert saved["middle"] is None and saved["average"]["tasks"] == 1 and saved["split"] == "eval"
+    assert [len(e["rand_vec"]) for e in saved["episodes"]] == [6, 6]
     assert (tmp_path / "oracle" / "videos" / "reach.mp4").stat().st_size > 0
-    assert "VPP (paper, 50 tasks)" in (tmp_path / "oracle" / "results.md").read_text()
+    assert (tmp_path / "oracle" / "videos" / "reach-1.mp4").stat().st_size > 0
+    table = (tmp_path / "oracle" / "results.md").read_text()
+    assert "VPP (paper, 50 tasks)" in table and "| vpp (1 tasks)" in table and "1.000 [0.34, 1.00]" in table
 
 
-def test_group_scores_follow_the_paper_groups():
-    scores = group_scores({"reach": 1.0, "door-open": 0.5, "hammer": 0.25, "assembly": 0.0})
-    assert scores == {"easy": 0.75, "middle": 0.25, "hard": 0.0, "average": 0.4375}
+def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
+    out = tmp_path / "still"
+    first = StillPolicy()
+    evaluate_metaworld(first, ["reach"], episodes=2, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    assert first.calls == 4  # two 5-action chunks per 10-step episode
+    # a run killed while writing a line leaves it half-written; the resumed run ignores it
+    with (out / "episodes.jsonl").open("a") as f:
+        f.write('{"task": "reach", "ind')
+    lines = (out / "episodes.jsonl").read_text().splitlines()
+    (out / "episodes.jsonl").write_text("\n".join(lines[:1] + lines[2:]))
+    resumed = StillPolicy()
+    results = evaluate_metaworld(resumed, ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    assert resumed.calls == 4  # episodes 1 and 2 only
+    assert [e["index"] for e in results["episodes"]] == [0, 1, 2] and results["per_task"]["reach"]["episodes"] == 3
+    again = StillPolicy()
+    evaluate_metaworld(again, ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    assert again.calls == 0 and len((out / "episodes.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match="holds an evaluation with"):
+        evaluate_metaworld(StillPolicy(), ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=20)
+
+
+def test_wilson_intervals():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    with pytest.raises(ValueError, match="11 successes in 10 episodes"):
+        wilson_interval(11, 10)
+
+
+def test_group_scores_follow_the_paper_groups_and_pool_episodes():
+    scores = group_scores({"reach": (10, 10), "door-open": (5, 10), "hammer": (2, 8), "assembly": (0, 8)})
+    assert scores["easy"]["success"] == 0.75 and scores["easy"]["ci95"] == pytest.approx(wilson_interval(15, 20))
+    assert scores["middle"]["success"] == 0.25 and scores["hard"]["tasks"] == 1
+    assert scores["average"] == {"success": 17 / 36, "successes": 17, "episodes": 36, "ci95": list(wilson_interval(17, 36)), "tasks": 4}
 
 
 def test_cli_collects_and_evaluates_the_oracle(tmp_path, capsys):

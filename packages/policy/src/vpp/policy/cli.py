@@ -55,6 +55,7 @@ def cmd_eval(args) -> None:
         execute=args.execute,
         max_steps=args.max_steps,
         split=args.split,
+        videos_per_task=args.videos_per_task,
     )
 
 
@@ -216,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     env_args(collect, 50)
     collect.set_defaults(func=cmd_collect)
 
-    evaluate = sub.add_parser("eval", help="success rates with fixed seeds, in the paper's Table 2 layout")
+    evaluate = sub.add_parser(
+        "eval", help="success rates with 95% intervals on unseen configurations, in the paper's Table 2 layout (resumable)"
+    )
     env_args(evaluate, 10)
     evaluate.add_argument("--policy", required=True, help="a saved policy folder, or 'oracle'")
     evaluate.add_argument("--name", help="row name in the results table")
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "--split", default="eval", choices=["eval", "train"],
         help="configurations to start from: eval (never collected) or train (the demonstrations' own, to measure fitting)",
     )
+    evaluate.add_argument("--videos-per-task", type=int, default=1, help="rollout videos of each task's first N episodes")
     evaluate.set_defaults(func=cmd_eval)
 
     diagnose = sub.add_parser(
