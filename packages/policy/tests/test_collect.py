@@ -37,6 +37,9 @@ def test_collection_resumes_and_feeds_both_stages(tmp_path):
     clips = MixtureClipDataset([LeRobotClipSource(out, camera="corner")], num_frames=8, image_size=32)
     assert clips[0]["video"].shape == (8, 3, 32, 32)
     assert json.loads((out / "collection_state.json").read_text())["config"]["cameras"] == ["corner", "topview"]
+    # single-pixel details survive: lossless 4:4:4 video by default
+    info = json.loads((out / "meta" / "info.json").read_text())["features"]["observation.images.corner"]["info"]
+    assert info["video.pix_fmt"] == "yuv444p"
 
 
 def test_collection_records_configurations_that_evaluation_never_uses(tmp_path):
@@ -50,8 +53,9 @@ def test_collection_records_configurations_that_evaluation_never_uses(tmp_path):
             assert task == "reach" and env.rand_vec.tolist() == kept.rand_vec
     evaluated = evaluate_metaworld("oracle", ["reach"], episodes=3, cameras=["corner"], image_size=32, max_steps=1, progress=False)
     collected = np.array([kept.rand_vec for _, kept in configurations.values()])
-    for rand_vec in evaluated["rand_vecs"]["reach"]:
-        assert np.abs(collected - np.array(rand_vec)).max(axis=1).min() > 1e-3
+    assert len(evaluated["episodes"]) == 3
+    for episode in evaluated["episodes"]:
+        assert np.abs(collected - np.array(episode["rand_vec"])).max(axis=1).min() > 1e-3
 
 
 def test_a_killed_writer_commit_is_recorded_once(tmp_path):

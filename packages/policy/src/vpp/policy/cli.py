@@ -28,6 +28,7 @@ def cmd_collect(args) -> None:
         episodes_per_task=args.episodes,
         cameras=args.camera,
         image_size=args.size,
+        video=args.video,
     )
     kept = sum(p.kept for p in state.tasks.values())
     dropped = sum(p.dropped for p in state.tasks.values())
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
 
     collect = sub.add_parser("collect", help="oracle demonstrations -> LeRobotDataset v3 (resumable)")
     env_args(collect, 50)
+    collect.add_argument(
+        "--video", default="lossless", choices=["lossless", "compact"],
+        help="lossless: H.264 4:4:4 crf 0, keeps one-pixel goal markers at 64 px; compact: the default codec in 4:2:0 "
+        "(a resumed folder keeps its encoding)",
+    )
     collect.set_defaults(func=cmd_collect)
 
     evaluate = sub.add_parser(
