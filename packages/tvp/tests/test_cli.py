@@ -1,6 +1,7 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from vpp.tvp.cli import main
@@ -29,3 +30,41 @@ def test_demo_then_generate_and_features_from_its_model(tmp_path):
 def test_unknown_data_source_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown data source"):
         main(["train", "--data", "hub:ssv2", "--output", str(tmp_path)])
+
+
+def vae_weights(folder):
+    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_trains_the_fitted_vae(tmp_path, monkeypatch):
+    from vpp.tvp.config import TVPConfig
+    from vpp.tvp.model import TextGuidedVideoPredictor
+    from vpp.tvp.train import TVPTrainer
+
+    train = ["train", "--preset", "tiny", "--data", "builtin:squares", "--fit-vae-steps", "2", "--steps", "1",
+             "--batch-size", "1", "--checkpoint-every", "1", "--lr", "1e-3"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # killed while base/ is being written
+    with monkeypatch.context() as patch:
+        patch.setattr(TVPConfig, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            main([*train, "--output", str(tmp_path / "mid-base")])
+    assert not (tmp_path / "mid-base" / "base").exists()
+    # killed after base/ was written, before the first checkpoint
+    with monkeypatch.context() as patch:
+        patch.setattr(TVPTrainer, "train", killed)
+        with pytest.raises(KeyboardInterrupt):
+            main([*train, "--output", str(tmp_path / "after-base")])
+    fitted = vae_weights(tmp_path / "after-base" / "base")
+    torch.manual_seed(0)
+    untrained = TextGuidedVideoPredictor.from_preset("tiny").vae.state_dict()
+    assert any(not torch.equal(fitted[k], untrained[k]) for k in fitted)
+
+    for run in ("mid-base", "after-base"):
+        main([*train, "--output", str(tmp_path / run)])
+        trained = vae_weights(tmp_path / run / "model")
+        assert all(torch.equal(trained[k], fitted[k]) for k in fitted), run

@@ -86,14 +86,42 @@ def write_comparison(path: Path, truth: torch.Tensor | None, predicted: torch.Te
     return [png, gif]
 
 
+def train_start_model(args):
+    """The model a TVP run trains from, the record of its VAE fit, and whether to fit it now.
+
+    A run that has a checkpoint, or a complete ``base/`` from an earlier start that holds what
+    this one asks for (a VAE fitted for ``--fit-vae-steps``), continues from ``base/``: its
+    data, latent cache and weights then all see the VAE the run began with. Otherwise the model
+    is built as asked."""
+    from vpp.tvp.checkpoint import latest_checkpoint
+    from vpp.tvp.model import TextGuidedVideoPredictor
+    from vpp.tvp.train import base_folder, is_complete_base, read_vae_fit
+
+    output = Path(args.output)
+    base = base_folder(output)
+    fitted = read_vae_fit(base) if is_complete_base(base) else None
+    if latest_checkpoint(output / "checkpoints") is not None:
+        if args.fit_vae_steps and (fitted or {}).get("steps") != args.fit_vae_steps:
+            logger.warning(
+                "resuming %s with the VAE in %s, which was not fitted for --fit-vae-steps %d (record: %s)",
+                output, base, args.fit_vae_steps, fitted,
+            )
+        return TextGuidedVideoPredictor.from_pretrained(base), fitted, False
+    if is_complete_base(base) and (fitted or {}).get("steps", 0) == args.fit_vae_steps:
+        logger.info("reusing %s from an earlier start of this run", base)
+        return TextGuidedVideoPredictor.from_pretrained(base), fitted, False
+    return load_model(args), None, bool(args.fit_vae_steps)
+
+
 def cmd_train(args) -> None:
     from vpp.tvp.data.latent_cache import LatentCache
     from vpp.tvp.train import TrainConfig, TVPTrainer, fit_vae
 
-    model = load_model(args)
+    model, vae_fit, fit_now = train_start_model(args)
     dataset = build_dataset(args, model)
-    if args.fit_vae_steps and not (Path(args.output) / "base").exists():
-        fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed)
+    if fit_now:
+        losses = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed)
+        vae_fit = {"steps": args.fit_vae_steps, "final_loss": losses[-1]}
     if args.latent_cache:
         cache = LatentCache.for_model(args.latent_cache, model)
         cache.build(dataset, model)
@@ -109,7 +137,7 @@ def cmd_train(args) -> None:
         seed=args.seed,
         num_workers=args.num_workers,
     )
-    trainer = TVPTrainer(model, dataset, config)
+    trainer = TVPTrainer(model, dataset, config, vae_fit=vae_fit)
     losses = trainer.train()
     if losses:
         logger.info("steps %d..%d: first loss %.4f, last loss %.4f", trainer.start_step - len(losses) + 1, trainer.start_step, losses[0], losses[-1])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,6 +14,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from vpp.tvp.config import CONFIG_NAME
 from vpp.tvp.data.mixture import MixtureClipDataset, collate_clips
 from vpp.tvp.model import TextGuidedVideoPredictor
 from vpp.tvp.trainer import AcceleratedTrainer
@@ -39,24 +43,66 @@ class TrainConfig:
     num_workers: int = 0
 
 
+VAE_FIT_NAME = "vae_fit.json"
+
+
+def base_folder(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "base"
+
+
+def is_complete_base(folder: Path) -> bool:
+    """``write_base`` renames a finished folder into place, so its config marks it complete."""
+    return (folder / CONFIG_NAME).is_file()
+
+
+def write_base(model: TextGuidedVideoPredictor, folder: Path, vae_fit: dict | None = None) -> None:
+    """Saves the model a run starts from under a temporary name and renames it into place, so a
+    run killed mid-write leaves no ``base/`` that a rerun could take for a finished one.
+    ``vae_fit`` (what ``fit_vae`` did, if anything) is kept beside it as ``vae_fit.json``."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if vae_fit is not None:
+        (tmp / VAE_FIT_NAME).write_text(json.dumps(vae_fit, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def read_vae_fit(folder: Path) -> dict | None:
+    path = folder / VAE_FIT_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class TVPTrainer(AcceleratedTrainer):
     """Trains ``model``'s UNet (and text projection) on ``dataset``; resumes from ``output_dir``.
 
-    The frozen VAE and text encoder are saved once, at the start of a run, in ``output_dir/base``;
-    checkpoints hold only what trains, and a resumed run rebuilds the model from ``base``.
+    The model a run starts from, frozen VAE and text encoder included, is written to
+    ``output_dir/base`` (with ``vae_fit``, the record of a VAE fit, if given) whenever the run
+    starts without a checkpoint; checkpoints hold only what trains, and a resumed run rebuilds
+    the model from ``base``.
     """
 
     name = "tvp train"
 
-    def __init__(self, model: TextGuidedVideoPredictor, dataset: MixtureClipDataset, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: TextGuidedVideoPredictor,
+        dataset: MixtureClipDataset,
+        config: TrainConfig,
+        vae_fit: dict | None = None,
+    ) -> None:
+        self.vae_fit = vae_fit
         super().__init__(model, dataset, collate_clips, config)
 
     def prepare_model(self, model: TextGuidedVideoPredictor, checkpoint: Path | None) -> TextGuidedVideoPredictor:
-        base = self.output_dir / "base"
+        base = base_folder(self.output_dir)
         if checkpoint is not None:
             model = TextGuidedVideoPredictor.from_pretrained(base)
-        elif self.accelerator.is_main_process and not (base / "tvp_config.json").is_file():
-            model.save_pretrained(base)
+        elif self.accelerator.is_main_process:
+            # a base/ left by a start killed before its first checkpoint is replaced: what trains
+            # from step 0 is the model given now
+            write_base(model, base, self.vae_fit)
         if self.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
         return model
