@@ -1,4 +1,5 @@
-"""The scripted expert grasps the cube in the sim; `vpp-robot collect` writes and resumes a LeRobot dataset."""
+"""The scripted expert grasps and lifts the cube in the sim; the simulator's grasp test; the
+simulated-time loop; `vpp-robot collect` writes and resumes a LeRobot dataset."""
 
 from dataclasses import replace
 
@@ -6,53 +7,100 @@ import numpy as np
 import pytest
 
 from vpp.data.lerobot import LeRobotDataset
-from vpp.robots.collect import CollectConfig, CollectionError, collect_sim_demos
-from vpp.robots.control_loop import chunk_to_waypoints, state_vector
-from vpp.robots.drivers.sim import CUBE_HALF_SIZE_M, SimConfig, SimPanda
+from vpp.robots.collect import CollectConfig, CollectionError, collect_sim_demos, load_collection_state
+from vpp.robots.control_loop import RolloutRecorder, chunk_to_waypoints
+from vpp.robots.drivers.sim import CUBE_HALF_SIZE_M, GRASP_LIFT_M, SimConfig, SimPanda, build_sim_arm
 from vpp.robots.experts import GRASP_INSTRUCTION, GraspCubeExpert
-from vpp.robots.interfaces import EndEffectorPose
-from vpp.robots.safety import SafetyFilter
-
-SERVO_PERIOD_S = 0.01
-POLICY_PERIOD_S = 0.1
+from vpp.robots.policies import HoldPolicy
+from vpp.robots.sim_loop import PolicyOutputError, SimulatedTimeConfig, SimulatedTimeLoop
 
 
 @pytest.fixture
 def arm():
-    robot = SimPanda(SimConfig(realtime=False, image_height=32, image_width=32, start_tcp_position="ready", object_jitter_m=0.1))
-    # Physics only moves in advance(): the filter's rate limits must run on simulated time.
-    limits = replace(SimPanda.default_limits(), control_period_s=SERVO_PERIOD_S)
-    robot.safety_filter = SafetyFilter(limits, robot.forward_kinematics, clock=lambda: robot.data.time)
+    robot = build_sim_arm("sim-panda", SimConfig(realtime=False, image_height=32, image_width=32, start_tcp_position="ready", object_jitter_m=0.1), 100.0)
     robot.connect()
     yield robot
     robot.close()
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_the_expert_grasps_the_cube_from_the_ready_pose(arm, seed):
+def run_expert(arm, seed: int, recorder: RolloutRecorder | None = None):
     arm.reset(seed)
-    start = arm.observe()
-    np.testing.assert_allclose(start.ee_position, SimPanda.ready_tcp_position, atol=5e-3)
-    spawn = arm.object_position()
     expert = GraspCubeExpert(arm)
-    # The ControlLoop's pattern in simulated time: one chunk per policy tick, its first waypoint
-    # streamed to the servo at the servo rate.
-    for _ in range(round(10.0 / POLICY_PERIOD_S)):
-        state = arm.observe()
-        if expert.done(state):
-            break
-        chunk = expert.act({"state": state_vector(state)}, GRASP_INSTRUCTION)
-        waypoint = chunk_to_waypoints(chunk[:1], state.ee_position, state.ee_quaternion)[0]
-        for _ in range(round(POLICY_PERIOD_S / SERVO_PERIOD_S)):
-            arm.send(EndEffectorPose(waypoint[:3], waypoint[3:7], gripper=float(waypoint[7])))
-            arm.advance(SERVO_PERIOD_S)
+    loop = SimulatedTimeLoop(arm, arm.cameras() if recorder is not None else [], expert, SimulatedTimeConfig(execute_steps=None), recorder=recorder)
+    return expert, loop.run(GRASP_INSTRUCTION, max_ticks=150, until=expert.done)
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_the_expert_grasps_and_lifts_the_cube_from_the_ready_pose(arm, seed):
+    arm.reset(seed)
+    np.testing.assert_allclose(arm.observe().ee_position, SimPanda.ready_tcp_position, atol=5e-3)
+    spawn = arm.object_position()
+    assert not arm.object_grasped() and arm.object_lift_m() == pytest.approx(0.0, abs=1e-6)
+    expert, report = run_expert(arm, seed)
     final = arm.observe()
-    assert expert.done(final), f"tcp {final.ee_position.round(3)} cube {arm.object_position().round(3)} gripper {final.gripper_opening:.2f}"
-    assert arm.data.time < 8.0
+    assert report.finished, f"tcp {final.ee_position.round(3)} cube {arm.object_position().round(3)} gripper {final.gripper_opening:.2f}"
+    assert report.simulated_s < 8.0
+    assert arm.object_grasped(lift_m=expert.lift_m) and arm.object_held()
     # It closed on the cube instead of shoving it aside, and the fingers did not shut on nothing.
     assert np.linalg.norm(arm.object_position()[:2] - spawn[:2]) < 0.01
     # (on the 5 cm cube the 8 cm hand stops at about 0.62 of its opening)
     assert final.gripper_opening > 0.4
+
+
+def test_the_grasp_test_needs_the_cube_both_lifted_and_between_the_fingers(arm):
+    expert, report = run_expert(arm, 5)
+    assert report.finished and arm.object_grasped()
+    # Opened, the hand lets the cube fall back to the table: no longer held, no longer lifted.
+    arm.reset(5)
+    cube = arm._cube_qpos
+    # A cube placed in the air away from the hand is lifted but held by nothing.
+    arm.data.qpos[cube + 2] = CUBE_HALF_SIZE_M + 2 * GRASP_LIFT_M
+    arm.data.qpos[cube] += 0.1
+    arm._mujoco.mj_forward(arm.model, arm.data)
+    assert arm.object_lift_m() > GRASP_LIFT_M and not arm.object_held() and not arm.object_grasped()
+    arm.advance(1.0)
+    assert arm.object_lift_m() == pytest.approx(0.0, abs=2e-3), "the unsupported cube falls back onto the table"
+
+
+def test_closing_on_the_cube_without_lifting_it_is_not_a_grasp(arm):
+    arm.reset(7)
+    expert = GraspCubeExpert(arm, lift_m=0.0)
+    # lift_m=0: the expert stops as soon as it holds the cube, still resting on the table.
+    SimulatedTimeLoop(arm, [], expert, SimulatedTimeConfig(execute_steps=None)).run(GRASP_INSTRUCTION, 150, until=lambda _: expert.holding(arm.observe().gripper_opening))
+    arm.advance(0.3)
+    assert arm.object_held()
+    assert arm.object_lift_m() < GRASP_LIFT_M and not arm.object_grasped()
+
+
+def test_the_simulated_time_loop_records_steps_that_replay_the_commanded_waypoints(arm):
+    recorder = RolloutRecorder(["scene", "wrist"])
+    _, report = run_expert(arm, 2, recorder)
+    assert report.finished and len(recorder) == report.ticks
+    assert report.simulated_s == pytest.approx(report.ticks * 0.1, abs=1e-6)
+    states, actions = np.stack(recorder.states), np.stack(recorder.actions)
+    # The recorded steps, accumulated from the first observed pose, end where the hand went (it
+    # trails the last waypoint by its tracking lag only), as the policy's chunks will be replayed.
+    replayed = chunk_to_waypoints(actions, states[0, :3], states[0, 3:7])
+    assert np.linalg.norm(replayed[-1, :3] - arm.observe().ee_position) < 0.01
+    # Steps, not gaps to a lagging arm: while it travels, a recorded move is the expert's per-tick step.
+    assert np.median(np.linalg.norm(actions[:, :3], axis=1)) == pytest.approx(GraspCubeExpert.speed_m_s * 0.1, abs=1e-6)
+    assert actions[0, 6] == 1.0 and actions[-1, 6] == 0.0
+    assert recorder.images["scene"][0].shape == (32, 32, 3)
+
+
+def test_the_simulated_time_loop_refuses_a_realtime_arm_and_bad_chunks():
+    realtime = SimPanda(SimConfig(image_height=32, image_width=32))
+    with pytest.raises(ValueError, match="realtime=False"):
+        SimulatedTimeLoop(realtime, [], HoldPolicy())
+
+    class WrongShape:
+        def act(self, observation, instruction):
+            return np.zeros((4, 6))
+
+    stepped = build_sim_arm("sim-panda", SimConfig(realtime=False, image_height=32, image_width=32), 100.0)
+    with stepped:
+        with pytest.raises(PolicyOutputError, match=r"\(4, 6\)"):
+            SimulatedTimeLoop(stepped, [], WrongShape()).run("x", max_ticks=3)
 
 
 def test_reset_respawns_the_cube_by_seed_and_homes_the_arm(arm):
@@ -83,16 +131,20 @@ def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
     actions = episode.column("action")
     states = episode.column("observation.state")
     assert actions.shape == (episode.length, 7) and states.shape == (episode.length, 8)
-    # It moved down to the cube and closed the gripper at the end.
-    assert states[-1, 2] < states[0, 2] - 0.1
+    # It moved down to the cube, closed the gripper and lifted the cube.
+    assert states[:, 2].min() < states[0, 2] - 0.2 and states[-1, 2] > states[:, 2].min() + 0.04
     assert actions[0, 6] == 1.0 and actions[-1, 6] == 0.0
     first_length = episode.length
+    _, state = load_collection_state(tmp_path)
+    assert state.next_attempt == 1 and len(state.cube_starts) == 1
 
     more = collect_sim_demos(tmp_path, replace(config, episodes=2), progress_bar=False)
     assert more.kept == 2
     resumed = LeRobotDataset(tmp_path)
     assert resumed.num_episodes == 2 and resumed.episode(0).length == first_length
     np.testing.assert_array_equal(resumed.episode(0).column("action"), actions)
+    _, state = load_collection_state(tmp_path)
+    assert len(state.cube_starts) == state.next_attempt == 2 and state.cube_starts[0] != state.cube_starts[1]
     # Asking for what is already there collects nothing; other settings are refused.
     assert collect_sim_demos(tmp_path, replace(config, episodes=2), progress_bar=False).next_attempt == more.next_attempt
     with pytest.raises(CollectionError, match="object_jitter_m"):

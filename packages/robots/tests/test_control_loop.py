@@ -16,6 +16,7 @@ from vpp.robots.control_loop import (
     chunk_to_waypoints,
     combine_waypoints,
     ensemble_weights,
+    waypoint_step,
 )
 from vpp.robots.interfaces import Camera, ControllerFault, EndEffectorPose, Robot, RobotState
 from vpp.robots.policies import HoldPolicy, SinePolicy
@@ -228,6 +229,52 @@ def test_a_recorded_rollout_reads_back_as_a_lerobot_episode(tmp_path):
     np.testing.assert_allclose(episode.column("action"), np.stack(recorder.actions), rtol=1e-6)
     frames = episode.read_frames("observation.images.wrist", [0, episode.length - 1])
     assert frames.shape == (2, 32, 48, 3)
+
+
+class LaggingArm(IdealArm):
+    """Moves a fixed fraction of the way to each target it receives, like a servo behind its setpoint."""
+
+    def __init__(self, limits: SafetyLimits, follow: float):
+        super().__init__(limits)
+        self.follow = follow
+
+    def _send_filtered(self, command) -> None:
+        with self.lock:
+            self.received.append((time.monotonic(), command))
+            self.position = self.position + self.follow * (command.position - self.position)
+            self.quaternion = command.quaternion.copy()
+
+
+def test_waypoint_steps_invert_chunk_to_waypoints():
+    rng = np.random.default_rng(0)
+    chunk = np.concatenate([rng.uniform(-0.01, 0.01, (5, 3)), rng.uniform(-0.05, 0.05, (5, 3)), rng.uniform(0, 1, (5, 1))], axis=1)
+    waypoints = chunk_to_waypoints(chunk, START, DOWN)
+    previous = np.concatenate([START, DOWN, [1.0]])
+    steps = []
+    for waypoint in waypoints:
+        steps.append(waypoint_step(previous, waypoint))
+        previous = waypoint
+    np.testing.assert_allclose(np.stack(steps), chunk, atol=1e-6)
+
+
+def test_recorded_actions_are_the_commanded_steps_not_the_arms_tracking_lag():
+    # An arm that trails its targets: the gap between its observed pose and the next waypoint is
+    # the commanded step plus the lag. A recording that stored that gap as the action would make a
+    # replayed chunk run ahead of the motion it was recorded from (1.6x on the sim Panda).
+    step = 0.002
+    arm = LaggingArm(SafetyLimits(control_period_s=0.01), follow=0.1)
+    recorder = RolloutRecorder(["scene"])
+    policy = SlowPolicy(delay_s=0.0, chunk=8, step_m=step)
+    loop = ControlLoop(arm, [NoiseCamera("scene")], policy, ControlLoopConfig(policy_rate_hz=20.0, servo_rate_hz=100.0, execute_steps=8), recorder=recorder)
+    report = loop.run("push", max_ticks=20)
+    assert report.stop_reason is None and report.chunks >= 2
+    actions = np.stack(recorder.actions)
+    # Within a chunk every recorded action is the policy's step (a chunk's first one differs: it
+    # starts from the observed, lagging pose, after any stale actions were dropped).
+    assert np.median(actions[:, 0]) == pytest.approx(step, abs=1e-6)
+    # Replayed from the first observed pose, the recorded steps end where the commands ended.
+    travelled = START[0] + actions[:, 0].sum()
+    assert abs(travelled - arm.received[-1][1].position[0]) < 2 * step
 
 
 def test_until_ends_the_run_at_the_first_tick_it_holds_and_that_tick_is_not_recorded():

@@ -1,10 +1,13 @@
 """`vpp-robot run`: a policy on a simulated or real arm, with a live rate/latency readout;
-`vpp-robot collect`: scripted-expert demonstrations on a simulated arm.
+`vpp-robot collect`: scripted-expert demonstrations on a simulated arm;
+`vpp-robot eval-grasp`: how often a policy grasps the cube on the simulated arm, from unseen cube positions.
 
 `run` writes into --out: `rollout.mp4` (all cameras side by side), `latency_report.json` (the
 ControlLoop report, including the achieved policy rate and whether it held the target, plus the
 run's settings) and, unless --no-record, `dataset/`, the rollout as a LeRobotDataset v3 episode.
 `collect` writes a LeRobotDataset v3 folder of `GraspCubeExpert` episodes (see vpp.robots.collect).
+`eval-grasp` writes `grasp_eval.json` and `grasps.mp4` into --out and prints `grasped K/N`
+(see vpp.robots.grasp_eval).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopReport, RolloutRecorder
+from vpp.robots.grasp_eval import EVAL_SEED
 from vpp.robots.interfaces import Camera, Robot
 from vpp.robots.policies import BUILT_IN_POLICIES, load_policy
 from vpp.robots.safety import SafetyFilter, SafetyLimits
@@ -168,6 +172,31 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_grasp(args: argparse.Namespace) -> int:
+    from vpp.robots.grasp_eval import GraspEvalConfig, evaluate_grasps
+
+    policy = load_policy(args.policy, threads=args.inference_threads)
+    config = GraspEvalConfig(
+        robot=args.robot,
+        episodes=args.episodes,
+        seed=args.seed,
+        max_seconds=args.max_seconds,
+        rate_hz=args.rate,
+        servo_rate_hz=args.servo_rate,
+        execute_steps=args.execute_steps,
+        image_size=args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE,
+        object_jitter_m=args.object_jitter,
+    )
+    result = evaluate_grasps(policy, args.instruction, config, demos=args.demos, out=args.out)
+    seconds = [rollout.wall_s for rollout in result.rollouts]
+    print(
+        f"{result.summary()} (cube lifted >= {100 * config.lift_m:.0f} cm between the fingers within "
+        f"{config.max_seconds:g} s, from cube positions not in the demonstrations; {result.wall_s:.0f} s wall, "
+        f"{np.mean(seconds):.1f} s per rollout)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vpp-robot", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--no-record", dest="record", action="store_false", help="skip the LeRobot episode")
     # Defaults match `collect`, so that a policy trained on its demonstrations starts in their scene.
     run_parser.add_argument("--sim-start", choices=("ready", "home"), default="ready", help="simulated arm's start pose")
-    run_parser.add_argument("--sim-seed", type=int, default=1000, help="cube spawn seed (collect uses seeds from 0)")
+    run_parser.add_argument("--sim-seed", type=int, default=EVAL_SEED, help="cube spawn seed (collect uses seeds from 0)")
     run_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
     run_parser.set_defaults(func=run)
     collect_parser = commands.add_parser(
@@ -211,6 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     collect_parser.add_argument("--seed", type=int, default=0, help="attempt k spawns the cube from seed + k")
     collect_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
     collect_parser.set_defaults(func=collect)
+    eval_parser = commands.add_parser(
+        "eval-grasp", help="grasp success of a policy on the simulated arm, from cube positions not in the demonstrations"
+    )
+    eval_parser.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
+    eval_parser.add_argument("--policy", required=True, help=f"an artifact folder, a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}")
+    eval_parser.add_argument("--instruction", required=True)
+    eval_parser.add_argument("--episodes", type=int, default=10, help="rollouts")
+    eval_parser.add_argument("--seed", type=int, default=EVAL_SEED, help="rollout k spawns the cube from seed + k")
+    eval_parser.add_argument("--demos", help="the demonstrations' folder: refuse seeds or cube starts it was collected from")
+    eval_parser.add_argument("--out", default="grasp_eval")
+    eval_parser.add_argument("--max-seconds", type=float, default=15.0, help="simulated seconds per rollout")
+    eval_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
+    eval_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
+    eval_parser.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
+    eval_parser.add_argument("--image-size", type=int, default=None, help="simulated camera side, pixels (default: the artifact's)")
+    eval_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    eval_parser.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
+    eval_parser.set_defaults(func=eval_grasp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The filter logs every clamp at INFO, 100 times a second while streaming; the readout is the live view.

@@ -12,7 +12,8 @@ Three threads:
 Actions are 7 numbers per step: end-effector translation delta (m) and rotation-vector delta
 (rad) in the base frame, and the absolute gripper opening in [0, 1]. A chunk computed from the
 observation taken at tick n is turned into absolute waypoints (deltas accumulated from the
-observed pose), and its action i is due at tick n + 1 + i. Only the first `execute_steps`
+observed pose), and its action i is due at tick n + 1 + i. A recording stores, per tick, the step
+from the waypoint the arm was heading for to the one handed out (`waypoint_step`). Only the first `execute_steps`
 actions of a chunk are scheduled; those whose tick has already been handed out when the chunk
 arrives are stale and dropped (as diffusion_policy's real-robot loop drops actions whose
 timestamp has passed). With `temporal_ensemble_decay` set, every chunk's prediction for a tick is
@@ -149,10 +150,14 @@ def state_vector(state: RobotState) -> np.ndarray:
     return np.concatenate([state.ee_position, state.ee_quaternion, [gripper]]).astype(np.float32)
 
 
-def waypoint_as_action(waypoint: np.ndarray, state: RobotState) -> np.ndarray:
-    """The delta action that takes the observed pose to `waypoint` (what a recording stores)."""
-    rotation = quaternion_to_rotvec(quaternion_multiply(waypoint[3:7], quaternion_conjugate(state.ee_quaternion)))
-    return np.concatenate([waypoint[:3] - state.ee_position, rotation, [waypoint[7]]]).astype(np.float32)
+def waypoint_step(previous: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
+    """The delta action from one waypoint to the next (what a recording stores): the inverse of
+    `chunk_to_waypoints`, so that a recorded stretch of actions replayed from the pose observed at
+    its start retraces the waypoints the loop commanded. (The gap between the observed pose and
+    its waypoint is the arm's tracking lag; folded into every action, it would make a replayed
+    chunk run ahead of the motion it was recorded from.)"""
+    rotation = quaternion_to_rotvec(quaternion_multiply(waypoint[3:7], quaternion_conjugate(previous[3:7])))
+    return np.concatenate([waypoint[:3] - previous[:3], rotation, [waypoint[7]]]).astype(np.float32)
 
 
 # The achieved policy rate counts as holding the target within this fraction (a tick skipped
@@ -240,7 +245,7 @@ def rollout_features(camera_shapes: Mapping[str, Sequence[int]]) -> dict[str, di
     return features
 
 
-class _Interpolator:
+class WaypointInterpolator:
     """The servo thread's target: a straight segment (slerp for rotation) ending at a due time."""
 
     def __init__(self, waypoint: np.ndarray, now: float):
@@ -333,7 +338,7 @@ class ControlLoop:
                 self._inference_busy.clear()
             self._results.put((tick, chunk, state))
 
-    def _servo_worker(self, interpolator: _Interpolator) -> None:
+    def _servo_worker(self, interpolator: WaypointInterpolator) -> None:
         period = self.config.servo_period_s
         next_tick = time.monotonic()
         previous = None
@@ -420,7 +425,7 @@ class ControlLoop:
             self._results.put((0, first_chunk, state))
         held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
         start = time.monotonic()
-        interpolator = _Interpolator(held, start)
+        interpolator = WaypointInterpolator(held, start)
         threads = [
             threading.Thread(target=self._inference_worker, args=(instruction,), name="vpp-inference", daemon=True),
             threading.Thread(target=self._servo_worker, args=(interpolator,), name="vpp-servo", daemon=True),
@@ -460,6 +465,7 @@ class ControlLoop:
                     first_chunk_seen = True
                     self._accept_chunk(schedule, chunk_tick, chunk, chunk_state, tick)
                 due = tick + 1
+                previous_waypoint = held
                 predictions = schedule.pop(due, None)
                 for old in [t for t in schedule if t < due]:
                     del schedule[old]
@@ -476,7 +482,7 @@ class ControlLoop:
                     self._inference_busy.set()
                     self._requests.put((tick, observation, state))
                 if self.recorder is not None:
-                    self.recorder.add(images, state_vector(state), waypoint_as_action(held, state))
+                    self.recorder.add(images, state_vector(state), waypoint_step(previous_waypoint, held))
                 if self.on_progress is not None and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self.on_progress(self._summarise(tick_times, start))

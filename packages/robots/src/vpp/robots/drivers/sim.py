@@ -14,7 +14,8 @@ servos). gym-xarm pins mujoco<3 in its metadata but its model loads in MuJoCo 3;
 `pip install --no-deps gym-xarm==0.1.1` (it is only read, never imported).
 
 `reset(seed)` starts a new episode (arm at its start pose, the cube respawned from `seed`) and
-`object_position()` gives the cube's true position, for scripted experts and scoring.
+`object_position()` gives the cube's true position, for scripted experts and scoring;
+`object_grasped()` says from the simulation's state whether the hand holds the cube up (see there).
 
 Cameras ("scene", a fixed view of the table, and "wrist", on the hand) render off-screen; call
 `vpp.data.offscreen_gl.ensure_offscreen_gl()` before anything imports GL (`SimArm` does it).
@@ -53,6 +54,9 @@ logger = logging.getLogger(__name__)
 CAMERA_NAMES = ("scene", "wrist")
 RENDER_QUALITIES = ("fast", "full")
 CUBE_HALF_SIZE_M = 0.025
+# A grasp counts once the cube's centre is this far above where it rests on the table while both
+# fingers touch it: a cube pushed, tipped or pinched against the table stays below it.
+GRASP_LIFT_M = 0.03
 # Real-time stepping gives up on catching up after this much lag (a stalled process), instead of
 # fast-forwarding the physics in one burst.
 _MAX_CATCH_UP_S = 0.1
@@ -151,6 +155,9 @@ class SimArm(Robot):
     # A start pose low over the table with the gripper pointing down (base frame): close enough to
     # the cube for short demonstrations, high enough to clear it anywhere in its spawn area.
     ready_tcp_position: tuple[float, float, float]
+    # The two sides of the gripper, each as the bodies whose subtrees touch an object held
+    # between them (for `object_held`).
+    finger_bodies: tuple[tuple[str, ...], tuple[str, ...]]
 
     def __init__(self, config: SimConfig | None = None, safety_filter: SafetyFilter | None = None):
         super().__init__(safety_filter or SafetyFilter(self.default_limits()))
@@ -179,6 +186,8 @@ class SimArm(Robot):
         self._base_body = self.model.body(self.base_body_name).id
         self._cube_qpos = self.model.joint(self.model.body("vpp_cube").jntadr[0]).qposadr[0]
         self._cube_dof = self.model.joint(self.model.body("vpp_cube").jntadr[0]).dofadr[0]
+        self._cube_body = self.model.body("vpp_cube").id
+        self._finger_subtrees = tuple(self._subtree_bodies(roots) for roots in self.finger_bodies)
         self._scene_option = mujoco.MjvOption()
         if self.config.render_quality == "fast":
             self.model.light_castshadow[:] = 0
@@ -240,6 +249,15 @@ class SimArm(Robot):
         jitter = np.random.default_rng(seed).uniform(-self.config.object_jitter_m, self.config.object_jitter_m, size=2)
         return np.array([centre[0] + jitter[0], centre[1] + jitter[1], top + CUBE_HALF_SIZE_M])
 
+    def _subtree_bodies(self, roots: tuple[str, ...]) -> frozenset[int]:
+        """Ids of the bodies `roots` and every body below them."""
+        members = {self.model.body(name).id for name in roots}
+        # Bodies are numbered parents first, so one pass in id order collects every descendant.
+        for body in range(self.model.nbody):
+            if self.model.body_parentid[body] in members:
+                members.add(body)
+        return frozenset(members)
+
     @staticmethod
     def _add_servos(spec, joint_names: tuple[str, ...], kp: float, kv: float) -> None:
         import mujoco
@@ -293,6 +311,31 @@ class SimArm(Robot):
             base_position, base_quaternion = self._base_pose()
             cube = self.data.qpos[self._cube_qpos : self._cube_qpos + 3].copy()
         return _rotate(quaternion_conjugate(base_quaternion), cube - base_position)
+
+    def object_lift_m(self) -> float:
+        """How far the cube's centre is above the height at which it rests on the table."""
+        _, top = self._table_top()
+        with self._lock:
+            return float(self.data.qpos[self._cube_qpos + 2] - (top + CUBE_HALF_SIZE_M))
+
+    def object_held(self) -> bool:
+        """Both sides of the gripper touch the cube (MuJoCo's contacts of the current state)."""
+        touching = [False, False]
+        with self._lock:
+            for contact in self.data.contact[: self.data.ncon]:
+                bodies = {int(self.model.geom_bodyid[contact.geom1]), int(self.model.geom_bodyid[contact.geom2])}
+                if self._cube_body not in bodies:
+                    continue
+                other = (bodies - {self._cube_body}).pop() if len(bodies) == 2 else -1
+                for side, subtree in enumerate(self._finger_subtrees):
+                    touching[side] |= other in subtree
+        return all(touching)
+
+    def object_grasped(self, lift_m: float = GRASP_LIFT_M) -> bool:
+        """The grasp test of the demo's rollouts, from the simulation's state alone: the cube's
+        centre is at least `lift_m` above its resting height and both fingers touch it, so it is
+        held up by the hand (not resting on the table, tipped onto an edge or pushed along)."""
+        return self.object_lift_m() >= lift_m and self.object_held()
 
     @property
     def num_joints(self) -> int:
@@ -381,6 +424,11 @@ class SimArm(Robot):
             renderer.close()
 
     # -- simulation ------------------------------------------------------------------------
+
+    def simulated_time(self) -> float:
+        """Seconds of physics run since the model was built."""
+        with self._lock:
+            return float(self.data.time)
 
     def advance(self, seconds: float) -> None:
         """Runs the controller and physics for `seconds` of simulated time (realtime=False)."""
@@ -517,6 +565,7 @@ class SimPanda(SimArm):
     # franky-sim's FR3 keeps its visual meshes in group 2 and convex collision meshes in group 3.
     low_poly_mesh_groups = (2, 3)
     ready_tcp_position = (0.45, 0.0, 0.3)
+    finger_bodies = (("left_finger",), ("right_finger",))
     base_body_name = "base"
     # Franka's flange-to-fingertip-centre offset, along the hand's z axis.
     _TCP_OFFSET_M = 0.1034
@@ -578,6 +627,7 @@ class SimXArm(SimArm):
     robot_type = "sim_xarm7"
     # The table top is 0.11 m below this arm's base.
     ready_tcp_position = (0.4, 0.0, 0.12)
+    finger_bodies = (("left_outer_knuckle", "left_inner_knuckle"), ("right_outer_knuckle", "right_inner_knuckle"))
     base_body_name = "link0"
     _GRIPPER_CLOSED_RAD = 0.85
     _GRIPPER_GAIN = 20.0
@@ -629,4 +679,8 @@ def build_sim_arm(name: str, config: SimConfig, servo_rate_hz: float) -> SimArm:
         raise ValueError(f"simulated arm {name!r}; expected one of {sorted(SIM_ARMS)}")
     arm_class = SIM_ARMS[name]
     limits = dataclasses.replace(arm_class.default_limits(), control_period_s=1.0 / servo_rate_hz)
-    return arm_class(config, SafetyFilter(limits))
+    arm = arm_class(config, SafetyFilter(limits))
+    if not config.realtime:
+        # Physics moves only in advance(): the filter's rate limits must run on simulated time.
+        arm.safety_filter = SafetyFilter(limits, arm.forward_kinematics, clock=arm.simulated_time)
+    return arm
