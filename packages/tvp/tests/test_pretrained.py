@@ -1,23 +1,37 @@
+import json
+
+import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from vpp.tvp.config import preset
+from vpp.tvp.cli import main
+from vpp.tvp.config import ConfigError, TVPConfig, preset
 from vpp.tvp.features import predictive_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 from vpp.tvp.text import byte_tokenizer
 
 
-def test_loads_a_diffusers_svd_folder_and_a_clip_folder(tmp_path):
+def save_svd_and_clip(root, variant=None):
+    """Tiny diffusers SVD and CLIP folders as save_pretrained writes them; with ``variant="fp16"``
+    the SVD folder holds only half-precision weight files, as released SVD folders can."""
     config = preset("tiny")
     torch.manual_seed(1)
     unet = UNetSpatioTemporalConditionModel(**config.unet)
     vae = AutoencoderKLTemporalDecoder(**config.vae)
     text = CLIPTextModelWithProjection(CLIPTextConfig(**config.text_encoder))
-    unet.save_pretrained(tmp_path / "svd" / "unet")
-    vae.save_pretrained(tmp_path / "svd" / "vae")
-    text.save_pretrained(tmp_path / "clip" / "text_encoder")
-    byte_tokenizer().save_pretrained(str(tmp_path / "clip" / "tokenizer"))
+    if variant is not None:
+        unet, vae = unet.half(), vae.half()
+    unet.save_pretrained(root / "svd" / "unet", variant=variant)
+    vae.save_pretrained(root / "svd" / "vae", variant=variant)
+    text.save_pretrained(root / "clip" / "text_encoder")
+    byte_tokenizer().save_pretrained(str(root / "clip" / "tokenizer"))
+    return unet, vae, text
+
+
+def test_loads_a_diffusers_svd_folder_and_a_clip_folder_and_saves_it_as_a_tvp(tmp_path):
+    unet, vae, text = save_svd_and_clip(tmp_path)
     assert list((tmp_path / "svd" / "unet").glob("*.safetensors"))
 
     model = TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=32, num_frames=8)
@@ -26,6 +40,59 @@ def test_loads_a_diffusers_svd_folder_and_a_clip_folder(tmp_path):
     assert model.config.cross_attention_dim == 32
     ids = model.tokenize(["pick up the cup"])
     assert torch.equal(model.text_encoder(input_ids=ids).last_hidden_state, text(input_ids=ids).last_hidden_state)
+
+    model.save_pretrained(tmp_path / "tvp")
+    assert "_name_or_path" not in json.loads((tmp_path / "tvp" / "tvp_config.json").read_text())["unet"]
+    loaded = TextGuidedVideoPredictor.from_pretrained(tmp_path / "tvp")
+    assert loaded.config == model.config
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(loaded.vae.state_dict()[name], tensor), name
+
+
+def test_the_fp16_variant_loads_as_float32(tmp_path):
+    unet, vae, _ = save_svd_and_clip(tmp_path, variant="fp16")
+    model = TextGuidedVideoPredictor.from_svd(
+        tmp_path / "svd", tmp_path / "clip", image_size=32, num_frames=8, variant="fp16"
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    for name, tensor in unet.state_dict().items():
+        assert torch.equal(model.unet.state_dict()[name], tensor.float()), name
+    with pytest.raises(FileNotFoundError, match="variant 'bf16'"):
+        TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", variant="bf16")
+
+
+def test_svd_sizes_are_checked_against_the_vae_and_unet(tmp_path):
+    save_svd_and_clip(tmp_path)
+    model = TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=64, num_frames=4)
+    assert (model.config.image_size, model.config.num_frames, model.config.latent_size) == (64, 4, 32)
+    with pytest.raises(ConfigError, match="not divisible by the VAE"):
+        TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=33)
+    # 34 px: 17x17 latents, which the tiny UNet's one downsampling cannot halve
+    with pytest.raises(ConfigError, match="cannot halve"):
+        TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=34)
+
+
+def test_the_cli_trains_from_svd_and_clip_folders(tmp_path):
+    unet, vae, _ = save_svd_and_clip(tmp_path, variant="fp16")
+    svd, clip, out = str(tmp_path / "svd"), str(tmp_path / "clip"), tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "no-clip")):
+        main(["train", "--svd", svd, "--clip", str(tmp_path / "no-clip"), "--output", str(out)])
+    with pytest.raises(SystemExit, match="--preset small and --svd exclude each other"):
+        main(["train", "--svd", svd, "--clip", clip, "--preset", "small", "--output", str(out)])
+    main([
+        "train", "--svd", svd, "--clip", clip, "--variant", "fp16", "--image-size", "32", "--num-frames", "4",
+        "--data", "builtin:squares", "--steps", "2", "--batch-size", "1", "--checkpoint-every", "1",
+        "--output", str(out),
+    ])
+    config = TVPConfig.load(out / "model")
+    assert config == TVPConfig.load(out / "base")
+    assert (config.image_size, config.num_frames, config.tokenizer) == (32, 4, clip)
+    trained = TextGuidedVideoPredictor.from_pretrained(out / "model")
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(trained.vae.state_dict()[name], tensor.float()), name
+    trained_unet = load_file(out / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(trained_unet[k], v.float()) for k, v in unet.state_dict().items())
 
 
 def test_save_and_load_give_identical_features(tmp_path, tiny_model):
@@ -40,7 +107,5 @@ def test_save_and_load_give_identical_features(tmp_path, tiny_model):
 
 
 def test_missing_svd_folder_is_a_clear_error(tmp_path):
-    import pytest
-
     with pytest.raises(FileNotFoundError, match="not a diffusers SVD folder"):
         TextGuidedVideoPredictor.from_svd(tmp_path, tmp_path)

@@ -52,14 +52,27 @@ def build_dataset(args, model):
 def load_model(args):
     from vpp.tvp.model import TextGuidedVideoPredictor
 
-    if getattr(args, "model", None):
+    sizes = {k: v for k, v in (("image_size", args.image_size), ("num_frames", args.num_frames)) if v is not None}
+    if args.model:
+        if args.svd or args.preset or sizes:
+            raise SystemExit(
+                "--model's own config fixes the model: drop --svd, --preset, --image-size and --num-frames"
+            )
         return TextGuidedVideoPredictor.from_pretrained(args.model)
-    if getattr(args, "svd", None):
+    if args.svd:
+        if args.preset:
+            raise SystemExit(
+                f"--preset {args.preset} and --svd exclude each other: the SVD folder's configs give the sizes "
+                "(set the video's with --image-size and --num-frames)"
+            )
         if not args.clip:
             raise SystemExit("--svd needs --clip (a local CLIP text encoder + tokenizer folder)")
-        return TextGuidedVideoPredictor.from_svd(args.svd, args.clip)
+        sizes = {"image_size": 256, "num_frames": 16, **sizes}
+        return TextGuidedVideoPredictor.from_svd(args.svd, args.clip, variant=args.variant, **sizes)
+    if args.variant:
+        raise SystemExit("--variant picks the weight files of an --svd folder; there is no --svd")
     torch.manual_seed(args.seed)
-    return TextGuidedVideoPredictor.from_preset(args.preset)
+    return TextGuidedVideoPredictor.from_preset(args.preset or "tiny", **sizes)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -186,14 +199,15 @@ def cmd_features(args) -> None:
 
 def cmd_demo(args) -> None:
     """Tiny TVP on the built-in moving squares: fit its VAE, train it, predict futures."""
-    args.preset, args.model, args.svd = "tiny", None, None
+    args.preset, args.model, args.svd, args.clip, args.variant = "tiny", None, None, None, None
+    args.image_size = args.num_frames = None
     args.data, args.weights = ["builtin:squares"], None
     args.fit_vae_steps, args.latent_cache, args.mixed_precision = args.vae_steps, None, "no"
     args.gradient_checkpointing, args.num_workers = False, 0
     args.checkpoint_every = max(1, args.steps // 4)
     args.output = str(Path(args.out) / "run")
     cmd_train(args)
-    args.model = str(Path(args.out) / "run" / "model")
+    args.model, args.preset = str(Path(args.out) / "run" / "model"), None
     args.image, args.num, args.steps = None, 4, args.sampling_steps
     args.out = str(Path(args.out) / "prediction")
     cmd_generate(args)
@@ -204,11 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vpp-tvp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_args(p, preset_default: str | None = "tiny"):
+    def model_args(p):
         p.add_argument("--model", help="folder written by a TVP run (run/model) or save_pretrained")
         p.add_argument("--svd", help="local diffusers Stable Video Diffusion folder (unet/, vae/)")
         p.add_argument("--clip", help="local CLIP folder (text encoder + tokenizer), with --svd")
-        p.add_argument("--preset", default=preset_default, choices=["tiny", "small", "paper"])
+        p.add_argument("--variant", help="with --svd: weight files of this variant, e.g. fp16 (loaded as float32)")
+        p.add_argument("--preset", choices=["tiny", "small", "paper"], help="a model from scratch (default tiny)")
+        p.add_argument("--image-size", type=int, help="with --svd (default 256) or --preset: frame size in pixels")
+        p.add_argument("--num-frames", type=int, help="with --svd (default 16) or --preset: frames per clip")
         p.add_argument("--seed", type=int, default=0)
 
     def data_args(p):

@@ -96,6 +96,15 @@ class TVPConfig:
                 f"image_size={self.image_size} is not divisible by the VAE's downsampling "
                 f"factor {self.vae_downsample}"
             )
+        unet_downsample = 2 ** (self.num_up_blocks - 1)
+        if self.latent_size % unet_downsample:
+            raise ConfigError(
+                f"image_size={self.image_size} gives {self.latent_size}x{self.latent_size} latents, which the UNet "
+                f"cannot halve {self.num_up_blocks - 1} times; use a multiple of "
+                f"{self.vae_downsample * unet_downsample}"
+            )
+        if self.num_frames < 1:
+            raise ConfigError(f"num_frames={self.num_frames}; expected at least 1")
         blocks = self.features.blocks
         if blocks is not None:
             bad = [b for b in blocks if not 0 <= b < self.num_up_blocks]

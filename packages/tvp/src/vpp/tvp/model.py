@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
@@ -16,6 +18,13 @@ from vpp.tvp.config import CONFIG_NAME, TVPConfig, preset
 from vpp.tvp.text import load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A loaded model's config as the JSON that ``tvp_config.json`` stores: without the loader's
+    private keys (``_name_or_path`` is a Path; ``_class_name`` and versions are not architecture),
+    tuples as lists, so that a saved config reads back equal."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
 
 
 class TextGuidedVideoPredictor(nn.Module):
@@ -88,34 +97,57 @@ class TextGuidedVideoPredictor(nn.Module):
         clip_folder: str | Path,
         image_size: int = 256,
         num_frames: int = 16,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype = torch.float32,
+        variant: str | None = None,
         **config_overrides,
     ) -> TextGuidedVideoPredictor:
         """Builds a TVP from a local Stable Video Diffusion pipeline folder (``unet/``, ``vae/``)
         and a local CLIP folder (``text_encoder/`` + ``tokenizer/`` subfolders, or a flat
-        transformers CLIP checkpoint with its tokenizer files)."""
+        transformers CLIP checkpoint with its tokenizer files).
+
+        ``variant`` picks the weight files of that name (``"fp16"``: the half-precision files
+        released SVD folders ship); they are loaded as ``torch_dtype``, float32 by default, which
+        is what training keeps its weights in. The CLIP folder's files of that variant are used
+        when it has them."""
         svd_folder, clip_folder = Path(svd_folder), Path(clip_folder)
         for sub in ("unet", "vae"):
             if not (svd_folder / sub / "config.json").is_file():
                 raise FileNotFoundError(f"{svd_folder / sub} has no config.json: not a diffusers SVD folder")
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(svd_folder / "unet", torch_dtype=torch_dtype)
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_folder / "vae", torch_dtype=torch_dtype)
         text_folder = clip_folder / "text_encoder" if (clip_folder / "text_encoder").is_dir() else clip_folder
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(text_folder, local_files_only=True, dtype=torch_dtype)
+        if not (text_folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{clip_folder} is not a local CLIP folder: no config.json in it or in its text_encoder/"
+            )
+        for sub in ("unet", "vae"):
+            if variant is not None and not any((svd_folder / sub).glob(f"*.{variant}.*")):
+                raise FileNotFoundError(f"{svd_folder / sub} has no weight files of variant {variant!r}")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(
+            svd_folder / "unet", variant=variant, torch_dtype=torch_dtype
+        )
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_folder / "vae", variant=variant, torch_dtype=torch_dtype)
+        text_variant = variant if variant is not None and any(text_folder.glob(f"*.{variant}.*")) else None
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(
+            text_folder, local_files_only=True, dtype=torch_dtype, variant=text_variant
+        )
         tokenizer = load_tokenizer(str(clip_folder))
+        # the weights hold their dtype; the config records the architecture alone
+        text_config = {k: v for k, v in text_encoder.config.to_diff_dict().items() if k not in ("dtype", "torch_dtype")}
         config = TVPConfig.from_dict(
             dict(
                 image_size=image_size,
                 num_frames=num_frames,
-                unet=dict(unet.config),
-                vae=dict(vae.config),
-                text_encoder=text_encoder.config.to_diff_dict(),
+                unet=_json_config(unet.config),
+                vae=_json_config(vae.config),
+                text_encoder=_json_config(text_config),
                 tokenizer=str(clip_folder),
                 preset=None,
                 **config_overrides,
             )
         )
-        return cls(config, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        return cls(
+            config, unet=unet.to(torch_dtype), vae=vae.to(torch_dtype), text_encoder=text_encoder.to(torch_dtype),
+            tokenizer=tokenizer,
+        )
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = Path(folder)
