@@ -225,3 +225,34 @@ def test_every_parameter_learns_within_a_few_steps():
         optimizer.step()
     frozen = [name for name, p in head.named_parameters() if torch.equal(p, initial[name])]
     assert not frozen
+
+
+def test_state_dropout_replaces_whole_state_tokens_in_training_only():
+    torch.manual_seed(0)
+    head = PolicyHead(policy_head_preset("tiny", state_dim=3, state_dropout=0.4)).train()
+    items = batch_for(head.config, batch=500, views=1, size=2)
+    tokens = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    state_tokens = tokens[:, -1]
+    is_null = (state_tokens == head.null_state).all(dim=1)
+    assert 0.33 < is_null.float().mean() < 0.47
+    # a kept sample's token is its own projected state, untouched
+    kept = ~is_null
+    torch.testing.assert_close(state_tokens[kept], head.state_projection(items["state"][kept]))
+    again = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    assert torch.equal(again, tokens)  # the mask is drawn from the loss's generator
+    head.eval()
+    evaluated = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    assert not (evaluated[:, -1] == head.null_state).all(dim=1).any()
+    # the null token learns
+    head.train()
+    head.loss(items["features"][:8], items["lang"][:8], items["actions"][:8], items["state"][:8], torch.Generator().manual_seed(2)).backward()
+    assert head.null_state.grad is not None and head.null_state.grad.abs().sum() > 0
+
+
+def test_state_dropout_is_off_by_default_and_validated():
+    assert policy_head_preset("tiny", state_dim=3).state_dropout == 0.0
+    assert PolicyHead(policy_head_preset("tiny", state_dim=3)).null_state is None  # saved heads keep their keys
+    with pytest.raises(ConfigError, match="state_dropout=1.0"):
+        policy_head_preset("tiny", state_dim=3, state_dropout=1.0)
+    with pytest.raises(ConfigError, match="no state token to drop"):
+        policy_head_preset("tiny", state_dropout=0.5)

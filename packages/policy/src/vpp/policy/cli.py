@@ -8,6 +8,8 @@ import sys
 
 logger = logging.getLogger("vpp.policy")
 
+STATE_DROPOUT_DEFAULT = 0.0
+
 
 def parse_tasks(spec: str) -> list[str]:
     from vpp.policy.envs.metaworld_tasks import ALL_TASKS, GROUPS
@@ -110,20 +112,23 @@ def keep_every_kth_window(windows, k: int) -> None:
     windows.windows = [(e, t) for e, t in windows.windows if t % k == 0]
 
 
-def keep_first_episodes_per_instruction(windows, n: int) -> None:
-    """Keeps the windows of the first ``n`` episodes of every instruction (MetaWorld: of every task)."""
+def keep_first_episodes_per_task(windows, n: int) -> None:
+    """Keeps the windows of the first ``n`` episodes of every task (the dataset's task index, so
+    two tasks whose instructions read the same are still counted apart)."""
     if n < 1:
         raise ValueError(f"--episodes-per-task {n}; expected a positive integer")
     seen: dict[str, int] = {}
     kept = set()
     for e, episode in enumerate(windows.episodes):
-        seen[episode.instruction] = seen.get(episode.instruction, 0) + 1
-        if seen[episode.instruction] <= n:
+        seen[episode.task] = seen.get(episode.task, 0) + 1
+        if seen[episode.task] <= n:
             kept.add(e)
     windows.windows = [(e, t) for e, t in windows.windows if e in kept]
 
 
 def cmd_train(args) -> None:
+    import torch
+
     from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
     from vpp.policy.feature_cache import FeatureCache
     from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
@@ -137,7 +142,7 @@ def cmd_train(args) -> None:
     windows = PolicyWindowDataset(sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim)
     logger.info("%s", windows.report.summary())
     if args.episodes_per_task is not None:
-        keep_first_episodes_per_instruction(windows, args.episodes_per_task)
+        keep_first_episodes_per_task(windows, args.episodes_per_task)
     keep_every_kth_window(windows, args.window_stride)
     logger.info("%d training windows (every %d-th timestep, episodes per task: %s)", len(windows), args.window_stride, args.episodes_per_task or "all")
     config = VPPConfig(
@@ -149,8 +154,14 @@ def cmd_train(args) -> None:
         normalization=args.normalization,
         feature_noise="fixed" if args.feature_cache else "random",
         feature_seed=args.seed,
+        state_dropout=args.state_dropout if state_dim is not None else 0.0,
+        feature_position_embedding=args.feature_position_embedding,
     )
-    policy = VideoPredictionPolicy.build(tvp, config, windows.all_actions(), windows.all_states(), head_preset=args.head_preset)
+    policy = VideoPredictionPolicy.build(
+        tvp, config, windows.all_actions(), windows.all_states(), head_preset=args.head_preset, seed=args.seed
+    )
+    # dropout draws from the global RNG: seeded too, so two runs with one seed train alike
+    torch.manual_seed(args.seed)
     cache = None
     if args.feature_cache and args.encoder == "tvp":
         cache = FeatureCache(args.feature_cache, tvp, cameras, seed=args.seed)
@@ -161,6 +172,9 @@ def cmd_train(args) -> None:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         lr_schedule=args.lr_schedule,
+        weight_decay=args.weight_decay,
+        warmup_fraction=args.warmup_fraction,
+        ema_decay=args.ema_decay,
         mixed_precision=args.mixed_precision,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
@@ -261,6 +275,15 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--camera", action="append", default=None, help="camera name (repeatable; default: corner)")
     train.add_argument("--chunk", type=int, default=10)
     train.add_argument("--no-state", action="store_true", help="do not use observation.state")
+    train.add_argument(
+        "--state-dropout", type=float, default=STATE_DROPOUT_DEFAULT,
+        help="probability of replacing a training sample's state token by a learned null token, so the head must "
+        "use the image (ignored with --no-state)",
+    )
+    train.add_argument(
+        "--feature-position-embedding", action="store_true",
+        help="add a fixed (view, y, x) sin-cos position to the Video Former's feature tokens (the official code has none)",
+    )
     train.add_argument("--encoder", default="tvp", choices=["tvp", "vae"], help="vae: the static-encoder ablation")
     train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
     train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
@@ -272,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--lr-schedule", default="tristage", choices=["tristage", "cosine", "constant"])
+    train.add_argument("--warmup-fraction", type=float, default=0.02, help="of --steps, for the tristage schedule")
+    train.add_argument("--weight-decay", type=float, default=0.05, help="AdamW decay of linear layers' weight matrices")
+    train.add_argument("--ema-decay", type=float, default=0.9999, help="EMA of the head's weights saved as the model; 0: none")
     train.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     train.add_argument("--checkpoint-every", type=int, default=1000)
     train.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,11 @@ Where the official code differs from the paper the difference is a named option 
 the paper's reading: ``DiTHeadConfig.decoder_causal_cross_attention`` and
 ``decoder_causal_self_attention`` (both ``True`` in the official code) and
 ``DiffusionConfig.eval_sigma_min`` (1.0 in the official evaluation, 0.001 in training).
+
+Options this project adds, off by default: ``VideoFormerConfig.feature_position_embedding``
+(position of each feature token; the official Video Former has none) and
+``PolicyHeadConfig.state_dropout`` (drops the proprioception token in training so the head
+must use the image).
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ class VideoFormerConfig:
     heads: int = 8
     head_dim: int = 64
     ffn_mult: int = 4
+    # The official Video Former gives feature tokens a time embedding only, so its spatial
+    # attention is blind to where a token sits unless the features themselves encode it. True adds
+    # a fixed sin-cos embedding of each token's (view, y, x) before spatial attention.
+    feature_position_embedding: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -62,6 +71,9 @@ class VideoFormerConfig:
         if self.dim % self.heads:
             # Temporal self-attention splits the model width over the heads.
             raise ConfigError(f"video_former.dim={self.dim} is not divisible by heads={self.heads}")
+        if self.feature_position_embedding and self.dim < 6:
+            # sin-cos pairs for each of the three axes (view, y, x)
+            raise ConfigError(f"video_former.dim={self.dim} with feature_position_embedding; expected >= 6")
 
 
 @dataclass
@@ -131,6 +143,10 @@ class PolicyHeadConfig:
     lang_dim: int = 512
     # Proprioception dimension; None leaves the state token out.
     state_dim: int | None = None
+    # Training only: the probability that a sample's whole state token is replaced by a learned
+    # null token, so the head cannot solve the task from proprioception alone and must read the
+    # image. 0 keeps the state token always (and creates no null token).
+    state_dropout: float = 0.0
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -148,6 +164,10 @@ class PolicyHeadConfig:
             raise ConfigError(f"lang_dim={self.lang_dim}; expected >= 1")
         if self.state_dim is not None and self.state_dim < 1:
             raise ConfigError(f"state_dim={self.state_dim}; expected None or >= 1")
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ConfigError(f"state_dropout={self.state_dropout}; expected a probability in [0, 1)")
+        if self.state_dropout > 0 and self.state_dim is None:
+            raise ConfigError(f"state_dropout={self.state_dropout} but state_dim=None: there is no state token to drop")
         if self.video_former.dim != self.dit.dim:
             # The DiT encoder reads the Video Former tokens without a width change.
             raise ConfigError(f"video_former.dim={self.video_former.dim} != dit.dim={self.dit.dim}")
@@ -195,6 +215,8 @@ def policy_head_preset(
     num_frames: int | None = None,
     queries_per_frame: int | None = None,
     lang_dim: int | None = None,
+    state_dropout: float = 0.0,
+    feature_position_embedding: bool = False,
 ) -> PolicyHeadConfig:
     """Built-in sizes; the keyword arguments fit a preset to a task (e.g. MetaWorld: 4 x 4 actions)
     or to the TVP that produces its features."""
@@ -219,11 +241,13 @@ def policy_head_preset(
         video_former.num_frames = num_frames
     if queries_per_frame is not None:
         video_former.queries_per_frame = queries_per_frame
+    video_former.feature_position_embedding = feature_position_embedding
     return PolicyHeadConfig(
         video_former=video_former,
         dit=dit,
         diffusion=DiffusionConfig(),
         lang_dim=default_lang if lang_dim is None else lang_dim,
         state_dim=state_dim,
+        state_dropout=state_dropout,
         preset=name,
     )

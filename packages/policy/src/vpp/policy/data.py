@@ -4,7 +4,10 @@ An episode has, per camera, one frame per timestep, the action taken at each tim
 the robot state, and one instruction. A training sample at timestep t is the current frame of
 every camera (the TVP predicts the future from it), the state at t, and the actions t..t+chunk-1.
 Episodes that cannot be learned from (NaN or inf actions, frames and actions of different
-lengths, shorter than one chunk, no instruction) are rejected once, up front, with the reason.
+lengths, shorter than one chunk, no instruction, a video file that does not open or ends before
+the episode does) are rejected once, up front, with the reason. A video that opens but fails to
+decode is found only when read: the dataset then marks the episode unreadable, logs the file, and
+training draws other windows (``train.SampledWindows``, ``FeatureCache.build``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ class BadEpisode(ValueError):
     """An episode the policy cannot learn from."""
 
 
+class UnreadableEpisode(BadEpisode):
+    """An episode whose frames cannot be decoded."""
+
+
 class NoValidEpisodes(RuntimeError):
     """Every episode was rejected."""
 
@@ -39,6 +46,12 @@ class PolicyEpisode:
     state: np.ndarray | None  # (T, S) float32
     frame_counts: dict[str, int]
     reader: Callable[[str, np.ndarray], np.ndarray]  # (camera, frame indices) -> uint8 (N, H, W, 3)
+    # Which task the episode demonstrates, unique across sources (LeRobot: dataset + task_index);
+    # two tasks may share an instruction text.
+    task: str
+    # camera -> raises UnreadableEpisode when the camera's video cannot serve this episode; a
+    # cheap check (no decoding) run once when the dataset is indexed.
+    check_video: Callable[[str], None] | None = None
 
     @property
     def length(self) -> int:
@@ -89,7 +102,7 @@ class EpisodeSource(ABC):
 
 class ArrayEpisodeSource(EpisodeSource):
     """Episodes in memory: dicts with ``frames`` {camera: uint8 (T, H, W, 3)}, ``actions`` (T, A),
-    optional ``state`` (T, S), and ``instruction``."""
+    optional ``state`` (T, S), ``instruction``, and optional ``task`` (default: the instruction)."""
 
     def __init__(self, episodes: Sequence[dict], name: str = "arrays") -> None:
         self.episodes = list(episodes)
@@ -104,6 +117,7 @@ class ArrayEpisodeSource(EpisodeSource):
         state = data.get("state")
         return PolicyEpisode(
             key=f"{self.name}/{index}",
+            task=f"{self.name}#{data.get('task', data['instruction'])}",
             instruction=data["instruction"],
             actions=np.asarray(data["actions"], dtype=np.float32),
             state=None if state is None else np.asarray(state, dtype=np.float32),
@@ -120,6 +134,8 @@ class LeRobotEpisodeSource(EpisodeSource):
 
         self.dataset = LeRobotDataset(root)
         self.name = Path(root).name
+        # video file -> its end time in seconds, or why it cannot be read
+        self._video_ends: dict[Path, float | str] = {}
         self.action_key = action_key
         self.state_key = state_key if state_key in self.dataset.features else None
         if action_key not in self.dataset.features:
@@ -142,24 +158,65 @@ class LeRobotEpisodeSource(EpisodeSource):
         state = None if self.state_key is None else np.asarray(episode.column(self.state_key), dtype=np.float32)
         cameras = {key.split(".")[-1]: key for key in self.dataset.video_keys}
         counts = {**{short: episode.length for short in cameras}, **{key: episode.length for key in self.dataset.video_keys}}
+        if episode.task and episode.task not in self.dataset.tasks:
+            raise BadEpisode(f"{self.name}/{index}: task {episode.task!r} is not in meta/tasks.parquet {self.dataset.tasks}")
+        task_index = self.dataset.tasks.index(episode.task) if episode.task else None
         return PolicyEpisode(
             key=f"{self.name}/{index}",
+            task=f"{self.dataset.root}#task_index={task_index}",
             instruction=episode.task or "",
             actions=actions,
             state=state,
             frame_counts=counts,
-            reader=lambda camera, idx, episode=episode: episode.read_frames(self.camera_key(camera), idx),
+            reader=lambda camera, idx, episode=episode: self._read(episode, camera, idx),
+            check_video=lambda camera, episode=episode: self._check_video(episode, camera),
         )
+
+    def _video_end(self, path: Path) -> float | str:
+        from vpp.data import video_io
+
+        if path not in self._video_ends:
+            try:
+                self._video_ends[path] = video_io.duration_s(path)
+            except Exception as error:  # any container or demuxer failure makes the file unusable
+                self._video_ends[path] = f"{type(error).__name__}: {error}"
+        return self._video_ends[path]
+
+    def _check_video(self, episode, camera: str) -> None:
+        key = self.camera_key(camera)
+        path = episode.video_path(key)
+        end = self._video_end(path)
+        where = f"{self.name}/{episode.index}: camera {camera!r}: video {path}"
+        if isinstance(end, str):
+            raise UnreadableEpisode(f"{where} does not open ({end})")
+        last_frame = episode.from_timestamp(key) + (episode.length - 1) / self.dataset.fps
+        # a frame shown at t lasts until t + 1/fps; half a frame of slack absorbs timestamp rounding
+        if last_frame > end - 0.5 / self.dataset.fps:
+            raise UnreadableEpisode(f"{where} ends at {end:.3f} s, before the episode's last frame at {last_frame:.3f} s")
+
+    def _read(self, episode, camera: str, indices: np.ndarray) -> np.ndarray:
+        key = self.camera_key(camera)
+        try:
+            return episode.read_frames(key, indices)
+        except Exception as error:  # a decoder error names the codec call, not the file: add it
+            raise UnreadableEpisode(
+                f"{self.name}/{episode.index}: camera {camera!r}: video {episode.video_path(key)}: {type(error).__name__}: {error}"
+            ) from error
 
 
 @dataclass
 class EpisodeReport:
     accepted: int = 0
     rejected: list[str] = field(default_factory=list)
+    # accepted episodes whose frames failed to decode during training or feature caching
+    unreadable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.accepted} episodes accepted, {len(self.rejected)} rejected"]
-        return "\n".join(lines + [f"  rejected: {reason}" for reason in self.rejected])
+        if self.unreadable:
+            lines[0] += f", {len(self.unreadable)} skipped as unreadable when read"
+        lines += [f"  rejected: {reason}" for reason in self.rejected]
+        return "\n".join(lines + [f"  unreadable: {reason}" for reason in self.unreadable])
 
 
 class PolicyWindowDataset(torch.utils.data.Dataset):
@@ -186,6 +243,9 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
                 try:
                     episode = source.episode(index)
                     validate_episode(episode, self.cameras, chunk, state_dim)
+                    if episode.check_video is not None:
+                        for camera in self.cameras:
+                            episode.check_video(camera)
                 except BadEpisode as error:
                     logger.warning("rejecting episode: %s", error)
                     self.report.rejected.append(str(error))
@@ -195,6 +255,17 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
         if not self.episodes:
             raise NoValidEpisodes("no usable episode:\n" + self.report.summary())
         self.windows = [(e, t) for e, episode in enumerate(self.episodes) for t in range(episode.length - chunk + 1)]
+        self.unreadable: set[int] = set()
+
+    def mark_unreadable(self, e: int, error: Exception) -> None:
+        """Leaves episode ``e`` out from now on; raises NoValidEpisodes when no window is left."""
+        if e in self.unreadable:
+            return
+        self.unreadable.add(e)
+        self.report.unreadable.append(str(error))
+        logger.warning("skipping unreadable episode (%d so far): %s", len(self.unreadable), error)
+        if all(w in self.unreadable for w, _ in self.windows):
+            raise NoValidEpisodes("no episode with training windows is readable:\n" + self.report.summary())
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -208,9 +279,17 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
         return np.concatenate([e.state for e in self.episodes])
 
     def observation(self, index: int) -> torch.Tensor:
+        """(V, 3, S, S); raises UnreadableEpisode (naming episode and camera) when decoding fails."""
         e, t = self.windows[index]
         episode = self.episodes[e]
-        frames = [episode.read_frames(camera, np.array([t]))[0] for camera in self.cameras]
+        frames = []
+        for camera in self.cameras:
+            try:
+                frames.append(episode.read_frames(camera, np.array([t]))[0])
+            except UnreadableEpisode:
+                raise
+            except Exception as error:  # whatever the source's decoder raises, the run needs the episode named
+                raise UnreadableEpisode(f"{episode.key}: camera {camera!r}, timestep {t}: {type(error).__name__}: {error}") from error
         return resize_frames(np.stack(frames), self.image_size)
 
     def __getitem__(self, index: int) -> dict:

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vpp.policy.data import PolicyWindowDataset
+from vpp.policy.data import PolicyWindowDataset, UnreadableEpisode
 from vpp.tvp.features import predictive_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
@@ -53,7 +53,8 @@ class FeatureCache:
         return self.folder / (hashlib.sha256(episode_key.encode()).hexdigest()[:24] + ".safetensors")
 
     def build(self, dataset: PolicyWindowDataset, tvp: TextGuidedVideoPredictor, batch_size: int = 8, progress: bool = True) -> int:
-        """Computes the features of every episode not cached yet; returns how many it computed."""
+        """Computes the features of every episode not cached yet; returns how many it computed.
+        An episode whose frames fail to decode is marked unreadable in ``dataset`` and skipped."""
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "cache.json").write_text(json.dumps(self.meta, indent=2))
         windows_of: dict[int, list[int]] = {}
@@ -62,27 +63,33 @@ class FeatureCache:
         # episodes the dataset keeps no window of (--episodes-per-task) get no file
         todo = [e for e in windows_of if not self.path(dataset.episodes[e].key).is_file()]
         noise_shape = (len(dataset.cameras), tvp.config.num_frames, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
+        written = 0
         for e in tqdm(todo, desc="caching TVP features", disable=not progress):
             episode = dataset.episodes[e]
             hidden = tvp.encode_text([episode.instruction])[0]
             parts = []
             indices = windows_of[e]
-            for start in range(0, len(indices), batch_size):
-                batch = indices[start : start + batch_size]
-                images = torch.stack([dataset.observation(i) for i in batch])
-                noise = torch.stack([
-                    torch.randn(noise_shape, generator=torch.Generator().manual_seed(window_seed(self.seed, episode.key, dataset.windows[i][1])))
-                    for i in batch
-                ])
-                text = hidden.expand(len(batch), -1, -1)
-                parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise))
+            try:
+                for start in range(0, len(indices), batch_size):
+                    batch = indices[start : start + batch_size]
+                    images = torch.stack([dataset.observation(i) for i in batch])
+                    noise = torch.stack([
+                        torch.randn(noise_shape, generator=torch.Generator().manual_seed(window_seed(self.seed, episode.key, dataset.windows[i][1])))
+                        for i in batch
+                    ])
+                    text = hidden.expand(len(batch), -1, -1)
+                    parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise))
+            except UnreadableEpisode as error:
+                dataset.mark_unreadable(e, error)
+                continue
             target = self.path(episode.key)
             tmp = target.with_suffix(".tmp")
             timesteps = torch.tensor([dataset.windows[i][1] for i in indices], dtype=torch.int64)
             tensors = {"features": torch.cat(parts).to(torch.float16).contiguous(), "timesteps": timesteps}
             save_file(tensors, tmp, metadata={"key": episode.key})
             os.replace(tmp, target)
-        return len(todo)
+            written += 1
+        return written
 
     def read(self, episode_key: str, t: int) -> torch.Tensor:
         path = self.path(episode_key)

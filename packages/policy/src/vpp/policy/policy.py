@@ -51,6 +51,9 @@ class VPPConfig:
     # noise every call (seeded by feature_seed), which makes the features deterministic.
     feature_noise: Literal["random", "fixed"] = "random"
     feature_seed: int = 0
+    # Head options (PolicyHeadConfig.state_dropout, VideoFormerConfig.feature_position_embedding).
+    state_dropout: float = 0.0
+    feature_position_embedding: bool = False
 
     def save(self, folder: Path) -> None:
         (folder / POLICY_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -105,7 +108,14 @@ class VideoPredictionPolicy(nn.Module):
         tvp_cfg = tvp.config
         lang_dim = int(tvp_cfg.text_encoder.get("projection_dim", tvp_cfg.text_hidden_size))
         base = policy_head_preset(preset)
-        kwargs: dict[str, Any] = dict(action_dim=config.action_dim, chunk=config.chunk, state_dim=config.state_dim, lang_dim=lang_dim)
+        kwargs: dict[str, Any] = dict(
+            action_dim=config.action_dim,
+            chunk=config.chunk,
+            state_dim=config.state_dim,
+            lang_dim=lang_dim,
+            state_dropout=config.state_dropout,
+            feature_position_embedding=config.feature_position_embedding,
+        )
         if config.encoder == "tvp":
             kwargs.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
         else:
@@ -122,9 +132,17 @@ class VideoPredictionPolicy(nn.Module):
         actions: np.ndarray,
         states: np.ndarray | None = None,
         head_preset: str = "small",
+        seed: int | None = None,
     ) -> VideoPredictionPolicy:
-        """A new policy with a fresh head; normalisation bounds from the training ``actions``."""
-        head = PolicyHead(cls.head_config(tvp, config, head_preset))
+        """A new policy with a fresh head; normalisation bounds from the training ``actions``.
+        With ``seed`` the head's initial weights depend on it alone, not on the global RNG."""
+        head_config = cls.head_config(tvp, config, head_preset)
+        if seed is None:
+            head = PolicyHead(head_config)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                head = PolicyHead(head_config)
         state_normalizer = fit_normalizer(states, config.normalization) if config.state_dim is not None else None
         return cls(config, tvp, head, fit_normalizer(actions, config.normalization), state_normalizer)
 

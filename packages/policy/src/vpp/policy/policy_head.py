@@ -3,7 +3,9 @@
 Condition tokens for the DiT encoder are [language token; Video Former tokens; state token]:
 the language token is the (CLIP) text embedding through an MLP lang_dim -> 2d -> d, the Video
 Former tokens pass a d -> d projection (the official head's token embedding), and the optional
-proprioception gets its own MLP state_dim -> 2d -> d.
+proprioception gets its own MLP state_dim -> 2d -> d. With ``state_dropout`` p > 0, training
+replaces each sample's state token by a learned null token with probability p (the mask drawn
+from the loss's generator, so a seeded step repeats exactly); sampling always uses the state.
 """
 
 from __future__ import annotations
@@ -33,11 +35,19 @@ class PolicyHead(nn.Module):
         for module in (self.video_token_projection, self.language_projection, self.state_projection):
             if module is not None:
                 module.apply(init_transformer_weights)
+        self.null_state = nn.Parameter(torch.randn(1, d) * 0.02) if config.state_dropout > 0 else None
         self.dit = DiTActionHead(config.dit)
         self.diffusion = ActionDiffusion(config.diffusion)
 
-    def condition_tokens(self, features: torch.Tensor, lang: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1 + T*L (+1), d) tokens for the DiT encoder."""
+    def condition_tokens(
+        self,
+        features: torch.Tensor,
+        lang: torch.Tensor,
+        state: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B, 1 + T*L (+1), d) tokens for the DiT encoder; in training mode with state_dropout,
+        some samples' state tokens are the null token."""
         batch = features.shape[0]
         if lang.shape != (batch, self.config.lang_dim):
             raise InputShapeError(f"lang has shape {tuple(lang.shape)}; expected ({batch}, {self.config.lang_dim})")
@@ -49,7 +59,12 @@ class PolicyHead(nn.Module):
             if state is None or state.shape != (batch, self.config.state_dim):
                 got = None if state is None else tuple(state.shape)
                 raise InputShapeError(f"state has shape {got}; expected ({batch}, {self.config.state_dim})")
-            tokens.append(self.state_projection(state)[:, None])
+            state_token = self.state_projection(state)
+            if self.training and self.null_state is not None:
+                drop = torch.rand(batch, generator=generator, device=None if generator is None else generator.device)
+                dropped = (drop < self.config.state_dropout).to(state_token.device)[:, None]
+                state_token = torch.where(dropped, self.null_state.to(state_token.dtype), state_token)
+            tokens.append(state_token[:, None])
         return torch.cat(tokens, dim=1)
 
     def loss(
@@ -66,7 +81,7 @@ class PolicyHead(nn.Module):
             raise InputShapeError(
                 f"actions have shape {tuple(actions.shape)}; expected ({features.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
             )
-        context = self.dit.encode(self.condition_tokens(features, lang, state))
+        context = self.dit.encode(self.condition_tokens(features, lang, state, generator))
         return self.diffusion.loss(lambda x, c_noise: self.dit.decode(context, x, c_noise), actions, generator)
 
     @torch.no_grad()
@@ -98,9 +113,10 @@ class PolicyHead(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of the Video Former, the condition embeddings and the DiT head."""
         embeddings = [self.video_token_projection, self.language_projection, self.state_projection]
+        null_state = 0 if self.null_state is None else self.null_state.numel()
         return {
             "video_former": _count(self.video_former),
-            "condition_embeddings": sum(_count(m) for m in embeddings if m is not None),
+            "condition_embeddings": sum(_count(m) for m in embeddings if m is not None) + null_state,
             "dit": _count(self.dit),
             "total": _count(self),
         }

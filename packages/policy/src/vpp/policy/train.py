@@ -1,7 +1,9 @@
 """Training the policy head on (observation, action chunk) windows, with the TVP frozen.
 
 The loop, checkpoints and multi-process story are ``vpp.tvp.trainer``'s. Added here: AdamW with
-the official betas (0.9, 0.9) and weight decay 0.05, a tri-stage LR (2% warm-up from a tenth of
+the official betas (0.9, 0.9) and weight decay 0.05 on the weight matrices of linear layers only
+(not on biases, LayerNorm gains, learnable queries or position/time/null embeddings, which decay
+would pull towards zero for no regularising benefit), a tri-stage LR (2% warm-up from a tenth of
 the peak, 8% hold, cosine decay over the rest) or plain cosine, and an EMA of the head's weights
 that is checkpointed and used for the saved model (the official code kept one but never saved it).
 """
@@ -18,12 +20,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vpp.policy.data import PolicyWindowDataset, collate_windows
+from vpp.policy.data import NoValidEpisodes, PolicyWindowDataset, UnreadableEpisode, collate_windows
 from vpp.policy.feature_cache import FeatureCache
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.tvp.trainer import AcceleratedTrainer
 
 logger = logging.getLogger(__name__)
+
+# Draws of one sample that may hit unreadable episodes before the run gives up on the data.
+MAX_REDRAWS = 32
 
 
 @dataclass
@@ -68,8 +73,22 @@ def lr_multiplier(step: int, config: PolicyTrainConfig) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW parameter groups: the ``weight`` of every ``nn.Linear`` (attention projections
+    included) with ``weight_decay``, every other trainable parameter without."""
+    decay = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear)}
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+    ]
+
+
 class SampledWindows(torch.utils.data.Dataset):
-    """Sample number j -> a window drawn by (seed, j): random access for the step-indexed loop."""
+    """Sample number j -> a window drawn by (seed, j): random access for the step-indexed loop.
+
+    A window of an episode found unreadable (now or earlier) is replaced by the next draw of the
+    same generator, so the stream stays a function of (seed, j) and of which files are broken."""
 
     def __init__(self, windows: PolicyWindowDataset, seed: int, feature_cache: FeatureCache | None = None) -> None:
         self.windows = windows
@@ -80,7 +99,19 @@ class SampledWindows(torch.utils.data.Dataset):
         return len(self.windows)
 
     def __getitem__(self, j: int) -> dict:
-        index = int(np.random.default_rng([self.seed, int(j)]).integers(len(self.windows)))
+        rng = np.random.default_rng([self.seed, int(j)])
+        for _ in range(MAX_REDRAWS):
+            index = int(rng.integers(len(self.windows)))
+            e, _ = self.windows.windows[index]
+            if e in self.windows.unreadable:
+                continue
+            try:
+                return self._load(index)
+            except UnreadableEpisode as error:
+                self.windows.mark_unreadable(e, error)
+        raise NoValidEpisodes(f"{MAX_REDRAWS} draws in a row hit unreadable episodes:\n{self.windows.report.summary()}")
+
+    def _load(self, index: int) -> dict:
         if self.feature_cache is None:
             return self.windows[index]
         item = self.windows.item(index, with_images=False)
@@ -134,7 +165,8 @@ class PolicyTrainer(AcceleratedTrainer):
 
     def make_optimizer(self, policy: VideoPredictionPolicy):
         cfg = self.config
-        optimizer = torch.optim.AdamW(policy.head.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        groups = weight_decay_groups(policy.head, cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg))
         return optimizer, scheduler
 

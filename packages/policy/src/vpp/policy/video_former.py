@@ -9,11 +9,31 @@ With the paper's sizes, 16 frames x 2 views x 16 x 16 tokens of 2560-3520 channe
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from vpp.policy.attention import FeedForward, MultiHeadAttention, init_transformer_weights
 from vpp.policy.config import InputShapeError, VideoFormerConfig
+
+
+def feature_position_embedding(views: int, height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed (views * height * width, dim) sin-cos code of each token's (view, y, x).
+
+    Each axis gets ``dim // 6`` frequencies (a sin and a cos each), geometric from 1 to 1/32 radian
+    per grid step: neighbours differ in the fastest pair, and the slowest stays monotonic over
+    grids up to ~50 tokens wide (the paper's features are 16 x 16); the ``dim % 6`` leftover
+    channels stay zero. Fixed rather than learned, it needs no feature size in the config and
+    carries position from the first step."""
+    pairs = dim // 6
+    frequencies = torch.exp(-math.log(32.0) * torch.arange(pairs, dtype=torch.float32) / max(pairs - 1, 1))
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(views), torch.arange(height), torch.arange(width), indexing="ij"), dim=-1
+    ).reshape(-1, 3).float()
+    angles = grid[:, :, None] * frequencies  # (N, 3 axes, pairs)
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
+    return nn.functional.pad(code, (0, dim - code.shape[1]))
 
 
 class PerFrameCrossAttention(nn.Module):
@@ -82,6 +102,8 @@ class VideoFormer(nn.Module):
         # One token per (view, y, x) position: all views of a frame are read together.
         tokens = features.permute(0, 2, 1, 4, 5, 3).reshape(batch, frames, views * height * width, channels)
         tokens = self.input_projection(tokens) + self.time_embedding
+        if self.config.feature_position_embedding:
+            tokens = tokens + feature_position_embedding(views, height, width, self.config.dim).to(tokens)
         tokens = tokens.flatten(0, 1)
         queries = self.queries.expand(batch, -1, -1, -1).flatten(0, 1)
         for layer in self.layers:
