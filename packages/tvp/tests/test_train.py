@@ -128,3 +128,32 @@ def test_the_same_entry_point_runs_distributed_under_torchrun(tmp_path):
     state = json.loads((tmp_path / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert state["num_processes"] == 2 and state["step"] == 2
     assert (tmp_path / "model" / "unet").is_dir()
+
+
+def test_the_lr_schedule_counts_optimizer_steps_whatever_the_number_of_processes(tmp_path, squares_dataset):
+    from accelerate.state import AcceleratorState, PartialState
+    from diffusers.optimization import get_scheduler
+
+    torch.manual_seed(0)
+    config = TrainConfig(
+        output_dir=str(tmp_path), max_steps=4, batch_size=1, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=1,
+        checkpoint_every=100, log_every=1,
+    )
+    trainer = TVPTrainer(TextGuidedVideoPredictor.from_preset("tiny"), squares_dataset, config)
+    # this process as rank 0 of two, as accelerate's state reports it under torchrun
+    for state in (AcceleratorState, PartialState):
+        state._shared_state["num_processes"] = 2
+    assert trainer.accelerator.num_processes == 2
+    trainer.train()
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    reference = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=4)
+    used = []
+    for _ in range(4):
+        used.append(reference.get_last_lr()[0])
+        optimizer.step()
+        reference.step()
+    # step k trains with the schedule's value at k - 1: warm-up from 0, then cosine down to 0 at max_steps
+    assert logged == pytest.approx(used)
+    assert used[0] == 0 and used[1] == pytest.approx(1e-3) and 0 < used[3] < used[2] < 1e-3

@@ -81,7 +81,10 @@ class AcceleratedTrainer(ABC):
             self.scheduler.load_state_dict(torch.load(self.checkpoint / "scheduler.pt", weights_only=True))
             self.start_step = read_state(self.checkpoint)["step"]
             logger.info("resuming from %s at step %d", self.checkpoint, self.start_step)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, self.optimizer, self.scheduler)
+        # The scheduler is not prepared: accelerate's wrapper steps it once per process for every
+        # optimizer step, so on N processes a schedule would end at max_steps / N. Here it steps
+        # once per optimizer step, and max_steps counts optimizer steps on any number of processes.
+        self.model, self.optimizer = acc.prepare(model, self.optimizer)
         # Clipping sees only what the optimizer steps: a frozen module's leftover .grad would
         # otherwise shrink every update by a constant that a resumed process no longer has.
         self.trained_parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -167,7 +170,6 @@ class AcceleratedTrainer(ABC):
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(self.trained_parameters, cfg.max_grad_norm)
                 self.optimizer.step()
-                self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             running += acc.gather(loss.detach().reshape(1)).mean().item() / cfg.gradient_accumulation_steps
             micro += 1
@@ -175,6 +177,8 @@ class AcceleratedTrainer(ABC):
                 continue
             micro = 0
             step += 1
+            lr = self.scheduler.get_last_lr()[0]  # what this step trained with
+            self.scheduler.step()
             self.after_step(step)
             losses.append(running)
             progress.update(1)
@@ -183,7 +187,7 @@ class AcceleratedTrainer(ABC):
                 raise FloatingPointError(f"loss is {running} at step {step}; lower the learning rate or check the data")
             if acc.is_main_process and (step % cfg.log_every == 0 or step == stop):
                 with self.metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": running, "lr": self.scheduler.get_last_lr()[0]}) + "\n")
+                    f.write(json.dumps({"step": step, "loss": running, "lr": lr}) + "\n")
             running = 0.0
             if step % cfg.checkpoint_every == 0 or step == stop:
                 acc.wait_for_everyone()
