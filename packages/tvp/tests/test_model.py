@@ -16,7 +16,7 @@ def test_vae_round_trip_shapes(tiny_model):
 
 def test_text_reaches_the_unet_through_cross_attention(tiny_model):
     hidden, pooled = tiny_model.encode_text(["move left", "move right"])
-    assert hidden.shape == (2, 20, 32) and pooled.shape == (2, 32)
+    assert hidden.shape == (2, 64, 32) and pooled.shape == (2, 32)
     assert not torch.allclose(hidden[0], hidden[1])
     noisy = torch.randn(1, 8, 4, 16, 16)
     cond = torch.randn(1, 4, 16, 16)
@@ -31,7 +31,7 @@ def test_linear_text_projection_option():
     model = TextGuidedVideoPredictor.from_preset("tiny", text_to_unet="linear")
     hidden, _ = model.encode_text(["a"])
     assert model.text_projection is not None
-    assert model.text_conditioning(hidden).shape == (1, 20, 32)
+    assert model.text_conditioning(hidden).shape == (1, 64, 32)
     assert model.text_projection.weight.requires_grad
 
 

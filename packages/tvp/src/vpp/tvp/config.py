@@ -103,6 +103,11 @@ class TVPConfig:
                 f"cannot halve {self.num_up_blocks - 1} times; use a multiple of "
                 f"{self.vae_downsample * unet_downsample}"
             )
+        positions = int(self.text_encoder.get("max_position_embeddings", 77))
+        if not 2 < self.text_max_tokens <= positions:
+            raise ConfigError(
+                f"text_max_tokens={self.text_max_tokens}; expected 3..{positions} (the text encoder's positions)"
+            )
         if self.num_frames < 1:
             raise ConfigError(f"num_frames={self.num_frames}; expected at least 1")
         blocks = self.features.blocks
@@ -230,6 +235,11 @@ def _clip_text(**overrides: Any) -> dict[str, Any]:
 
 # The byte-level tokenizer (see text.py) has 256 byte symbols x 2 (word-final or not) + 2 specials.
 BYTES_VOCAB_SIZE = 514
+# One token a letter: at CLIP's 20, 50 MetaWorld instructions truncate to 43 distinct sequences
+# (door-lock / door-unlock...). The longest of them is 48 tokens; 64 keeps them whole with room to
+# spare, and costs the small preset's feature pass ~25% over 20 tokens where 77 cost ~35%
+# (the UNet's cross-attention keys grow with it).
+BYTES_TEXT_TOKENS = 64
 
 
 def _byte_level_clip_text(hidden_size: int, intermediate_size: int, num_attention_heads: int) -> dict[str, Any]:
@@ -241,7 +251,7 @@ def _byte_level_clip_text(hidden_size: int, intermediate_size: int, num_attentio
         projection_dim=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=num_attention_heads,
-        max_position_embeddings=32,
+        max_position_embeddings=BYTES_TEXT_TOKENS,
         bos_token_id=BYTES_VOCAB_SIZE - 2,
         eos_token_id=BYTES_VOCAB_SIZE - 1,
         pad_token_id=BYTES_VOCAB_SIZE - 1,
@@ -274,6 +284,7 @@ def preset(name: str) -> TVPConfig:
                 sample_size=32,
             ),
             text_encoder=_byte_level_clip_text(hidden_size=32, intermediate_size=64, num_attention_heads=2),
+            text_max_tokens=BYTES_TEXT_TOKENS,
             features=FeatureConfig(schedule_steps=20),
         )
     if name == "small":
@@ -308,6 +319,7 @@ def preset(name: str) -> TVPConfig:
                 sample_size=64,
             ),
             text_encoder=_byte_level_clip_text(hidden_size=64, intermediate_size=256, num_attention_heads=4),
+            text_max_tokens=BYTES_TEXT_TOKENS,
         )
     if name == "paper":
         return TVPConfig(
