@@ -174,10 +174,14 @@ def collect_metaworld(
     tasks = [check_task(t) for t in tasks]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    config = {"cameras": list(cameras), "image_size": image_size, "fps": METAWORLD_FPS, "split": COLLECTION_SPLIT, "configurations": CONFIGURATIONS}
+    config = {
+        "cameras": list(cameras), "image_size": image_size, "fps": METAWORLD_FPS, "split": COLLECTION_SPLIT,
+        "configurations": CONFIGURATIONS,
+    }
     state = CollectionState.load(output, config)
+    features = metaworld_features(cameras, image_size)
     writer = LeRobotDatasetWriter(
-        output, fps=METAWORLD_FPS, features=metaworld_features(cameras, image_size), robot_type="sawyer", **VIDEO_SETTINGS[video]
+        output, fps=METAWORLD_FPS, features=features, robot_type="sawyer", **VIDEO_SETTINGS[video]
     )
     try:
         _settle_pending(state, writer.num_episodes, output)

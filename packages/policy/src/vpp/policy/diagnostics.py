@@ -78,7 +78,9 @@ def _generators(seed: int, window: int, samples: int) -> Iterator[torch.Generato
         yield torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _samples(policy: ChunkSampler, observation: dict, instruction: str, seed: int, window: int, samples: int, chunk: int) -> np.ndarray:
+def _samples(
+    policy: ChunkSampler, observation: dict, instruction: str, seed: int, window: int, samples: int, chunk: int
+) -> np.ndarray:
     """(samples, chunk, action_dim) chunks, sample k drawn with the generator of (seed, window, k):
     the same seeds for two observations of one window make sampling noise common to both."""
     out = []
@@ -235,7 +237,8 @@ def image_sensitivity(
     by_task: dict[str, list[PolicyEpisode]] = {}
     for episode in episodes:
         by_task.setdefault(episode.instruction, []).append(episode)
-    pairs = [(group[i], group[(i + 1) % len(group)]) for group in by_task.values() if len(group) >= 2 for i in range(len(group))]
+    groups = [group for group in by_task.values() if len(group) >= 2]
+    pairs = [(group[i], group[(i + 1) % len(group)]) for group in groups for i in range(len(group))]
     if not pairs:
         raise ValueError("image_sensitivity needs two or more episodes of one task; every task has at most one")
     with_state = all(e.state is not None for pair in pairs for e in pair)

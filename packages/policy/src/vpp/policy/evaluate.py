@@ -68,7 +68,8 @@ def wilson_interval(successes: int, episodes: int, z: float = Z_95) -> tuple[flo
 
 
 def summarize(successes: int, episodes: int) -> dict:
-    return {"success": successes / episodes, "successes": successes, "episodes": episodes, "ci95": list(wilson_interval(successes, episodes))}
+    interval = list(wilson_interval(successes, episodes))
+    return {"success": successes / episodes, "successes": successes, "episodes": episodes, "ci95": interval}
 
 
 def group_scores(per_task: dict[str, tuple[int, int]]) -> dict[str, dict | None]:
@@ -103,7 +104,8 @@ def format_table(name: str, scores: dict[str, dict | None], tasks_evaluated: int
         "| " + " | ".join(["method".ljust(width), *(c.ljust(w) for c, w in zip(columns, widths))]) + " |",
         "|" + "|".join(["-" * (width + 2), *("-" * (w + 2) for w in widths)]) + "|",
     ]
-    lines += ["| " + " | ".join([label.ljust(width), *(v.ljust(w) for v, w in zip(values, widths))]) + " |" for label, values in rows]
+    for label, values in rows:
+        lines.append("| " + " | ".join([label.ljust(width), *(v.ljust(w) for v, w in zip(values, widths))]) + " |")
     return "\n".join(lines)
 
 
@@ -120,7 +122,10 @@ def _load_finished(output: Path, settings: dict) -> dict[tuple[str, int], Episod
     if settings_path.is_file():
         saved = json.loads(settings_path.read_text())
         if saved != settings:
-            raise ValueError(f"{output} holds an evaluation with {saved}, not {settings}; use another output folder or the same settings to resume")
+            raise ValueError(
+                f"{output} holds an evaluation with {saved}, not {settings}; use another output folder or the same "
+                "settings to resume"
+            )
     else:
         output.mkdir(parents=True, exist_ok=True)
         settings_path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -202,7 +207,10 @@ def evaluate_metaworld(
     tasks = [check_task(t) for t in tasks]
     split = check_split(split)
     output = Path(output) if output is not None else None
-    settings = {"name": name, "split": split, "cameras": list(cameras), "image_size": image_size, "execute": execute, "max_steps": max_steps}
+    settings = {
+        "name": name, "split": split, "cameras": list(cameras), "image_size": image_size,
+        "execute": execute, "max_steps": max_steps,
+    }
     finished = _load_finished(output, settings) if output is not None else {}
     wanted = [(task, i) for task in tasks for i in range(episodes)]
     skipped = sum(key in finished for key in wanted)
@@ -229,10 +237,10 @@ def evaluate_metaworld(
     bar.close()
     records = [finished[key] for key in wanted]
     counts = {task: (sum(r.success for r in records if r.task == task), episodes) for task in tasks}
-    per_task = {
-        task: {**summarize(*counts[task]), "mean_episode_length": float(np.mean([r.steps for r in records if r.task == task]))}
-        for task in tasks
-    }
+    per_task = {}
+    for task in tasks:
+        lengths = [r.steps for r in records if r.task == task]
+        per_task[task] = {**summarize(*counts[task]), "mean_episode_length": float(np.mean(lengths))}
     scores = group_scores(counts)
     results = {
         **settings,
