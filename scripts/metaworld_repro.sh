@@ -20,20 +20,20 @@ TASKS=${TASKS:-reach,button-press-topdown,drawer-open,door-open,window-open,plat
 DEMOS_PER_TASK=${DEMOS_PER_TASK:-50}
 # the last HELD_OUT_PER_TASK demos of each task are never trained on (offline diagnostics)
 HELD_OUT_PER_TASK=${HELD_OUT_PER_TASK:-5}
-VAE_FIT_STEPS=${VAE_FIT_STEPS:-400}
-TVP_STEPS=${TVP_STEPS:-300}
+VAE_FIT_STEPS=${VAE_FIT_STEPS:-150}
+TVP_STEPS=${TVP_STEPS:-120}
 TVP_BATCH=${TVP_BATCH:-4}
-TVP_LR=${TVP_LR:-2e-4}
-TVP_CHECKPOINT_EVERY=${TVP_CHECKPOINT_EVERY:-25}
+TVP_LR=${TVP_LR:-3e-4}
+TVP_CHECKPOINT_EVERY=${TVP_CHECKPOINT_EVERY:-20}
 WINDOW_STRIDE=${WINDOW_STRIDE:-8}
 CHUNK=${CHUNK:-4}
-POLICY_STEPS=${POLICY_STEPS:-3000}
+POLICY_STEPS=${POLICY_STEPS:-1500}
 POLICY_BATCH=${POLICY_BATCH:-32}
 POLICY_LR=${POLICY_LR:-3e-4}
 # extra `vpp-policy train` flags shared by both policies (state token, dropout, position embedding)
-POLICY_FLAGS=${POLICY_FLAGS:---state-dropout 0.5}
+POLICY_FLAGS=${POLICY_FLAGS:---state-dropout 0.5 --feature-position-embedding}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
-EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-200}
+EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-150}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 BIN=.venv/bin
@@ -100,16 +100,16 @@ done
 
 vae_ablation() {
     stage policy-vae "$RUN/policy-vae/model" policy_train vae "$RUN/policy-vae" --tvp "$RUN/tvp/base"
-    stage diagnose-vae "$RUN/diagnose-vae/diagnostics.json" policy_diagnose "$RUN/policy-vae/model" "$RUN/diagnose-vae"
     stage eval-vae "$RUN/eval-vae/results.json" policy_eval "$RUN/policy-vae/model" "small, static VAE encoder" "$RUN/eval-vae"
+    stage diagnose-vae "$RUN/diagnose-vae/diagnostics.json" policy_diagnose "$RUN/policy-vae/model" "$RUN/diagnose-vae"
 }
 vae_ablation &
 vae_pid=$!
 
 wait "$tvp_pid"
 stage policy-tvp "$RUN/policy-tvp/model" policy_train tvp "$RUN/policy-tvp" --tvp "$RUN/tvp/model" --feature-cache "$RUN/features"
-stage diagnose-tvp "$RUN/diagnose-tvp/diagnostics.json" policy_diagnose "$RUN/policy-tvp/model" "$RUN/diagnose-tvp"
 stage eval-tvp "$RUN/eval-tvp/results.json" policy_eval "$RUN/policy-tvp/model" "small, TVP features (VPP)" "$RUN/eval-tvp"
+stage diagnose-tvp "$RUN/diagnose-tvp/diagnostics.json" policy_diagnose "$RUN/policy-tvp/model" "$RUN/diagnose-tvp"
 wait "$vae_pid"
 # the upper bound the demonstrations come from, on the same unseen configurations and step cap
 stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld oracle" "$RUN/eval-oracle"

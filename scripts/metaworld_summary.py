@@ -60,9 +60,11 @@ def main() -> None:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
         platform.machine(),
     )
-    evaluations = {}
+    # a row the run has not reached yet stays in the file as null, so a partial run reads as one
+    evaluations: dict[str, dict | None] = {}
     for key, folder in (("vpp", "eval-tvp"), ("vae_ablation", "eval-vae"), ("oracle", "eval-oracle")):
         path = run / folder / "results.json"
+        evaluations[key] = None
         if path.is_file():
             results = json.loads(path.read_text())
             evaluations[key] = {**table_row(results), "split": results["split"], "max_steps": results["max_steps"],
@@ -93,10 +95,8 @@ def main() -> None:
         **evaluations,
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for key in ("vpp", "vae_ablation", "oracle"):
-        if key in evaluations:
-            row = evaluations[key]
-            print(key, {g: (row[g], row["ci95"][g]) for g in GROUPS})
+    for key, row in evaluations.items():
+        print(key, "not evaluated" if row is None else {g: (row[g], row["ci95"][g]) for g in GROUPS})
 
 
 if __name__ == "__main__":
