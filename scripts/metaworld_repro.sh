@@ -11,7 +11,9 @@
 # Rerunning continues every stage from its checkpoint or finished output (evaluation from its last
 # finished episode). Each stage logs to $RUN/logs/<stage>.log and appends its wall time to
 # $RUN/stages.jsonl. Every size is an environment variable below; use a new RUN folder when the
-# data or models change.
+# data or models change. The defaults are the next run's (docs/metaworld-cpu.md): about 2.5-3
+# hours of an idle 2-core machine. The 2026-12-02 attempt used VAE_FIT_STEPS=150 TVP_STEPS=120
+# POLICY_STEPS=1500 and was stopped before its policies finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,14 +22,14 @@ TASKS=${TASKS:-reach,button-press-topdown,drawer-open,door-open,window-open,plat
 DEMOS_PER_TASK=${DEMOS_PER_TASK:-50}
 # the last HELD_OUT_PER_TASK demos of each task are never trained on (offline diagnostics)
 HELD_OUT_PER_TASK=${HELD_OUT_PER_TASK:-5}
-VAE_FIT_STEPS=${VAE_FIT_STEPS:-150}
-TVP_STEPS=${TVP_STEPS:-120}
+VAE_FIT_STEPS=${VAE_FIT_STEPS:-600}
+TVP_STEPS=${TVP_STEPS:-300}
 TVP_BATCH=${TVP_BATCH:-4}
 TVP_LR=${TVP_LR:-3e-4}
 TVP_CHECKPOINT_EVERY=${TVP_CHECKPOINT_EVERY:-20}
 WINDOW_STRIDE=${WINDOW_STRIDE:-8}
 CHUNK=${CHUNK:-4}
-POLICY_STEPS=${POLICY_STEPS:-1500}
+POLICY_STEPS=${POLICY_STEPS:-2000}
 POLICY_BATCH=${POLICY_BATCH:-32}
 POLICY_LR=${POLICY_LR:-3e-4}
 # extra `vpp-policy train` flags shared by both policies (state token, dropout, position embedding)
