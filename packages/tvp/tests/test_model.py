@@ -65,3 +65,15 @@ def test_generation_is_seeded_and_guided(tiny_model):
     assert torch.equal(a, run(0))
     assert not torch.equal(a, run(1))
     assert not torch.allclose(a, run(0, guidance=False))
+
+
+def test_a_from_scratch_vae_starts_decoding_each_frame_on_its_own():
+    # A random temporal output convolution mixed each frame with its zero-padded neighbours, so a
+    # barely fitted VAE tinted whole frames, the first and last of a clip most (issue 12).
+    torch.manual_seed(0)
+    model = TextGuidedVideoPredictor.from_preset("tiny")
+    latents = torch.randn(8, 4, 16, 16)
+    with torch.no_grad():
+        as_clip = model.vae.decode(latents, num_frames=8).sample
+        one_by_one = torch.cat([model.vae.decode(z[None], num_frames=1).sample for z in latents])
+    torch.testing.assert_close(as_clip, one_by_one, rtol=1e-4, atol=1e-5)

@@ -133,8 +133,7 @@ def cmd_train(args) -> None:
     model, vae_fit, fit_now = train_start_model(args)
     dataset = build_dataset(args, model)
     if fit_now:
-        losses = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed)
-        vae_fit = {"steps": args.fit_vae_steps, "final_loss": losses[-1]}
+        vae_fit = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed).record()
     if args.latent_cache:
         cache = LatentCache.for_model(args.latent_cache, model)
         cache.build(dataset, model)

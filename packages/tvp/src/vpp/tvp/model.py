@@ -27,6 +27,24 @@ def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
 
 
+@torch.no_grad()
+def start_temporal_decoder_per_frame(vae: AutoencoderKLTemporalDecoder) -> None:
+    """Makes a from-scratch temporal decoder start as a per-frame image decoder: its output
+    convolution over time passes each frame through and every temporal residual branch adds zero.
+    Left random, they mix each frame with its neighbours (zero-padded at the clip's ends), which
+    gave fitted VAEs frames tinted frame by frame, first and last ones most (issue 12)."""
+    time_conv = vae.decoder.time_conv_out
+    time_conv.weight.zero_()
+    time_conv.bias.zero_()
+    middle = time_conv.kernel_size[0] // 2
+    for channel in range(time_conv.out_channels):
+        time_conv.weight[channel, channel, middle, 0, 0] = 1.0
+    for name, module in vae.decoder.named_modules():
+        if name.endswith("temporal_res_block"):
+            module.conv2.weight.zero_()
+            module.conv2.bias.zero_()
+
+
 class TextGuidedVideoPredictor(nn.Module):
     """Predicts a video from its first frame and an instruction.
 
@@ -47,7 +65,10 @@ class TextGuidedVideoPredictor(nn.Module):
         super().__init__()
         self.config = config
         self.unet = unet if unet is not None else UNetSpatioTemporalConditionModel(**config.unet)
-        self.vae = vae if vae is not None else AutoencoderKLTemporalDecoder(**config.vae)
+        if vae is None:
+            vae = AutoencoderKLTemporalDecoder(**config.vae)
+            start_temporal_decoder_per_frame(vae)
+        self.vae = vae
         self.text_encoder = (
             text_encoder
             if text_encoder is not None
