@@ -68,3 +68,4 @@ def test_a_run_killed_before_its_first_checkpoint_trains_the_fitted_vae(tmp_path
         main([*train, "--output", str(tmp_path / run)])
         trained = vae_weights(tmp_path / run / "model")
         assert all(torch.equal(trained[k], fitted[k]) for k in fitted), run
+    assert iio.imread(tmp_path / "mid-base" / "vae_fit_loss.png").shape[:2] == (400, 700)

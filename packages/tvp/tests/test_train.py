@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -34,6 +35,8 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, squares_dataset):
     assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in logged] == pytest.approx(straight, rel=1e-5, abs=1e-7)
     assert (tmp_path / "resumed" / "model" / "tvp_config.json").is_file()
+    curve = iio.imread(tmp_path / "resumed" / "loss.png")
+    assert curve.shape[:2] == (400, 700) and curve.std() > 0
 
 
 def train_unet(output, model, dataset, steps=3):

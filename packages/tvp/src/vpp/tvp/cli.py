@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def cmd_train(args) -> None:
     model, vae_fit, fit_now = train_start_model(args)
     dataset = build_dataset(args, model)
     if fit_now:
-        vae_fit = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed).record()
+        # every process fits the same VAE; the first one draws the curve
+        plot = Path(args.output) / "vae_fit_loss.png" if int(os.environ.get("RANK", "0")) == 0 else None
+        vae_fit = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed, plot_path=plot).record()
     if args.latent_cache:
         cache = LatentCache.for_model(args.latent_cache, model)
         cache.build(dataset, model)

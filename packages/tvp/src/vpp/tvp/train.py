@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from vpp.tvp.config import CONFIG_NAME
 from vpp.tvp.data.mixture import MixtureClipDataset, collate_clips
 from vpp.tvp.model import TextGuidedVideoPredictor
+from vpp.tvp.plots import write_loss_curve
 from vpp.tvp.trainer import AcceleratedTrainer
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def fit_vae(
     kl_weight: float = 1e-6,
     eval_clips: int = 16,
     seed: int = 0,
+    plot_path: str | Path | None = None,
 ) -> VAEFit:
     """Fits the VAE to reconstruct the dataset's frames, for presets trained without SVD's
     pretrained VAE (a random VAE makes every generated video noise), then sets its scaling factor
@@ -182,7 +184,8 @@ def fit_vae(
     schedule and 19.9 for single frames from 32 clips a step; the gain over the first version
     (21.6 dB, frames tinted) came from starting the temporal decoder per frame (``model.py``).
     The mean frame scores 22.8 dB there, so MetaWorld needs more than 60 steps. Quality and scale
-    are measured on the frames of the first ``eval_clips`` clips the fit drew."""
+    are measured on the frames of the first ``eval_clips`` clips the fit drew. ``plot_path``:
+    where to draw the loss curve (PNG)."""
     vae = model.vae
     vae.requires_grad_(True)
     vae.train()
@@ -206,7 +209,11 @@ def fit_vae(
     optimizer.zero_grad(set_to_none=True)
     vae.eval()
     vae.requires_grad_(False)
-    return _measure_fit(model, dataset, steps, losses, eval_clips)
+    fit = _measure_fit(model, dataset, steps, losses, eval_clips)
+    if plot_path is not None:
+        title = f"VAE fit: {fit.psnr:.1f} dB (mean frame {fit.mean_frame_psnr:.1f} dB)"
+        write_loss_curve(plot_path, list(range(1, steps + 1)), losses, title)
+    return fit
 
 
 @torch.no_grad()

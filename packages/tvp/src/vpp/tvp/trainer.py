@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vpp.tvp.checkpoint import latest_checkpoint, read_state, write_checkpoint
+from vpp.tvp.plots import write_metrics_curve
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class AcceleratedTrainer(ABC):
 
         state = {"seed": self.config.seed, "num_processes": self.accelerator.num_processes}
         write_checkpoint(self.output_dir / "checkpoints", step, write, state, self.config.keep_checkpoints)
+        write_metrics_curve(self.metrics_path, self.output_dir / "loss.png", f"{self.name}: {self.output_dir.name}")
 
     def train(self, stop_after: int | None = None) -> list[float]:
         """Runs to ``max_steps`` (or ``stop_after`` more steps, for tests); returns this call's losses."""
