@@ -61,6 +61,7 @@ def test_frozen_parameters_gradients_do_not_enter_clipping(tmp_path, squares_dat
         torch.testing.assert_close(stale_unet[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow
 def test_fit_vae_leaves_no_gradients_and_a_resumed_run_repeats_the_straight_one(tmp_path, squares_dataset):
     def fitted_model():
         torch.manual_seed(0)
