@@ -149,6 +149,17 @@ def test_fixed_feature_noise_without_state(tmp_path):
         runtime.act(obs, "open the door")
 
 
+def test_head_options_export_with_parity(tmp_path):
+    # the position code is computed from the feature grid's shape; the null state token is a
+    # training-only parameter that the exported sampler never reads
+    policy = tiny_policy(cameras=("corner", "wrist"), feature_position_embedding=True, state_dropout=0.5)
+    export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
+    runtime = Policy.load(tmp_path, threads=1)
+    obs = observation(np.random.default_rng(0))
+    noise = runtime.sample_noise(np.random.default_rng(4))
+    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
+
+
 def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     policy = tiny_policy(state_dim=None, encoder="vae")
     export_policy(policy, tmp_path, ["push the button"], text_encoder=False)

@@ -80,6 +80,10 @@ class VideoFormer(nn.Module):
         self.config = config
         d = config.dim
         self.input_projection = nn.Sequential(nn.Linear(config.input_channels, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        # Added before the input MLP's nonlinearity, so each token mixes what it holds with where it
+        # is: even evenly spread attention then pools a code of where the content sits. Added after
+        # it, position would stay a constant offset until attention learned to single tokens out.
+        self.position_projection = nn.Linear(d, 2 * d, bias=False) if config.feature_position_embedding else None
         self.time_embedding = nn.Parameter(torch.zeros(config.num_frames, 1, d))
         self.queries = nn.Parameter(torch.zeros(config.num_frames, config.queries_per_frame, d))
         self.layers = nn.ModuleList(VideoFormerLayer(config) for _ in range(config.depth))
@@ -101,9 +105,11 @@ class VideoFormer(nn.Module):
         batch, views, frames, channels, height, width = features.shape
         # One token per (view, y, x) position: all views of a frame are read together.
         tokens = features.permute(0, 2, 1, 4, 5, 3).reshape(batch, frames, views * height * width, channels)
-        tokens = self.input_projection(tokens) + self.time_embedding
-        if self.config.feature_position_embedding:
-            tokens = tokens + feature_position_embedding(views, height, width, self.config.dim).to(tokens)
+        hidden = self.input_projection[0](tokens)
+        if self.position_projection is not None:
+            code = feature_position_embedding(views, height, width, self.config.dim).to(tokens)
+            hidden = hidden + self.position_projection(code)
+        tokens = self.input_projection[2](self.input_projection[1](hidden)) + self.time_embedding
         tokens = tokens.flatten(0, 1)
         queries = self.queries.expand(batch, -1, -1, -1).flatten(0, 1)
         for layer in self.layers:
