@@ -157,3 +157,16 @@ def test_feature_cache_skips_episodes_without_kept_windows(tmp_path, tvp):
     assert cache.build(windows, tvp, progress=False) == 2
     with pytest.raises(ValueError, match="--episodes-per-task 0"):
         keep_first_episodes_per_task(windows, 0)
+
+
+def test_language_embeddings_are_encoded_once_per_instruction(tvp, monkeypatch):
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    policy = make_policy(tvp, windows)
+    texts = ["open the drawer", "close the window", "open the drawer"]
+    expected = tvp.encode_text(texts)[1]
+    calls = []
+    encode = tvp.encode_text
+    monkeypatch.setattr(tvp, "encode_text", lambda batch: calls.append(list(batch)) or encode(batch))
+    torch.testing.assert_close(policy.language(texts), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(policy.language(texts[::-1]), expected.flip(0), rtol=0, atol=1e-6)
+    assert calls == [["open the drawer", "close the window"]]

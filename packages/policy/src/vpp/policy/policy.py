@@ -99,6 +99,7 @@ class VideoPredictionPolicy(nn.Module):
         self.head = head
         self.action_normalizer = action_normalizer
         self.state_normalizer = state_normalizer
+        self._text_embeddings: dict[str, torch.Tensor] = {}
 
     # -- construction -----------------------------------------------------------------------
 
@@ -200,7 +201,14 @@ class VideoPredictionPolicy(nn.Module):
         return features, pooled
 
     def language(self, instructions: Sequence[str]) -> torch.Tensor:
-        return self.tvp.encode_text(instructions)[1]
+        """(B, D) text embeddings. The text encoder is frozen, so each instruction is encoded once
+        and reused: training on cached features would otherwise spend a fifth of every step here."""
+        missing = [text for text in dict.fromkeys(instructions) if text not in self._text_embeddings]
+        if missing:
+            for text, pooled in zip(missing, self.tvp.encode_text(missing)[1], strict=True):
+                self._text_embeddings[text] = pooled
+        device = next(self.head.parameters()).device
+        return torch.stack([self._text_embeddings[text] for text in instructions]).to(device)
 
     def _state(self, state: torch.Tensor | None) -> torch.Tensor | None:
         if self.state_normalizer is None:
