@@ -8,6 +8,11 @@ import sys
 
 logger = logging.getLogger("vpp.policy")
 
+# Measured on a synthetic reach task (goal seen in the frame, hand given as state; tiny head with
+# feature positions, 600 steps): P = 0 / 0.25 / 0.5 / 0.75 gave held-out MSE 0.0030 / 0.0041 /
+# 0.0137 / 0.0445 with 128 demonstrations and 0.0086 / 0.0185 / 0.0269 / 0.0354 with 32, while how
+# far a swapped frame moved the actions stayed 0.76-0.99x of the truth at every P: a head that
+# can see uses the image without dropout, and dropout only took accuracy.
 STATE_DROPOUT_DEFAULT = 0.0
 
 
