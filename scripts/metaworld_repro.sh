@@ -33,7 +33,7 @@ POLICY_STEPS=${POLICY_STEPS:-2000}
 POLICY_BATCH=${POLICY_BATCH:-32}
 POLICY_LR=${POLICY_LR:-3e-4}
 # extra `vpp-policy train` flags shared by both policies (state token, dropout, position embedding)
-POLICY_FLAGS=${POLICY_FLAGS:---state-dropout 0.5 --feature-position-embedding}
+POLICY_FLAGS=${POLICY_FLAGS:---state-dropout 0 --feature-position-embedding}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-150}
 
@@ -101,7 +101,7 @@ while [[ ! -f $RUN/tvp/base/tvp_config.json ]]; do
 done
 
 vae_ablation() {
-    stage policy-vae "$RUN/policy-vae/model" policy_train vae "$RUN/policy-vae" --tvp "$RUN/tvp/base"
+    stage policy-vae "$RUN/policy-vae/model" policy_train vae "$RUN/policy-vae" --tvp "$RUN/tvp/base" --feature-cache "$RUN/features"
     stage eval-vae "$RUN/eval-vae/results.json" policy_eval "$RUN/policy-vae/model" "small, static VAE encoder" "$RUN/eval-vae"
     stage diagnose-vae "$RUN/diagnose-vae/diagnostics.json" policy_diagnose "$RUN/policy-vae/model" "$RUN/diagnose-vae"
 }

@@ -170,3 +170,78 @@ def test_language_embeddings_are_encoded_once_per_instruction(tvp, monkeypatch):
     torch.testing.assert_close(policy.language(texts), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(policy.language(texts[::-1]), expected.flip(0), rtol=0, atol=1e-6)
     assert calls == [["open the drawer", "close the window"]]
+
+
+def test_vae_feature_cache_holds_the_latents_the_vae_policy_encodes(tmp_path, tvp):
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    policy = make_policy(tvp, windows, encoder="vae")
+    cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0, encoder="vae")
+    assert cache.build(windows, tvp, progress=False) == 2
+    tvp_cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
+    assert cache.folder != tvp_cache.folder  # one root holds both encoders' caches apart
+    assert json.loads((cache.folder / "cache.json").read_text())["encoder"] == "vae"
+    for index in (0, len(windows) - 1):
+        item = windows[index]
+        features, _ = policy.encode(item["images"][None], [item["instruction"]])
+        cached = cache.features_for(windows, index)
+        assert cached.shape == features.shape[1:] == (1, 1, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
+        torch.testing.assert_close(cached, features[0], atol=2e-3, rtol=1e-2)
+    # a training batch from the cache gives the loss of one encoded from the images
+    batch = {key: value for key, value in windows[0].items() if key != "images"}
+    batch = {"features": cache.features_for(windows, 0)[None], "instruction": [batch["instruction"]],
+             "actions": batch["actions"][None], "state": batch["state"][None]}
+    with_images = {"images": windows[0]["images"][None], **{k: v for k, v in batch.items() if k != "features"}}
+    torch.testing.assert_close(policy(batch, torch.Generator().manual_seed(1)), policy(with_images, torch.Generator().manual_seed(1)), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="encoder 'clip'"):
+        FeatureCache(tmp_path / "features", tvp, ["corner"], encoder="clip")
+
+
+def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_path, tvp):
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4)
+    cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
+    cache.build(windows, tvp, progress=False)
+    policy = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
+    head = policy.head
+    assert head.config.feature_shape == [1, tvp.config.num_frames, tvp.config.feature_channels, tvp.config.feature_size, tvp.config.feature_size]
+    assert policy.fit_feature_statistics(windows, cache, progress=False) == len(windows)
+
+    features = torch.stack([cache.features_for(windows, i) for i in range(len(windows))]).double()
+    mean, std = features.mean(0), features.std(0, correction=0)
+    floor = 0.1 * float(std.median())
+    torch.testing.assert_close(head.feature_mean.double(), mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(head.feature_inv_std.double(), 1 / std.clamp_min(floor), atol=1e-4, rtol=1e-4)
+    standardized = head.standardize(features.float()).double()
+    moving = std > floor
+    assert moving.float().mean() > 0.5
+    assert standardized.mean(0)[moving].abs().max() < 1e-3
+    torch.testing.assert_close(standardized.std(0, correction=0)[moving], torch.ones_like(std[moving]), atol=1e-3, rtol=1e-3)
+
+    # the cache holds the fixed-noise features the policy computes itself: the same statistics
+    direct = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
+    direct.fit_feature_statistics(windows, None, batch_size=3, progress=False)
+    torch.testing.assert_close(direct.head.feature_mean, head.feature_mean, atol=2e-3, rtol=1e-2)
+
+    # the head reads standardised features: the same weights without standardisation, given them
+    # already standardised, build the same condition tokens
+    from vpp.policy.config import PolicyHeadConfig
+    from vpp.policy.policy_head import PolicyHead
+
+    plain = PolicyHead(PolicyHeadConfig.from_dict({**head.config.to_dict(), "feature_shape": None})).eval()
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("feature_")})
+    lang = torch.randn(2, head.config.lang_dim)
+    state = torch.randn(2, 4)
+    torch.testing.assert_close(head.eval().condition_tokens(features[:2].float(), lang, state),
+                               plain.condition_tokens(standardized[:2].float(), lang, state), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="without feature_shape"):
+        plain.set_feature_statistics(mean.float(), std.float())
+
+    policy.save_pretrained(tmp_path / "policy")
+    loaded = VideoPredictionPolicy.from_pretrained(tmp_path / "policy")
+    assert loaded.config.standardize_features
+    torch.testing.assert_close(loaded.head.feature_inv_std, head.feature_inv_std, atol=0, rtol=0)
+    obs = {"corner": episodes()[0]["frames"]["corner"][0], "state": np.zeros(4, np.float32)}
+    a = policy.eval().predict_action_chunk(obs, "open the drawer", torch.Generator().manual_seed(5))
+    b = loaded.eval().predict_action_chunk(obs, "open the drawer", torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="standardize_features=False"):
+        make_policy(tvp, windows).fit_feature_statistics(windows, cache, progress=False)

@@ -151,8 +151,13 @@ def test_fixed_feature_noise_without_state(tmp_path):
 
 def test_head_options_export_with_parity(tmp_path):
     # the position code is computed from the feature grid's shape; the null state token is a
-    # training-only parameter that the exported sampler never reads
-    policy = tiny_policy(cameras=("corner", "wrist"), feature_position_embedding=True, state_dropout=0.5)
+    # training-only parameter that the exported sampler never reads; the feature statistics are
+    # buffers the exported graph applies
+    policy = tiny_policy(cameras=("corner", "wrist"), feature_position_embedding=True, state_dropout=0.5, standardize_features=True)
+    # statistics far from the identity, so that a graph without them could not match
+    shape = policy.head.config.feature_shape
+    generator = torch.Generator().manual_seed(0)
+    policy.head.set_feature_statistics(torch.randn(shape, generator=generator), torch.rand(shape, generator=generator) + 0.1)
     export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
     runtime = Policy.load(tmp_path, threads=1)
     obs = observation(np.random.default_rng(0))

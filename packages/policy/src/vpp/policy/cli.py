@@ -161,6 +161,7 @@ def cmd_train(args) -> None:
         feature_seed=args.seed,
         state_dropout=args.state_dropout if state_dim is not None else 0.0,
         feature_position_embedding=args.feature_position_embedding,
+        standardize_features=args.standardize_features,
     )
     policy = VideoPredictionPolicy.build(
         tvp, config, windows.all_actions(), windows.all_states(), head_preset=args.head_preset, seed=args.seed
@@ -168,9 +169,12 @@ def cmd_train(args) -> None:
     # dropout draws from the global RNG: seeded too, so two runs with one seed train alike
     torch.manual_seed(args.seed)
     cache = None
-    if args.feature_cache and args.encoder == "tvp":
-        cache = FeatureCache(args.feature_cache, tvp, cameras, seed=args.seed)
+    if args.feature_cache:
+        cache = FeatureCache(args.feature_cache, tvp, cameras, seed=args.seed, encoder=args.encoder)
         cache.build(windows, tvp)
+    if args.standardize_features:
+        # a resumed run loads the statistics with its checkpoint: these are the same numbers
+        policy.fit_feature_statistics(windows, cache, seed=args.seed)
     train_config = PolicyTrainConfig(
         output_dir=args.output,
         max_steps=args.steps,
@@ -289,10 +293,14 @@ def main(argv: list[str] | None = None) -> None:
         "--feature-position-embedding", action="store_true",
         help="add a fixed (view, y, x) sin-cos position to the Video Former's feature tokens (the official code has none)",
     )
+    train.add_argument(
+        "--standardize-features", action=argparse.BooleanOptionalAction, default=True,
+        help="the head standardises each feature element with its training windows' mean and spread (default: on)",
+    )
     train.add_argument("--encoder", default="tvp", choices=["tvp", "vae"], help="vae: the static-encoder ablation")
     train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
     train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
-    train.add_argument("--feature-cache", help="folder for TVP features computed once (fixed noise per window)")
+    train.add_argument("--feature-cache", help="folder for encoder features computed once (TVP: fixed noise per window; VAE: its latents)")
     train.add_argument("--episodes-per-task", type=int, default=None, help="train on the first N episodes of each instruction only")
     train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
     train.add_argument("--output", required=True)

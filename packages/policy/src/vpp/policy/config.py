@@ -147,6 +147,10 @@ class PolicyHeadConfig:
     # null token, so the head cannot solve the task from proprioception alone and must read the
     # image. 0 keeps the state token always (and creates no null token).
     state_dropout: float = 0.0
+    # (V, T, C, h, w) of the features the head standardises element by element, with the mean and
+    # spread of its training features (buffers saved with the weights, so the exported graph applies
+    # them too); None: the features enter the Video Former as they are.
+    feature_shape: list[int] | None = None
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -168,6 +172,12 @@ class PolicyHeadConfig:
             raise ConfigError(f"state_dropout={self.state_dropout}; expected a probability in [0, 1)")
         if self.state_dropout > 0 and self.state_dim is None:
             raise ConfigError(f"state_dropout={self.state_dropout} but state_dim=None: there is no state token to drop")
+        if self.feature_shape is not None:
+            vf = self.video_former
+            if len(self.feature_shape) != 5 or min(self.feature_shape) < 1 or list(self.feature_shape[1:3]) != [vf.num_frames, vf.input_channels]:
+                raise ConfigError(
+                    f"feature_shape={self.feature_shape}; expected (V, {vf.num_frames}, {vf.input_channels}, h, w) with every size >= 1"
+                )
         if self.video_former.dim != self.dit.dim:
             # The DiT encoder reads the Video Former tokens without a width change.
             raise ConfigError(f"video_former.dim={self.video_former.dim} != dit.dim={self.dit.dim}")
@@ -217,6 +227,7 @@ def policy_head_preset(
     lang_dim: int | None = None,
     state_dropout: float = 0.0,
     feature_position_embedding: bool = False,
+    feature_shape: list[int] | None = None,
 ) -> PolicyHeadConfig:
     """Built-in sizes; the keyword arguments fit a preset to a task (e.g. MetaWorld: 4 x 4 actions)
     or to the TVP that produces its features."""
@@ -249,5 +260,6 @@ def policy_head_preset(
         lang_dim=default_lang if lang_dim is None else lang_dim,
         state_dim=state_dim,
         state_dropout=state_dropout,
+        feature_shape=None if feature_shape is None else list(feature_shape),
         preset=name,
     )

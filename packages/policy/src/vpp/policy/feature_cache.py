@@ -1,8 +1,14 @@
-"""Predictive features computed once by the frozen TVP, so policy epochs do not re-run it.
+"""Encoder features computed once by the frozen TVP, so policy epochs do not re-run it.
 
-The TVP forward starts from random noise, so a cached feature is one draw: each window's noise
-comes from a generator seeded with (seed, episode key, t), and the seed is recorded in the cache's
-``cache.json`` together with the TVP's fingerprint and the feature shape. One safetensors file per
+``encoder="tvp"`` caches the predictive features (one UNet pass); ``encoder="vae"`` caches the
+static-encoder ablation's VAE latents, which are deterministic, so its ``seed`` plays no part.
+
+The TVP forward starts from noise. Every window is computed from the same draw, the one seeded by
+``seed`` (:func:`vpp.tvp.features.fixed_noise`), which is the draw a policy with fixed feature noise
+and ``feature_seed == seed`` uses when it acts: the head trains on exactly the features it will be
+given. (This cache drew fresh noise per window before: the head then trained on features that vary
+with the draw as well as the image, and acted on yet another draw.)
+The seed is recorded in the cache's ``cache.json`` together with the TVP's fingerprint. One safetensors file per
 episode holds the features of the dataset's windows of that episode, (N, V, frames, C, S, S) in
 float16, and their timesteps (N,): a dataset that keeps only some windows (``--window-stride``)
 caches only those. Building is resumable: finished episodes are skipped, and each file is written
@@ -23,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from vpp.policy.data import PolicyWindowDataset, UnreadableEpisode
-from vpp.tvp.features import predictive_features
+from vpp.tvp.features import fixed_noise, predictive_features, static_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
 logger = logging.getLogger(__name__)
@@ -38,16 +44,19 @@ def tvp_fingerprint(tvp: TextGuidedVideoPredictor) -> str:
     return digest.hexdigest()[:16]
 
 
-def window_seed(seed: int, episode_key: str, t: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{episode_key}/{t}".encode()).digest()[:8], "little") & (2**63 - 1)
-
-
 class FeatureCache:
-    def __init__(self, root: str | Path, tvp: TextGuidedVideoPredictor, cameras: list[str], seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(
+        self, root: str | Path, tvp: TextGuidedVideoPredictor, cameras: list[str], seed: int = 0, encoder: str = "tvp"
+    ) -> None:
+        if encoder not in ("tvp", "vae"):
+            raise ValueError(f"encoder {encoder!r}: expected 'tvp' or 'vae'")
+        self.seed, self.encoder = seed, encoder
         fingerprint = tvp_fingerprint(tvp)
-        self.folder = Path(root) / f"{fingerprint}-{'+'.join(cameras)}-seed{seed}"
-        self.meta = {"tvp_fingerprint": fingerprint, "cameras": cameras, "seed": seed, "dtype": "float16"}
+        name = f"{fingerprint}-{'+'.join(cameras)}-fixed{seed}" if encoder == "tvp" else f"{fingerprint}-{'+'.join(cameras)}-vae"
+        self.folder = Path(root) / name
+        self.meta = {"tvp_fingerprint": fingerprint, "cameras": cameras, "encoder": encoder, "dtype": "float16"}
+        if encoder == "tvp":
+            self.meta.update(noise="fixed", seed=seed)
 
     def path(self, episode_key: str) -> Path:
         return self.folder / (hashlib.sha256(episode_key.encode()).hexdigest()[:24] + ".safetensors")
@@ -62,9 +71,9 @@ class FeatureCache:
             windows_of.setdefault(e, []).append(index)
         # episodes the dataset keeps no window of (--episodes-per-task) get no file
         todo = [e for e in windows_of if not self.path(dataset.episodes[e].key).is_file()]
-        noise_shape = (len(dataset.cameras), tvp.config.num_frames, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
+        noise = fixed_noise(tvp, len(dataset.cameras), self.seed)
         written = 0
-        for e in tqdm(todo, desc="caching TVP features", disable=not progress):
+        for e in tqdm(todo, desc=f"caching {self.encoder.upper()} features", disable=not progress):
             episode = dataset.episodes[e]
             hidden = tvp.encode_text([episode.instruction])[0]
             parts = []
@@ -73,12 +82,11 @@ class FeatureCache:
                 for start in range(0, len(indices), batch_size):
                     batch = indices[start : start + batch_size]
                     images = torch.stack([dataset.observation(i) for i in batch])
-                    noise = torch.stack([
-                        torch.randn(noise_shape, generator=torch.Generator().manual_seed(window_seed(self.seed, episode.key, dataset.windows[i][1])))
-                        for i in batch
-                    ])
+                    if self.encoder == "vae":
+                        parts.append(static_features(tvp, images))
+                        continue
                     text = hidden.expand(len(batch), -1, -1)
-                    parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise))
+                    parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise.expand(len(batch), *noise.shape)))
             except UnreadableEpisode as error:
                 dataset.mark_unreadable(e, error)
                 continue

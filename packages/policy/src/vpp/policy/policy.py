@@ -23,11 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vpp.policy.data import UnreadableEpisode
 from vpp.policy.config import PolicyHeadConfig, policy_head_preset
 from vpp.policy.normalization import MIN_RANGE, ActionNormalizer
 from vpp.policy.policy_head import PolicyHead
 from vpp.tvp.data.mixture import resize_frames
-from vpp.tvp.features import predictive_features
+from vpp.tvp.features import fixed_noise, predictive_features, static_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class VPPConfig:
     # Head options (PolicyHeadConfig.state_dropout, VideoFormerConfig.feature_position_embedding).
     state_dropout: float = 0.0
     feature_position_embedding: bool = False
+    # The head standardises each feature element with its training mean and spread
+    # (fit_feature_statistics). Predictive features are dominated by what every frame of a scene
+    # shares (the static background); standardised, what varies with the image is what is left.
+    standardize_features: bool = False
 
     def save(self, folder: Path) -> None:
         (folder / POLICY_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -117,12 +122,17 @@ class VideoPredictionPolicy(nn.Module):
             state_dropout=config.state_dropout,
             feature_position_embedding=config.feature_position_embedding,
         )
+        views = len(config.cameras)
         if config.encoder == "tvp":
             kwargs.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
+            shape = [views, tvp_cfg.num_frames, tvp_cfg.feature_channels, tvp_cfg.feature_size, tvp_cfg.feature_size]
         else:
             # one frame of VAE latents, with as many queries as the TVP variant has tokens
             tokens = base.video_former.num_frames * base.video_former.queries_per_frame
             kwargs.update(input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens)
+            shape = [views, 1, tvp_cfg.latent_channels, tvp_cfg.latent_size, tvp_cfg.latent_size]
+        if config.standardize_features:
+            kwargs.update(feature_shape=shape)
         return policy_head_preset(preset, **kwargs)
 
     @classmethod
@@ -146,6 +156,56 @@ class VideoPredictionPolicy(nn.Module):
                 head = PolicyHead(head_config)
         state_normalizer = fit_normalizer(states, config.normalization) if config.state_dim is not None else None
         return cls(config, tvp, head, fit_normalizer(actions, config.normalization), state_normalizer)
+
+    @torch.no_grad()
+    def fit_feature_statistics(
+        self, windows: Any, cache: Any = None, max_windows: int = 2048, batch_size: int = 16, seed: int = 0, progress: bool = True
+    ) -> int:
+        """Sets the head's per-element feature mean and spread from (at most ``max_windows``, drawn
+        with ``seed``) training windows, read from ``cache`` (a FeatureCache) or encoded from their
+        images; windows of an unreadable episode are marked so in ``windows`` and skipped. A spread below a tenth of the median spread is raised to it, so that an element
+        that barely moves in training cannot blow up at test time. Returns the windows used."""
+        from tqdm.auto import tqdm
+
+        if not self.config.standardize_features:
+            raise ValueError("this policy was built with standardize_features=False")
+        # windows of episodes already found unreadable (by the cache's build, say) are left out
+        readable = np.array([i for i, (e, _) in enumerate(windows.windows) if e not in windows.unreadable], dtype=np.int64)
+        if len(readable) == 0:
+            raise ValueError("no readable training windows to measure feature statistics on")
+        indices = readable if len(readable) <= max_windows else np.sort(np.random.default_rng(seed).choice(readable, max_windows, replace=False))
+        total = total_sq = None
+        used = 0
+        generator = torch.Generator().manual_seed(seed)
+        for start in tqdm(range(0, len(indices), batch_size), desc="feature statistics", disable=not progress):
+            batch = [int(i) for i in indices[start : start + batch_size]]
+            if cache is not None:
+                features = torch.stack([cache.features_for(windows, i) for i in batch])
+            else:
+                items = []
+                for i in batch:
+                    try:
+                        items.append(windows[i])
+                    except UnreadableEpisode as error:  # logged and skipped, as training does
+                        windows.mark_unreadable(windows.windows[i][0], error)
+                if not items:
+                    continue
+                images = torch.stack([item["images"] for item in items])
+                features = self.encode(images, [item["instruction"] for item in items], generator)[0]
+            features = features.double()
+            used += len(features)
+            total = features.sum(0) if total is None else total + features.sum(0)
+            total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
+        if used == 0:
+            raise ValueError("no readable training window to measure feature statistics on")
+        n = used
+        mean = total / n
+        std = (total_sq / n - mean**2).clamp_min(0).sqrt()
+        floor = max(float(std.median()) * 0.1, 1e-6)
+        self.head.set_feature_statistics(mean.float(), std.clamp_min(floor).float())
+        logger.info("feature statistics from %d windows: median spread %.4g, %d elements raised to the floor %.4g",
+                    n, float(std.median()), int((std < floor).sum()), floor)
+        return n
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -178,23 +238,20 @@ class VideoPredictionPolicy(nn.Module):
 
     def feature_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         if self.config.feature_noise == "random":
-            return None if generator is None else self._noise(batch, generator)
-        return self._noise(batch, torch.Generator().manual_seed(self.config.feature_seed))
-
-    def _noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        c = self.tvp.config
-        shape = (batch, len(self.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
-        if self.config.feature_noise == "fixed":
-            return torch.randn(shape[1:], generator=generator).expand(shape)
-        return torch.randn(shape, generator=generator)
+            if generator is None:
+                return None
+            c = self.tvp.config
+            shape = (batch, len(self.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
+            return torch.randn(shape, generator=generator)
+        noise = fixed_noise(self.tvp, len(self.config.cameras), self.config.feature_seed)
+        return noise.expand(batch, *noise.shape)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, instructions: Sequence[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, V, 3, H, W) in [-1, 1] -> (visual features, language embedding (B, D))."""
         hidden, pooled = self.tvp.encode_text(instructions)
         if self.config.encoder == "vae":
-            latents = self.tvp.encode_video(images.flatten(0, 1).unsqueeze(1))
-            features = latents.unflatten(0, images.shape[:2])
+            features = static_features(self.tvp, images)
         else:
             noise = self.feature_noise(images.shape[0], generator)
             features = predictive_features(self.tvp, images, text_hidden=hidden, generator=generator, noise=noise)

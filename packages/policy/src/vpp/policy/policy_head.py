@@ -38,6 +38,30 @@ class PolicyHead(nn.Module):
         self.null_state = nn.Parameter(torch.randn(1, d) * 0.02) if config.state_dropout > 0 else None
         self.dit = DiTActionHead(config.dit)
         self.diffusion = ActionDiffusion(config.diffusion)
+        if config.feature_shape is not None:
+            # identity until set_feature_statistics; loaded with the weights
+            self.register_buffer("feature_mean", torch.zeros(config.feature_shape))
+            self.register_buffer("feature_inv_std", torch.ones(config.feature_shape))
+
+    @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-element mean and spread (V, T, C, h, w) of the training features."""
+        if self.config.feature_shape is None:
+            raise ValueError("this head was built without feature_shape: it does not standardise its features")
+        shape = tuple(self.config.feature_shape)
+        if tuple(mean.shape) != shape or tuple(std.shape) != shape:
+            raise InputShapeError(f"statistics of shape {tuple(mean.shape)} / {tuple(std.shape)}; expected {shape}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("feature statistics must be finite with a positive spread")
+        self.feature_mean.copy_(mean)
+        self.feature_inv_std.copy_(1.0 / std)
+
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        if self.config.feature_shape is None:
+            return features
+        if tuple(features.shape[1:]) != tuple(self.config.feature_shape):
+            raise InputShapeError(f"features have shape {tuple(features.shape)}; expected (B, *{tuple(self.config.feature_shape)})")
+        return (features - self.feature_mean.to(features.dtype)) * self.feature_inv_std.to(features.dtype)
 
     def condition_tokens(
         self,
@@ -51,7 +75,7 @@ class PolicyHead(nn.Module):
         batch = features.shape[0]
         if lang.shape != (batch, self.config.lang_dim):
             raise InputShapeError(f"lang has shape {tuple(lang.shape)}; expected ({batch}, {self.config.lang_dim})")
-        tokens = [self.language_projection(lang)[:, None], self.video_token_projection(self.video_former(features))]
+        tokens = [self.language_projection(lang)[:, None], self.video_token_projection(self.video_former(self.standardize(features)))]
         if self.state_projection is None:
             if state is not None:
                 raise InputShapeError(f"state of shape {tuple(state.shape)} given, but this head has state_dim=None")

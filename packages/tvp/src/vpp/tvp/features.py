@@ -32,6 +32,24 @@ def feature_sigma(model: TextGuidedVideoPredictor) -> float:
     return edm.feature_sigma(f.schedule_steps, f.schedule_index, e.sigma_min, e.sigma_max, e.rho)
 
 
+def fixed_noise(model: TextGuidedVideoPredictor, views: int, seed: int) -> torch.Tensor:
+    """The one unit-variance starting noise (V, T, C, h, w) that a policy with fixed feature noise
+    uses for every forward, and that its feature cache was computed with: seeded by ``seed`` alone."""
+    cfg = model.config
+    shape = (views, cfg.num_frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def static_features(model: TextGuidedVideoPredictor, images: torch.Tensor) -> torch.Tensor:
+    """The static-encoder ablation's features: each view's current frame (B, V, 3, H, W) in
+    [-1, 1] -> its scaled VAE latent (B, V, 1, C, h, w), no UNet, no noise."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected (B, V, 3, H, W)")
+    latents = model.encode_video(images.flatten(0, 1).unsqueeze(1))
+    return latents.unflatten(0, images.shape[:2])
+
+
 @torch.no_grad()
 def predictive_features(
     model: TextGuidedVideoPredictor,
