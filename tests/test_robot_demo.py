@@ -1,12 +1,15 @@
 """The README's main job, scripts/demo.sh, at the smallest scale that still runs every stage:
-expert demos on the sim Panda -> tiny TVP -> policy -> ONNX artifact -> 10 Hz rollout."""
+expert demos on the sim Panda -> tiny TVP -> policy -> ONNX artifact -> 10 Hz rollout -> grasp
+rollouts from cube positions not in the demos."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vpp.data.lerobot import LeRobotDataset
@@ -22,6 +25,8 @@ SMALL = {
     "VPP_DEMO_TVP_STEPS": "2",
     "VPP_DEMO_POLICY_STEPS": "2",
     "VPP_DEMO_SECONDS": "3",
+    "VPP_DEMO_GRASP_ROLLOUTS": "2",
+    "VPP_DEMO_GRASP_SECONDS": "2",
     # The interpreter running this test has every vpp package (a .venv or Pants' sandbox).
     "VPP_PYTHON": sys.executable,
     "OMP_NUM_THREADS": "1",
@@ -43,7 +48,7 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     demos = LeRobotDataset(out / "demos")
     assert demos.num_episodes == 2 and demos.robot_type == "sim_panda"
     manifest = json.loads((out / "artifact" / "manifest.json").read_text())
-    assert manifest["cameras"] == ["scene"]
+    assert manifest["cameras"] == ["wrist"]
     assert manifest["action"]["dim"] == 7 and manifest["state"]["dim"] == 8
 
     report = json.loads((out / "rollout" / "latency_report.json").read_text())
@@ -57,9 +62,27 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     assert video.shape[1:] == (manifest["image_size"], 2 * manifest["image_size"], 3)
     assert "policy rate HELD" in stdout or "policy rate DID NOT HOLD" in stdout
 
+    # The grasp rollouts ran the artifact from cube positions no demonstration (nor any dropped
+    # collection attempt) started from, and the job printed how many of them grasped the cube.
+    grasped = re.search(r"^== grasped (\d+)/2\b", stdout, flags=re.MULTILINE)
+    assert grasped, stdout[-2000:]
+    grasps = json.loads((out / "grasps" / "grasp_eval.json").read_text())
+    assert grasps["episodes"] == 2 and grasps["grasped"] == int(grasped.group(1))
+    collection = json.loads((out / "demos" / "collection_state.json").read_text())
+    demo_starts = np.array(collection["progress"]["cube_starts"])
+    rollout_starts = np.array([rollout["cube_start"] for rollout in grasps["rollouts"]])
+    assert len(demo_starts) >= 2 and rollout_starts.shape == (2, 3)
+    assert not any(np.allclose(start, demo) for start in rollout_starts for demo in demo_starts)
+    demo_seeds = range(collection["settings"]["seed"], collection["settings"]["seed"] + collection["progress"]["next_attempt"])
+    assert {rollout["seed"] for rollout in grasps["rollouts"]}.isdisjoint(demo_seeds)
+    # The 10 Hz rollout starts where the first grasp rollout does (read once the cube has settled
+    # on the table: within a millimetre of its spawn point).
+    np.testing.assert_allclose(report["sim_scene"]["object_start"], rollout_starts[0], rtol=0, atol=1e-3)
+
     # A second run skips every finished stage and runs the rollout again.
     again = run_demo(out)
     for stage in ("tvp-train", "policy-train", "export"):
         assert f"== {stage}: done already" in again
     assert LeRobotDataset(out / "demos").num_episodes == 2
     assert (out / "rollout" / "latency_report.json").is_file()
+    assert re.search(r"^== grasped \d+/2\b", again, flags=re.MULTILINE)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopReport, RolloutRecorder
+from vpp.robots.drivers.sim import SimArm
 from vpp.robots.grasp_eval import EVAL_SEED
 from vpp.robots.interfaces import Camera, Robot
 from vpp.robots.policies import BUILT_IN_POLICIES, load_policy
@@ -78,17 +79,18 @@ def _progress_line(report: ControlLoopReport) -> None:
     )
 
 
-def _sim_scene_summary(robot: Robot) -> dict | None:
-    """Where the cube is and how far the tool centre point ended from it (simulated arms only:
-    a real arm has no ground truth to report)."""
-    if not hasattr(robot, "object_position"):
-        return None
+def _sim_scene_summary(robot: SimArm, object_start: np.ndarray) -> dict:
+    """Where the cube started and is, how far the tool centre point ended from it and whether the
+    hand holds it up at the end (simulated arms only: a real arm has no ground truth to report)."""
     final_position = robot.observe().ee_position
     cube = robot.object_position()
     return {
+        "object_start": object_start.tolist(),
         "object_position": cube.tolist(),
         "final_tcp_position": final_position.tolist(),
         "final_tcp_to_object_m": float(np.linalg.norm(final_position - cube)),
+        "final_object_lift_m": robot.object_lift_m(),
+        "grasped_at_end": robot.object_grasped(),
     }
 
 
@@ -117,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
     image_size = args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE
     robot, cameras = build_robot(args, image_size)
     recorder = RolloutRecorder([camera.name for camera in cameras])
+    simulated = args.robot in SIM_ROBOTS
     with robot:
+        object_start = robot.object_position() if simulated else None
         loop = ControlLoop(robot, cameras, policy, config, recorder=recorder, on_progress=_progress_line)
         report = loop.run(args.instruction, seconds=args.seconds)
-        scene = _sim_scene_summary(robot)
+        scene = _sim_scene_summary(robot, object_start) if simulated else None
     fps = round(args.rate)
     _write_video(recorder, out / "rollout.mp4", fps)
     if args.record and len(recorder):
