@@ -4,7 +4,8 @@
 # its predictive features and the static-encoder ablation (encoder=vae) with the same steps, batch
 # and windows -> offline diagnostics on held-out demos (action error, image sensitivity) -> success
 # on configurations never collected (the eval split), with 95% intervals, in the paper's Table 2
-# layout -> summary.json (docs/results/metaworld-cpu.json's source).
+# layout -> the TVP's predictions of unseen scenes, scored -> summary.json
+# (docs/results/metaworld-cpu.json's source).
 #
 #   mkdir -p runs/mw2 && nohup bash scripts/metaworld_repro.sh > runs/mw2/repro.out 2>&1 &
 #
@@ -115,6 +116,9 @@ stage diagnose-tvp "$RUN/diagnose-tvp/diagnostics.json" policy_diagnose "$RUN/po
 wait "$vae_pid"
 # the upper bound the demonstrations come from, on the same unseen configurations and step cap
 stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld oracle" "$RUN/eval-oracle"
+# the TVP's predictions of the oracle's evaluation videos (scenes no training clip showed), scored
+# against the real frames beside holding the first frame: tvp-predict/unseen.{png,gif,json}
+stage tvp-predict "$RUN/tvp-predict/unseen.json" env RUN="$RUN" $BIN/python scripts/metaworld_tvp_check.py
 
 export RUN TASKS DEMOS_PER_TASK HELD_OUT_PER_TASK VAE_FIT_STEPS TVP_STEPS TVP_BATCH TVP_LR WINDOW_STRIDE CHUNK POLICY_STEPS \
     POLICY_BATCH POLICY_LR POLICY_FLAGS EVAL_EPISODES EVAL_MAX_STEPS

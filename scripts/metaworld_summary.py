@@ -74,6 +74,8 @@ def main() -> None:
         path = run / folder / "diagnostics.json"
         if path.is_file():
             diagnostics[key] = json.loads(path.read_text())
+    prediction = run / "tvp-predict" / "unseen.json"
+    vae_fit = run / "tvp" / "base" / "vae_fit.json"
     demos = json.loads((run / "demos" / "collection_state.json").read_text())
     summary = {
         "what": "CPU-scale MetaWorld reproduction with the small preset (scripts/metaworld_repro.sh), "
@@ -91,6 +93,8 @@ def main() -> None:
             "policy_tvp": {"curve": curve(run / "policy-tvp"), "windows": windows(run / "logs" / "policy-tvp.log")},
             "policy_vae": {"curve": curve(run / "policy-vae"), "windows": windows(run / "logs" / "policy-vae.log")},
         },
+        "vae_fit": json.loads(vae_fit.read_text()) if vae_fit.is_file() else None,
+        "tvp_prediction_unseen": json.loads(prediction.read_text())["scores"] if prediction.is_file() else None,
         "diagnostics": diagnostics,
         **evaluations,
     }

@@ -69,3 +69,20 @@ def test_a_run_killed_before_its_first_checkpoint_trains_the_fitted_vae(tmp_path
         trained = vae_weights(tmp_path / run / "model")
         assert all(torch.equal(trained[k], fitted[k]) for k in fitted), run
     assert iio.imread(tmp_path / "mid-base" / "vae_fit_loss.png").shape[:2] == (400, 700)
+
+
+def test_prediction_scores_rank_a_true_prediction_above_the_held_first_frame():
+    from vpp.tvp.cli import prediction_scores
+
+    # a square moving right by 2 pixels a frame over a grey background
+    video = torch.full((2, 6, 3, 16, 16), -0.5)
+    for t in range(6):
+        video[:, t, :, 4:8, 2 * t : 2 * t + 4] = 0.8
+    scores = prediction_scores(video, video + 0.01)
+    assert scores["clips"] == 2 and len(scores["psnr_per_frame"]) == 6
+    # an almost exact prediction: ~46 dB on every frame; holding frame 0 loses the moving square
+    assert min(scores["psnr_per_frame"]) > 45
+    assert scores["held_first_frame_psnr_per_frame"][0] == 100.0
+    assert scores["held_first_frame_psnr_later_frames"] < 20 < scores["psnr_later_frames"]
+    held = prediction_scores(video, video[:, :1].expand_as(video))
+    assert held["psnr_per_frame"] == held["held_first_frame_psnr_per_frame"]

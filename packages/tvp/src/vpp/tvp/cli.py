@@ -81,8 +81,33 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
+def prediction_scores(truth: torch.Tensor, predicted: torch.Tensor) -> dict:
+    """PSNR (dB, frames in [-1, 1] as 8-bit images) of predicted videos (B, T, 3, H, W) against the
+    real ones, per frame, beside the trivial prediction that holds the first frame. A model that
+    predicts motion beats the held frame on the later frames; one that learned only to copy, or
+    blurs, does not."""
+
+    def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).flatten(2).mean(-1).mean(0)  # (T,)
+        return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+    truth, predicted = truth.float(), predicted.float()
+    model = psnr(predicted, truth)
+    held = psnr(truth[:, :1].expand_as(truth), truth)
+    later = slice(1, None)
+    return {
+        "clips": truth.shape[0],
+        "psnr_per_frame": [round(float(v), 3) for v in model],
+        "held_first_frame_psnr_per_frame": [round(float(v), 3) for v in held],
+        # frame 0 is the conditioning frame: the comparison is over the frames to predict
+        "psnr_later_frames": round(float(model[later].mean()), 3),
+        "held_first_frame_psnr_later_frames": round(float(held[later].mean()), 3),
+    }
+
+
 def write_comparison(path: Path, truth: torch.Tensor | None, predicted: torch.Tensor, instructions: list[str]) -> list[Path]:
-    """A PNG grid (per example: ground-truth row above predicted row) and a GIF of the prediction."""
+    """A PNG grid (per example: ground-truth row above predicted row), a GIF of the prediction and
+    a JSON record (with :func:`prediction_scores` when the real videos are known)."""
     import imageio.v3 as iio
 
     rows = []
@@ -96,7 +121,10 @@ def write_comparison(path: Path, truth: torch.Tensor | None, predicted: torch.Te
     gif = path.with_suffix(".gif")
     frames = np.concatenate(list(to_uint8(predicted)), axis=2)  # examples side by side
     iio.imwrite(gif, frames, duration=150, loop=0)
-    path.with_suffix(".json").write_text(json.dumps({"instructions": instructions, "rows": "truth/predicted" if truth is not None else "predicted"}, indent=2))
+    record = {"instructions": instructions, "rows": "truth/predicted" if truth is not None else "predicted"}
+    if truth is not None:
+        record["scores"] = prediction_scores(truth, predicted)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return [png, gif]
 
 
