@@ -139,10 +139,10 @@ def test_feature_cache_of_every_kth_window_reads_each_kept_window(tmp_path, tvp)
     for index, (e, t) in enumerate(strided.windows):
         # the noise is seeded by (seed, episode, t), so a kept window's features do not depend on the
         # others (up to float16 rounding of differently batched forwards)
-        expected = full_cache.read(strided.episodes[e].key, t)
+        expected = full_cache.read(strided.episodes[e], t)
         torch.testing.assert_close(strided_cache.features_for(strided, index), expected, atol=2e-3, rtol=1e-2)
     with pytest.raises(KeyError, match="timestep 1"):
-        strided_cache.read(strided.episodes[0].key, 1)
+        strided_cache.read(strided.episodes[0], 1)
     with pytest.raises(ValueError, match="--window-stride 0"):
         keep_every_kth_window(strided, 0)
 
@@ -245,3 +245,27 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="standardize_features=False"):
         make_policy(tvp, windows).fit_feature_statistics(windows, cache, progress=False)
+
+
+def test_feature_cache_files_follow_the_episode_content_not_only_its_folder_name(tmp_path, tvp):
+    # two datasets whose folders share a name ("demos") index their episodes alike: demos/0, demos/1
+    first = PolicyWindowDataset([ArrayEpisodeSource(episodes(seed=0), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4)
+    second = PolicyWindowDataset([ArrayEpisodeSource(episodes(seed=1), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4)
+    assert [e.key for e in first.episodes] == [e.key for e in second.episodes]
+    cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
+    assert cache.build(first, tvp, progress=False) == 2
+    # the second dataset's episodes are not taken for the first's: they are computed
+    assert cache.build(second, tvp, progress=False) == 2
+    assert cache.build(second, tvp, progress=False) == 0
+    for index in (0, len(second) - 1):
+        item = second[index]
+        features = predictive_features_of(tvp, item)
+        torch.testing.assert_close(cache.features_for(second, index), features, atol=2e-3, rtol=1e-2)
+        assert not torch.allclose(cache.features_for(first, index), features, atol=1e-2)
+
+
+def predictive_features_of(tvp, item):
+    from vpp.tvp.features import fixed_noise, predictive_features
+
+    noise = fixed_noise(tvp, 1, 0)[None]
+    return predictive_features(tvp, item["images"][None], [item["instruction"]], noise=noise)[0]

@@ -23,12 +23,13 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vpp.policy.data import PolicyWindowDataset, UnreadableEpisode
+from vpp.policy.data import PolicyEpisode, PolicyWindowDataset, UnreadableEpisode
 from vpp.tvp.features import fixed_noise, predictive_features, static_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
@@ -58,8 +59,17 @@ class FeatureCache:
         if encoder == "tvp":
             self.meta.update(noise="fixed", seed=seed)
 
-    def path(self, episode_key: str) -> Path:
-        return self.folder / (hashlib.sha256(episode_key.encode()).hexdigest()[:24] + ".safetensors")
+    def path(self, episode: PolicyEpisode) -> Path:
+        """The episode's file. It is named by the episode's key (dataset folder name and index) and
+        its content (instruction, actions, state): two datasets in folders of one name, or a folder
+        collected again, get files of their own instead of each other's features."""
+        digest = hashlib.sha256(episode.key.encode())
+        digest.update(episode.instruction.encode())
+        for array in (episode.actions, episode.state):
+            if array is not None:
+                digest.update(str(array.shape).encode())
+                digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return self.folder / (digest.hexdigest()[:24] + ".safetensors")
 
     def build(self, dataset: PolicyWindowDataset, tvp: TextGuidedVideoPredictor, batch_size: int = 8, progress: bool = True) -> int:
         """Computes the features of every episode not cached yet; returns how many it computed.
@@ -70,7 +80,7 @@ class FeatureCache:
         for index, (e, _) in enumerate(dataset.windows):
             windows_of.setdefault(e, []).append(index)
         # episodes the dataset keeps no window of (--episodes-per-task) get no file
-        todo = [e for e in windows_of if not self.path(dataset.episodes[e].key).is_file()]
+        todo = [e for e in windows_of if not self.path(dataset.episodes[e]).is_file()]
         noise = fixed_noise(tvp, len(dataset.cameras), self.seed)
         written = 0
         for e in tqdm(todo, desc=f"caching {self.encoder.upper()} features", disable=not progress):
@@ -90,7 +100,7 @@ class FeatureCache:
             except UnreadableEpisode as error:
                 dataset.mark_unreadable(e, error)
                 continue
-            target = self.path(episode.key)
+            target = self.path(episode)
             tmp = target.with_suffix(".tmp")
             timesteps = torch.tensor([dataset.windows[i][1] for i in indices], dtype=torch.int64)
             tensors = {"features": torch.cat(parts).to(torch.float16).contiguous(), "timesteps": timesteps}
@@ -99,8 +109,9 @@ class FeatureCache:
             written += 1
         return written
 
-    def read(self, episode_key: str, t: int) -> torch.Tensor:
-        path = self.path(episode_key)
+    def read(self, episode: PolicyEpisode, t: int) -> torch.Tensor:
+        path = self.path(episode)
+        episode_key = episode.key
         if not path.is_file():
             raise KeyError(f"episode {episode_key} has no cached features in {self.folder}; build the cache first")
         with safe_open(path, framework="pt") as f:
@@ -112,5 +123,5 @@ class FeatureCache:
 
     def features_for(self, dataset: PolicyWindowDataset, index: int) -> torch.Tensor:
         e, t = dataset.windows[index]
-        return self.read(dataset.episodes[e].key, t)
+        return self.read(dataset.episodes[e], t)
 
