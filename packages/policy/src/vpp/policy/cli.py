@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--encoder", default="tvp", choices=["tvp", "vae"], help="vae: the static-encoder ablation")
     train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
     train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
-    train.add_argument("--feature-cache", help="folder for encoder features computed once (TVP: fixed noise per window; VAE: its latents)")
+    train.add_argument("--feature-cache", help="folder for encoder features computed once (TVP: from the policy's one fixed noise draw; VAE: its latents)")
     train.add_argument("--episodes-per-task", type=int, default=None, help="train on the first N episodes of each instruction only")
     train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
     train.add_argument("--output", required=True)

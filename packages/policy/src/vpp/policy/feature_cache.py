@@ -7,10 +7,10 @@ The TVP forward starts from noise. Every window is computed from the same draw, 
 ``seed`` (:func:`vpp.tvp.features.fixed_noise`), which is the draw a policy with fixed feature noise
 and ``feature_seed == seed`` uses when it acts: the head trains on exactly the features it will be
 given. (This cache drew fresh noise per window before: the head then trained on features that vary
-with the draw as well as the image, and acted on yet another draw.)
-The seed is recorded in the cache's ``cache.json`` together with the TVP's fingerprint. One safetensors file per
-episode holds the features of the dataset's windows of that episode, (N, V, frames, C, S, S) in
-float16, and their timesteps (N,): a dataset that keeps only some windows (``--window-stride``)
+with the draw as well as the image, and acted on yet another draw.) The seed is recorded in the
+cache's ``cache.json`` together with the TVP's fingerprint. One safetensors file per episode
+holds the features of the dataset's windows of that episode, (N, V, frames, C, S, S) in float16,
+and their timesteps (N,): a dataset that keeps only some windows (``--window-stride``)
 caches only those. Building is resumable: finished episodes are skipped, and each file is written
 under a temporary name and renamed.
 """

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vpp.policy.data import UnreadableEpisode
 from vpp.policy.config import PolicyHeadConfig, policy_head_preset
+from vpp.policy.data import UnreadableEpisode
 from vpp.policy.normalization import MIN_RANGE, ActionNormalizer
 from vpp.policy.policy_head import PolicyHead
 from vpp.tvp.data.mixture import resize_frames
@@ -163,8 +163,9 @@ class VideoPredictionPolicy(nn.Module):
     ) -> int:
         """Sets the head's per-element feature mean and spread from (at most ``max_windows``, drawn
         with ``seed``) training windows, read from ``cache`` (a FeatureCache) or encoded from their
-        images; windows of an unreadable episode are marked so in ``windows`` and skipped. A spread below a tenth of the median spread is raised to it, so that an element
-        that barely moves in training cannot blow up at test time. Returns the windows used."""
+        images; windows of an unreadable episode are marked so in ``windows`` and skipped. A spread
+        below a tenth of the median spread is raised to it, so that an element that barely moves
+        in training cannot blow up at test time. Returns the number of windows used."""
         from tqdm.auto import tqdm
 
         if not self.config.standardize_features:
