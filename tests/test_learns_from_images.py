@@ -53,15 +53,8 @@ MSE_FRACTION_OF_BLIND = 0.3
 SWAP_FRACTION_OF_TRUTH = 0.6
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_fresh_accelerator():
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+# these trainings run on one torch thread, as they did when their margins were recorded
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def frames_and_targets(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:

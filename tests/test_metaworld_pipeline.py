@@ -8,13 +8,6 @@ import pytest
 pytest.importorskip("metaworld")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 @pytest.mark.slow
 def test_collect_train_both_stages_and_evaluate(tmp_path, capsys):

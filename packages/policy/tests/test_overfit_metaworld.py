@@ -29,13 +29,6 @@ TASK = "button-press-topdown"
 CHUNK = 4
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 class ConstantAction:
     def __init__(self, action):

@@ -11,13 +11,6 @@ from vpp.policy.train import PolicyTrainConfig, PolicyTrainer, lr_multiplier
 from vpp.tvp.model import TextGuidedVideoPredictor
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 @pytest.fixture
 def tvp():

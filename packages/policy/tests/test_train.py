@@ -20,15 +20,8 @@ from vpp.tvp.model import TextGuidedVideoPredictor
 CAMERA = "observation.images.corner"
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_fresh_accelerator():
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+# these trainings run on one torch thread, as they did when their margins were recorded
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,3 @@ def squares_dataset() -> MixtureClipDataset:
     videos, instructions = moving_squares(num_frames=12, size=32)
     return MixtureClipDataset([ArrayClipSource(videos, instructions, name="squares")], num_frames=8, image_size=32)
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """accelerate keeps one process-wide state; trainers with other settings need a fresh one."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
