@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import json
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+# The byte -> printable-symbol table of transformers' own byte-level BPE tokenizers: the vocabulary
+# must use the very symbols CLIPTokenizer encodes bytes to (vpp.runtime.tokenizer mirrors it torch-free).
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from vpp.tvp.config import BYTES_VOCAB_SIZE
 
 
-@lru_cache(maxsize=1)
-def _byte_symbols() -> tuple[str, ...]:
-    """The 256 printable stand-ins for bytes that byte-level BPE tokenizers use, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols: dict[int, str] = {b: chr(b) for b in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in symbols:
-            symbols[byte] = chr(256 + extra)
-            extra += 1
-    return tuple(symbols[b] for b in range(256))
-
-
 def byte_vocabulary() -> dict[str, int]:
-    symbols = _byte_symbols()
+    """The built-in tokenizer's 514 ids: every byte's symbol, then its word-final variant, then
+    the start and end tokens."""
+    table = bytes_to_unicode()
+    symbols = [table[byte] for byte in range(256)]
     tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
     assert len(tokens) == BYTES_VOCAB_SIZE
     return {token: index for index, token in enumerate(tokens)}
