@@ -7,14 +7,7 @@ from vpp.policy.action_diffusion import ActionDiffusion, exponential_sigmas, kar
 from vpp.policy.config import ConfigError, DiffusionConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two spinning
-    OpenMP threads slow them down by 30-100x when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 
 def random_network(seed: int = 0):

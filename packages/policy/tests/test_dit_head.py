@@ -7,14 +7,7 @@ from vpp.policy.config import DiTHeadConfig, InputShapeError, policy_head_preset
 from vpp.policy.dit_head import DiTActionHead
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two spinning
-    OpenMP threads slow them down by 30-100x when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 
 def tiny_config(**overrides) -> DiTHeadConfig:

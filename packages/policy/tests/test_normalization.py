@@ -77,11 +77,22 @@ def test_json_save_load_is_bit_exact(actions, tmp_path):
     assert json.loads(path.read_text())["method"] == "percentile"
 
 
-def test_constant_dimension_is_rejected_with_its_index(actions):
+@pytest.mark.parametrize("method", ["min_max", "percentile"])
+def test_a_constant_dimension_fitted_to_data_maps_to_zero(actions, method, caplog):
     actions = actions.copy()
-    actions[:, 2] = 7.0
+    actions[:, 2] = 0.7
+    normalizer = ActionNormalizer.from_actions(actions, method=method)
+    assert normalizer.low[2] == pytest.approx(-0.3) and normalizer.high[2] == pytest.approx(1.7)
+    normalized = normalizer.normalize(actions)
+    np.testing.assert_allclose(normalized[:, 2], 0.0, atol=1e-12)
+    assert normalizer.low[0] < normalizer.high[0] and normalized[:, 0].max() <= 1.0 + 1e-12
+    np.testing.assert_allclose(normalizer.denormalize(normalized), actions, atol=1e-12)
+    assert "dims [2] are constant" in caplog.text
+
+
+def test_explicit_bounds_without_a_range_are_rejected_with_their_index():
     with pytest.raises(NormalizationError, match=r"dims \[2\].*range \[0\.0\]"):
-        ActionNormalizer.from_actions(actions)
+        ActionNormalizer(np.array([0.0, 0.0, 7.0]), np.array([1.0, 1.0, 7.0]))
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,9 @@ import torch
 
 from vpp.policy.data import ArrayEpisodeSource, PolicyWindowDataset
 from vpp.policy.feature_cache import FeatureCache
-from vpp.policy.policy import ObservationError, VideoPredictionPolicy, VPPConfig, fit_normalizer
+from vpp.policy.policy import ObservationError, VideoPredictionPolicy, VPPConfig
 from vpp.policy.train import PolicyTrainConfig, PolicyTrainer, lr_multiplier
-from vpp.tvp.model import TextGuidedVideoPredictor
 
-
-
-@pytest.fixture
-def tvp():
-    torch.manual_seed(0)
-    return TextGuidedVideoPredictor.from_preset("tiny")
 
 
 def episodes(count=2, length=10, seed=0):
@@ -67,14 +60,6 @@ def test_bad_observations_are_refused(tvp):
         policy.act({"corner": image.astype(np.float32), "state": np.zeros(4)}, "x")
     with pytest.raises(ObservationError, match="4 finite values"):
         policy.act({"corner": image, "state": np.array([0, np.nan, 0, 0])}, "x")
-
-
-def test_constant_dimensions_still_normalise():
-    actions = np.stack([np.linspace(-2, 2, 50), np.full(50, 0.7)], axis=1)
-    normalizer = fit_normalizer(actions, "min_max")
-    normalized = normalizer.normalize(actions)
-    assert np.allclose(normalized[:, 1], 0.0) and normalized[:, 0].min() == -1.0
-    assert np.allclose(normalizer.denormalize(normalized), actions)
 
 
 def test_tristage_schedule():

@@ -13,14 +13,7 @@ from vpp.policy.config import (
 from vpp.policy.policy_head import PolicyHead
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two spinning
-    OpenMP threads slow them down by 30-100x when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 
 def batch_for(config: PolicyHeadConfig, batch: int = 2, views: int = 2, size: int = 4, seed: int = 0) -> dict:

@@ -15,19 +15,12 @@ from vpp.policy.data import ArrayEpisodeSource, LeRobotEpisodeSource, NoValidEpi
 from vpp.policy.feature_cache import FeatureCache
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
 from vpp.policy.train import PolicyTrainConfig, PolicyTrainer
-from vpp.tvp.model import TextGuidedVideoPredictor
 
 CAMERA = "observation.images.corner"
 
 
 # these trainings run on one torch thread, as they did when their margins were recorded
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tvp():
-    torch.manual_seed(0)
-    return TextGuidedVideoPredictor.from_preset("tiny")
 
 
 def write_dataset(root: Path, tasks: list[str], length: int = 8, separate_video_files: bool = True) -> Path:

@@ -4,12 +4,15 @@
 percentiles (the paper's real-robot setting), from raw arrays or from a LeRobot-style stats dict
 (``{"min", "max", "q01", "q99", ...}`` per feature). With percentile bounds some values land
 outside [-1, 1]; ``normalize(..., clip=True)`` clips them, which makes the map lossy there.
+Fitted to data, a dimension that never changes (a gripper that stays open) maps value +- 1 to
+[-1, 1]; bounds given explicitly must have a range.
 The JSON form stores the bounds as decimal floats that read back bit-exact.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ METHODS = ("min_max", "percentile")
 # Narrower ranges than this would blow noise up to full-scale actions.
 MIN_RANGE = 1e-8
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
@@ -64,7 +69,8 @@ class ActionNormalizer:
     def from_actions(
         cls, actions: np.ndarray | torch.Tensor, method: str = "min_max", percentiles: tuple[float, float] = (1.0, 99.0)
     ) -> ActionNormalizer:
-        """Bounds over every axis but the last of ``actions`` (..., D)."""
+        """Bounds over every axis but the last of ``actions`` (..., D). A dimension whose data
+        range is below :data:`MIN_RANGE` gets the bounds value +- 1 (logged), so that it maps to 0."""
         data = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         if data.ndim == 0 or data.size == 0:
             raise NormalizationError(f"actions have shape {data.shape}; expected (..., D) with at least one row")
@@ -73,14 +79,20 @@ class ActionNormalizer:
         if nan_dims.size:
             raise NormalizationError(f"actions contain NaN in dims {nan_dims.tolist()}")
         if method == "min_max":
-            return cls(data.min(axis=0), data.max(axis=0), method)
-        if method == "percentile":
+            low, high = data.min(axis=0), data.max(axis=0)
+        elif method == "percentile":
             lower, upper = percentiles
             if not 0.0 <= lower < upper <= 100.0:
                 raise NormalizationError(f"percentiles={percentiles}; expected 0 <= lower < upper <= 100")
             low, high = np.percentile(data, [lower, upper], axis=0)
-            return cls(low, high, method)
-        raise NormalizationError(f"method={method!r}; expected one of {METHODS}")
+        else:
+            raise NormalizationError(f"method={method!r}; expected one of {METHODS}")
+        narrow = high - low < MIN_RANGE
+        if narrow.any():
+            logger.warning("dims %s are constant in the data; normalising them as value +- 1", np.flatnonzero(narrow).tolist())
+            centre = (low + high) / 2
+            low, high = np.where(narrow, centre - 1.0, low), np.where(narrow, centre + 1.0, high)
+        return cls(low, high, method)
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any], key: str | None = "action", method: str = "min_max") -> ActionNormalizer:

@@ -23,9 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vpp.data.errors import ObservationError
 from vpp.policy.config import PolicyHeadConfig, policy_head_preset
 from vpp.policy.data import UnreadableEpisode
-from vpp.policy.normalization import MIN_RANGE, ActionNormalizer
+from vpp.policy.normalization import ActionNormalizer
 from vpp.policy.policy_head import PolicyHead
 from vpp.tvp.data.mixture import resize_frames
 from vpp.tvp.features import fixed_noise, predictive_features, static_features
@@ -34,10 +35,6 @@ from vpp.tvp.model import TextGuidedVideoPredictor
 logger = logging.getLogger(__name__)
 
 POLICY_CONFIG = "vpp_policy.json"
-
-
-class ObservationError(ValueError):
-    """An observation the policy cannot act on (missing camera, bad image, NaN state)."""
 
 
 @dataclass
@@ -69,22 +66,6 @@ class VPPConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no {POLICY_CONFIG} in {folder}: not a saved VideoPredictionPolicy")
         return cls(**json.loads(path.read_text()))
-
-
-def fit_normalizer(values: np.ndarray, method: str) -> ActionNormalizer:
-    """Bounds from data; a dimension that never changes (a gripper that stays open) gets a unit
-    half-range around its value instead of an invalid zero range."""
-    data = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
-    if method == "percentile":
-        low, high = np.percentile(data, [1.0, 99.0], axis=0)
-    else:
-        low, high = data.min(axis=0), data.max(axis=0)
-    narrow = high - low < MIN_RANGE
-    if narrow.any():
-        logger.warning("dims %s are constant in the data; normalising them as value +- 1", np.flatnonzero(narrow).tolist())
-        centre = (low + high) / 2
-        low, high = np.where(narrow, centre - 1.0, low), np.where(narrow, centre + 1.0, high)
-    return ActionNormalizer(low, high, method)
 
 
 class VideoPredictionPolicy(nn.Module):
@@ -154,8 +135,8 @@ class VideoPredictionPolicy(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 head = PolicyHead(head_config)
-        state_normalizer = fit_normalizer(states, config.normalization) if config.state_dim is not None else None
-        return cls(config, tvp, head, fit_normalizer(actions, config.normalization), state_normalizer)
+        state_normalizer = ActionNormalizer.from_actions(states, config.normalization) if config.state_dim is not None else None
+        return cls(config, tvp, head, ActionNormalizer.from_actions(actions, config.normalization), state_normalizer)
 
     @torch.no_grad()
     def fit_feature_statistics(

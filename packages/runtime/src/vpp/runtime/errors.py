@@ -2,11 +2,12 @@
 
 They live apart from ``vpp.runtime.policy`` so that ``vpp.runtime.client`` (numpy, msgpack and
 websockets only) raises the very classes a local :class:`~vpp.runtime.policy.Policy` raises.
+:class:`ObservationError` is vpp-data's, the class the torch policy raises too.
 """
 
+from vpp.data.errors import ObservationError
 
-class ObservationError(ValueError):
-    """An observation the policy cannot act on (missing camera, bad image, NaN state)."""
+__all__ = ["ObservationError", "UnknownInstructionError"]
 
 
 class UnknownInstructionError(KeyError):
