@@ -66,7 +66,7 @@ skip_if() {
     return 1
 }
 
-stage collect "$python" -m vpp.robots.cli collect --robot sim-panda --episodes "$episodes" --out "$out/demos"
+stage collect "$python" -m vpp.robots.cli collect grasp --robot sim-panda --episodes "$episodes" --out "$out/demos"
 skip_if "$out/tvp/model" tvp-train || stage tvp-train "$python" -m vpp.tvp.cli train --preset tiny \
     --data "scene=lerobot:$out/demos#scene" --data "wrist=lerobot:$out/demos#wrist" \
     --fit-vae-steps "$vae_steps" --steps "$tvp_steps" --batch-size 4 --lr 1e-3 --checkpoint-every 50 --output "$out/tvp"
@@ -84,7 +84,7 @@ stage rollout "$python" -m vpp.robots.cli run --robot sim-panda --policy "$out/a
     --rate 10 --seconds "$seconds" --inference-threads 1 --execute-steps "$chunk" --out "$out/rollout"
 # The same artifact through the same runtime, with the physics waiting for each chunk, so that
 # the score measures the policy, not how busy the machine is.
-stage grasp-eval "$python" -m vpp.robots.cli eval-grasp --policy "$out/artifact" --instruction "$instruction" \
+stage grasp-eval "$python" -m vpp.robots.cli eval grasp --policy "$out/artifact" --instruction "$instruction" \
     --episodes "$grasp_rollouts" --max-seconds "$grasp_seconds" --execute-steps "$chunk" --demos "$out/demos" \
     --out "$out/grasps"
 

@@ -73,7 +73,7 @@ policy_train() {
 
 policy_eval() {
     local policy=$1 name=$2 output=$3
-    $BIN/vpp-policy eval --policy "$policy" --name "$name" --tasks "$TASKS" --episodes "$EVAL_EPISODES" \
+    $BIN/vpp-robot eval metaworld --policy "$policy" --name "$name" --tasks "$TASKS" --episodes "$EVAL_EPISODES" \
         --max-steps "$EVAL_MAX_STEPS" --split eval --videos-per-task 2 --out "$output"
 }
 
@@ -88,7 +88,7 @@ log "settings: tasks $TASKS; demos/task $DEMOS_PER_TASK ($HELD_OUT_PER_TASK held
     "($POLICY_FLAGS); eval $EVAL_EPISODES unseen configurations/task <= $EVAL_MAX_STEPS steps"
 
 stage collect "$RUN/demos/meta/info.json" \
-    $BIN/vpp-policy collect --tasks "$TASKS" --episodes "$DEMOS_PER_TASK" --size 64 --out "$RUN/demos"
+    $BIN/vpp-robot collect metaworld --tasks "$TASKS" --episodes "$DEMOS_PER_TASK" --image-size 64 --out "$RUN/demos"
 # The TVP trains in the background. The VAE ablation needs only its fitted VAE, which the TVP run
 # writes to tvp/base/ (renamed into place when complete) before its first step, so the ablation's
 # training, diagnostics and evaluation run beside the TVP's stages, one core each.

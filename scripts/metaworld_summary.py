@@ -13,6 +13,8 @@ import platform
 import re
 from pathlib import Path
 
+from vpp.robots.collect import CollectionState
+
 GROUPS = ("easy", "middle", "hard", "average")
 SETTINGS = (
     "TASKS", "DEMOS_PER_TASK", "HELD_OUT_PER_TASK", "VAE_FIT_STEPS", "TVP_STEPS", "TVP_BATCH", "TVP_LR", "WINDOW_STRIDE",
@@ -76,16 +78,16 @@ def main() -> None:
             diagnostics[key] = json.loads(path.read_text())
     prediction = run / "tvp-predict" / "unseen.json"
     vae_fit = run / "tvp" / "base" / "vae_fit.json"
-    demos = json.loads((run / "demos" / "collection_state.json").read_text())
+    demos = CollectionState.read(run / "demos")
     summary = {
         "what": "CPU-scale MetaWorld reproduction with the small preset (scripts/metaworld_repro.sh), "
         "evaluated on configurations never collected",
         "machine": {"cpus": os.cpu_count(), "cpu": cpu, "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", "1"))},
         "settings": {k.lower(): os.environ[k] for k in SETTINGS if k in os.environ},
         "demos": {
-            "split": demos["config"].get("split"),
-            "kept": sum(t["kept"] for t in demos["tasks"].values()),
-            "dropped": {k: t["dropped"] for k, t in demos["tasks"].items() if t["dropped"]},
+            "split": demos.settings.get("split"),
+            "kept": sum(t.kept for t in demos.tasks.values()),
+            "dropped": {k: t.dropped for k, t in demos.tasks.items() if t.dropped},
         },
         "stages": read_jsonl(run / "stages.jsonl"),
         "training": {

@@ -20,7 +20,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
-from vpp.policy.envs.metaworld_tasks import INSTRUCTIONS
+from vpp.robots.envs.metaworld_tasks import INSTRUCTIONS
 from vpp.tvp.cli import write_comparison
 from vpp.tvp.data.mixture import resize_frames
 from vpp.tvp.model import TextGuidedVideoPredictor

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vpp.policy.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
+from vpp.robots.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
 from vpp.tvp.config import preset
 from vpp.tvp.text import load_tokenizer
 

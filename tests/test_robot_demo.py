@@ -14,6 +14,7 @@ import pytest
 
 from vpp.data.lerobot import LeRobotDataset
 from vpp.data.video_io import read_video
+from vpp.robots.collect import GRASP_TASK, CollectionState
 
 pytest.importorskip("mujoco")
 pytest.importorskip("franky_sim")
@@ -68,13 +69,12 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     assert grasped, stdout[-2000:]
     grasps = json.loads((out / "grasps" / "grasp_eval.json").read_text())
     assert grasps["episodes"] == 2 and grasps["grasped"] == int(grasped.group(1))
-    collection = json.loads((out / "demos" / "collection_state.json").read_text())
-    demo_starts = np.array(collection["progress"]["cube_starts"])
+    attempts = CollectionState.read(out / "demos").tasks[GRASP_TASK].attempts
+    demo_starts = np.array([attempt.start for attempt in attempts])
     rollout_starts = np.array([rollout["cube_start"] for rollout in grasps["rollouts"]])
     assert len(demo_starts) >= 2 and rollout_starts.shape == (2, 3)
     assert not any(np.allclose(start, demo) for start in rollout_starts for demo in demo_starts)
-    demo_seeds = range(collection["settings"]["seed"], collection["settings"]["seed"] + collection["progress"]["next_attempt"])
-    assert {rollout["seed"] for rollout in grasps["rollouts"]}.isdisjoint(demo_seeds)
+    assert {rollout["seed"] for rollout in grasps["rollouts"]}.isdisjoint(attempt.seed for attempt in attempts)
     # The 10 Hz rollout starts where the first grasp rollout does (read once the cube has settled
     # on the table: within a millimetre of its spawn point).
     np.testing.assert_allclose(report["sim_scene"]["object_start"], rollout_starts[0], rtol=0, atol=1e-3)

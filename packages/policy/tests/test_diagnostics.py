@@ -102,31 +102,3 @@ def test_image_sensitivity_tells_a_blind_policy_from_one_that_reads_the_image():
         assert result["mean_noise"] == pytest.approx(result["sampling_spread"] / 2)
     with pytest.raises(ValueError, match="two or more episodes of one task"):
         image_sensitivity(GoalSampler(), held_out[:2], ["corner"], CHUNK)
-
-
-@pytest.mark.slow
-def test_cli_diagnoses_a_saved_policy_on_collected_demos(tmp_path, capsys):
-    pytest.importorskip("metaworld")
-    import json
-
-    from vpp.policy.cli import main
-    from vpp.policy.collect import collect_metaworld
-    from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
-    from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
-    from vpp.tvp.model import TextGuidedVideoPredictor
-
-    demos = tmp_path / "demos"
-    collect_metaworld(demos, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(demos)], ["corner"], chunk=CHUNK, image_size=32, state_dim=4)
-    torch.manual_seed(0)
-    config = VPPConfig(cameras=["corner"], action_dim=4, chunk=CHUNK, state_dim=4)
-    policy = VideoPredictionPolicy.build(TextGuidedVideoPredictor.from_preset("tiny"), config, windows.all_actions(), windows.all_states(), head_preset="tiny")
-    policy.save_pretrained(tmp_path / "policy")
-    main(["diagnose", "--policy", str(tmp_path / "policy"), "--data", str(demos), "--train-episodes-per-task", "1",
-          "--held-out-per-task", "2", "--samples", "2", "--stride", "24", "--out", str(tmp_path / "diag")])
-    saved = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
-    offline, eyes = saved["offline_action_error"], saved["image_sensitivity"]
-    assert offline["held_out_episodes"] == 2 and offline["train_episodes"] == 1 and offline["windows"] >= 2
-    assert offline["action_chunk_mse"]["policy_mean"] > 0 and eyes["pairs"] == 2 and eyes["oracle_shift"] > 0
-    assert eyes["image_ratio"] is not None and eyes["sampling_spread"] > 0
-    assert "written to" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 from vpp.data.lerobot import LeRobotDataset
 from vpp.data.video_io import read_video
 from vpp.robots.cli import main
-from vpp.robots.policies import ArtifactRuntimeUnavailable, load_policy
+from vpp.robots.policies import ArtifactRuntimeUnavailableError, TorchPolicyUnavailableError, load_policy
 
 
 def test_run_sim_panda_with_the_sine_policy_writes_video_report_and_episode(tmp_path):
@@ -30,10 +30,17 @@ def test_run_sim_panda_with_the_sine_policy_writes_video_report_and_episode(tmp_
 
 def test_an_artifact_folder_without_the_runtime_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vpp.runtime", None)
-    with pytest.raises(ArtifactRuntimeUnavailable, match="artifact runtime vpp.runtime is not available"):
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ArtifactRuntimeUnavailableError, match="artifact runtime vpp.runtime is not available"):
         load_policy(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither a built-in"):
         load_policy(str(tmp_path / "missing"))
+
+
+def test_a_folder_without_a_manifest_is_loaded_as_a_torch_policy_through_vpp_policy(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vpp.policy.policy", None)
+    with pytest.raises(TorchPolicyUnavailableError, match="no manifest.json, so it is not an exported artifact"):
+        load_policy(str(tmp_path))
 
 
 def test_a_policy_server_url_connects_through_the_runtime_client():

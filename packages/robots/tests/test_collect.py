@@ -1,13 +1,14 @@
 """The scripted expert grasps and lifts the cube in the sim; the simulator's grasp test; the
-simulated-time loop; `vpp-robot collect` writes and resumes a LeRobot dataset."""
+simulated-time loop; `vpp-robot collect grasp` writes and resumes a LeRobot dataset."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from vpp.data.lerobot import LeRobotDataset
-from vpp.robots.collect import CollectConfig, CollectionError, collect_sim_demos, load_collection_state
+from vpp.robots.collect import GRASP_TASK, STATE_FILE, CollectConfig, CollectionError, CollectionState, OldCollectionError, collect_sim_demos
 from vpp.robots.control_loop import RolloutRecorder, chunk_to_waypoints
 from vpp.robots.drivers.sim import CUBE_HALF_SIZE_M, GRASP_LIFT_M, SimConfig, SimPanda, build_sim_arm
 from vpp.robots.experts import GRASP_INSTRUCTION, GraspCubeExpert
@@ -119,8 +120,8 @@ def test_reset_respawns_the_cube_by_seed_and_homes_the_arm(arm):
 @pytest.mark.slow
 def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
     config = CollectConfig(episodes=1, image_size=32)
-    progress = collect_sim_demos(tmp_path, config, progress_bar=False)
-    assert progress.kept == 1
+    state = collect_sim_demos(tmp_path, config, progress=False)
+    assert state.tasks[GRASP_TASK].kept == 1
     dataset = LeRobotDataset(tmp_path)
     assert dataset.num_episodes == 1 and dataset.fps == 10 and dataset.robot_type == "sim_panda"
     assert set(dataset.video_keys) == {"observation.images.scene", "observation.images.wrist"}
@@ -135,17 +136,26 @@ def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
     assert states[:, 2].min() < states[0, 2] - 0.2 and states[-1, 2] > states[:, 2].min() + 0.04
     assert actions[0, 6] == 1.0 and actions[-1, 6] == 0.0
     first_length = episode.length
-    _, state = load_collection_state(tmp_path)
-    assert state.next_attempt == 1 and len(state.cube_starts) == 1
+    progress = CollectionState.read(tmp_path).tasks[GRASP_TASK]
+    assert progress.next_attempt == 1 and progress.attempts[0].seed == config.seed and len(progress.attempts[0].start) == 3
 
-    more = collect_sim_demos(tmp_path, replace(config, episodes=2), progress_bar=False)
+    more = collect_sim_demos(tmp_path, replace(config, episodes=2), progress=False).tasks[GRASP_TASK]
     assert more.kept == 2
     resumed = LeRobotDataset(tmp_path)
     assert resumed.num_episodes == 2 and resumed.episode(0).length == first_length
     np.testing.assert_array_equal(resumed.episode(0).column("action"), actions)
-    _, state = load_collection_state(tmp_path)
-    assert len(state.cube_starts) == state.next_attempt == 2 and state.cube_starts[0] != state.cube_starts[1]
+    progress = CollectionState.read(tmp_path).tasks[GRASP_TASK]
+    starts = [attempt.start for attempt in progress.attempts]
+    assert [attempt.seed for attempt in progress.attempts] == list(range(progress.next_attempt))
+    assert progress.next_attempt == 2 and starts[0] != starts[1]
     # Asking for what is already there collects nothing; other settings are refused.
-    assert collect_sim_demos(tmp_path, replace(config, episodes=2), progress_bar=False).next_attempt == more.next_attempt
+    again = collect_sim_demos(tmp_path, replace(config, episodes=2), progress=False).tasks[GRASP_TASK]
+    assert again.next_attempt == more.next_attempt
     with pytest.raises(CollectionError, match="object_jitter_m"):
-        collect_sim_demos(tmp_path, replace(config, episodes=3, object_jitter_m=0.05), progress_bar=False)
+        collect_sim_demos(tmp_path, replace(config, episodes=3, object_jitter_m=0.05), progress=False)
+
+
+def test_a_state_of_the_previous_sim_arm_collector_is_refused_with_the_way_out(tmp_path):
+    (tmp_path / STATE_FILE).write_text(json.dumps({"settings": {"seed": 0}, "progress": {"next_attempt": 1, "kept": 1, "dropped": 0, "cube_starts": [[0.5, 0.0, 0.025]]}}))
+    with pytest.raises(OldCollectionError, match="old sim-arm collector.*collect into a new folder"):
+        collect_sim_demos(tmp_path, CollectConfig(episodes=1), progress=False)

@@ -171,7 +171,7 @@ def test_robot_modules_do_not_import_ml_frameworks():
     code = (
         "import sys, vpp.robots.interfaces, vpp.robots.safety, vpp.robots.drivers.franka, vpp.robots.drivers.xarm,"
         " vpp.robots.drivers.sim, vpp.robots.control_loop, vpp.robots.policies, vpp.robots.cli,"
-        " vpp.robots.experts, vpp.robots.collect;"
+        " vpp.robots.experts, vpp.robots.collect, vpp.robots.evaluate, vpp.robots.envs.metaworld;"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -1,13 +1,15 @@
 """`vpp-robot run`: a policy on a simulated or real arm, with a live rate/latency readout;
-`vpp-robot collect`: scripted-expert demonstrations on a simulated arm;
-`vpp-robot eval-grasp`: how often a policy grasps the cube on the simulated arm, from unseen cube positions.
+`vpp-robot collect metaworld|grasp`: scripted-expert demonstrations in simulation;
+`vpp-robot eval metaworld|grasp`: a torch policy or an exported artifact on MetaWorld tasks or on
+the simulated arm's cube grasp, from starts no demonstration used.
 
 `run` writes into --out: `rollout.mp4` (all cameras side by side), `latency_report.json` (the
 ControlLoop report, including the achieved policy rate and whether it held the target, plus the
 run's settings) and, unless --no-record, `dataset/`, the rollout as a LeRobotDataset v3 episode.
-`collect` writes a LeRobotDataset v3 folder of `GraspCubeExpert` episodes (see vpp.robots.collect).
-`eval-grasp` writes `grasp_eval.json` and `grasps.mp4` into --out and prints `grasped K/N`
-(see vpp.robots.grasp_eval).
+`collect` writes a LeRobotDataset v3 folder of MetaWorld oracle or `GraspCubeExpert` episodes
+(see vpp.robots.collect). `eval metaworld` writes results.json, results.md (the paper's Table 2
+layout), episodes.jsonl and rollout videos into --out; `eval grasp` writes `grasp_eval.json` and
+`grasps.mp4` and prints `grasped K/N` (see vpp.robots.evaluate).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopReport, RolloutRecorder
 from vpp.robots.drivers.sim import SimArm
-from vpp.robots.grasp_eval import EVAL_SEED
+from vpp.robots.evaluate import EVAL_SEED
 from vpp.robots.interfaces import Camera, Robot
 from vpp.robots.policies import BUILT_IN_POLICIES, load_policy
 from vpp.robots.safety import SafetyFilter, SafetyLimits
@@ -158,8 +160,29 @@ def rate_verdict(report: ControlLoopReport) -> str:
     return f"policy rate {verdict} {report.target_rate_hz:g} Hz: {details}"
 
 
-def collect(args: argparse.Namespace) -> int:
-    from vpp.robots.collect import CollectConfig, collect_sim_demos
+def _report_collection(args: argparse.Namespace, state, tasks: list[str], episodes: int) -> int:
+    kept = sum(p.kept for p in state.tasks.values())
+    dropped = sum(p.dropped for p in state.tasks.values())
+    print(f"{args.out}: {kept} expert episodes kept, {dropped} unsuccessful attempts dropped")
+    short = state.short_tasks(tasks, episodes)
+    if short:
+        print(f"ran out of attempts short of {episodes} episodes: {short}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def collect_metaworld(args: argparse.Namespace) -> int:
+    from vpp.robots.collect import collect_metaworld as collect
+    from vpp.robots.envs.metaworld import check_task
+    from vpp.robots.envs.metaworld_tasks import select_tasks
+
+    tasks = [check_task(task) for task in select_tasks(args.tasks)]
+    state = collect(args.out, tasks, args.episodes, args.camera or ["corner"], args.image_size, video=args.video)
+    return _report_collection(args, state, tasks, args.episodes)
+
+
+def collect_grasp(args: argparse.Namespace) -> int:
+    from vpp.robots.collect import GRASP_TASK, CollectConfig, collect_sim_demos
 
     config = CollectConfig(
         robot=args.robot,
@@ -171,13 +194,36 @@ def collect(args: argparse.Namespace) -> int:
         seed=args.seed,
         object_jitter_m=args.object_jitter,
     )
-    progress = collect_sim_demos(args.out, config)
-    print(f"{args.out}: {progress.kept} expert episodes, {progress.dropped} attempts dropped")
+    state = collect_sim_demos(args.out, config)
+    return _report_collection(args, state, [GRASP_TASK], args.episodes)
+
+
+def eval_metaworld(args: argparse.Namespace) -> int:
+    from vpp.robots.envs.metaworld_tasks import select_tasks
+    from vpp.robots.evaluate import evaluate_metaworld
+
+    if args.policy == "oracle":
+        policy, name = "oracle", "MetaWorld oracle"
+    else:
+        policy, name = load_policy(args.policy, threads=args.inference_threads), args.name or args.policy
+    evaluate_metaworld(
+        policy,
+        select_tasks(args.tasks),
+        episodes=args.episodes,
+        cameras=args.camera or ["corner"],
+        image_size=args.image_size,
+        output=args.out,
+        name=name,
+        execute=args.execute_steps,
+        max_steps=args.max_steps,
+        split=args.split,
+        videos_per_task=args.videos_per_task,
+    )
     return 0
 
 
 def eval_grasp(args: argparse.Namespace) -> int:
-    from vpp.robots.grasp_eval import GraspEvalConfig, evaluate_grasps
+    from vpp.robots.evaluate import GraspEvalConfig, evaluate_grasps
 
     policy = load_policy(args.policy, threads=args.inference_threads)
     config = GraspEvalConfig(
@@ -201,12 +247,19 @@ def eval_grasp(args: argparse.Namespace) -> int:
     return 0
 
 
+POLICY_HELP = (
+    "an artifact folder (it holds manifest.json), a saved torch policy folder (vpp-policy train's run/model; needs "
+    f"vpp-policy), a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}"
+)
+TASKS_HELP = "mt50 | easy | middle | hard | comma-separated MetaWorld task names"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vpp-robot", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run a policy on an arm")
     run_parser.add_argument("--robot", choices=ROBOTS, required=True)
-    run_parser.add_argument("--policy", required=True, help=f"an artifact folder, a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}")
+    run_parser.add_argument("--policy", required=True, help=POLICY_HELP)
     run_parser.add_argument("--instruction", required=True)
     run_parser.add_argument("--seconds", type=float, default=10.0)
     run_parser.add_argument("--out", default="robot_run")
@@ -230,38 +283,74 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--sim-seed", type=int, default=EVAL_SEED, help="cube spawn seed (collect uses seeds from 0)")
     run_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
     run_parser.set_defaults(func=run)
-    collect_parser = commands.add_parser(
-        "collect", help="scripted-expert demonstrations on a simulated arm -> LeRobotDataset v3 (resumable)"
+    collect_parser = commands.add_parser("collect", help="scripted-expert demonstrations -> LeRobotDataset v3 (resumable)")
+    collect_sources = collect_parser.add_subparsers(dest="source", required=True)
+    metaworld = collect_sources.add_parser("metaworld", help="MetaWorld's oracles, from the train split's configurations")
+    metaworld.add_argument("--tasks", default="mt50", help=TASKS_HELP)
+    metaworld.add_argument("--episodes", type=int, default=50, help="kept episodes per task")
+    metaworld.add_argument("--camera", action="append", default=None, help="repeatable; default: corner")
+    metaworld.add_argument("--image-size", type=int, default=64, help="rendered image side, pixels")
+    metaworld.add_argument(
+        "--video", default="lossless", choices=["lossless", "compact"],
+        help="lossless: H.264 4:4:4 crf 0, keeps one-pixel goal markers at 64 px; compact: the default codec in 4:2:0 "
+        "(a resumed folder keeps its encoding)",
     )
+    metaworld.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
+    metaworld.set_defaults(func=collect_metaworld)
+    grasp = collect_sources.add_parser("grasp", help="GraspCubeExpert on a simulated arm, in simulated time")
     # The expert's grasp (closing threshold, cube size) is tuned to the Panda hand only.
-    collect_parser.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
-    collect_parser.add_argument("--episodes", type=int, default=8, help="episodes the dataset should hold")
-    collect_parser.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
-    collect_parser.add_argument("--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)")
-    collect_parser.add_argument("--rate", type=float, default=10.0, help="policy (and recording) rate, Hz")
-    collect_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
-    collect_parser.add_argument("--image-size", type=int, default=32, help="camera side, pixels")
-    collect_parser.add_argument("--seed", type=int, default=0, help="attempt k spawns the cube from seed + k")
-    collect_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
-    collect_parser.set_defaults(func=collect)
+    grasp.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
+    grasp.add_argument("--episodes", type=int, default=8, help="episodes the dataset should hold")
+    grasp.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
+    grasp.add_argument("--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)")
+    grasp.add_argument("--rate", type=float, default=10.0, help="policy (and recording) rate, Hz")
+    grasp.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
+    grasp.add_argument("--image-size", type=int, default=32, help="camera side, pixels")
+    grasp.add_argument("--seed", type=int, default=0, help="attempt k spawns the cube from seed + k")
+    grasp.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    grasp.set_defaults(func=collect_grasp)
+
     eval_parser = commands.add_parser(
-        "eval-grasp", help="grasp success of a policy on the simulated arm, from cube positions not in the demonstrations"
+        "eval", help="a torch policy or an exported artifact in simulation, from starts no demonstration used"
     )
-    eval_parser.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
-    eval_parser.add_argument("--policy", required=True, help=f"an artifact folder, a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}")
-    eval_parser.add_argument("--instruction", required=True)
-    eval_parser.add_argument("--episodes", type=int, default=10, help="rollouts")
-    eval_parser.add_argument("--seed", type=int, default=EVAL_SEED, help="rollout k spawns the cube from seed + k")
-    eval_parser.add_argument("--demos", help="the demonstrations' folder: refuse seeds or cube starts it was collected from")
-    eval_parser.add_argument("--out", default="grasp_eval")
-    eval_parser.add_argument("--max-seconds", type=float, default=15.0, help="simulated seconds per rollout")
-    eval_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
-    eval_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
-    eval_parser.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
-    eval_parser.add_argument("--image-size", type=int, default=None, help="simulated camera side, pixels (default: the artifact's)")
-    eval_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
-    eval_parser.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
-    eval_parser.set_defaults(func=eval_grasp)
+    eval_tasks = eval_parser.add_subparsers(dest="task", required=True)
+    metaworld = eval_tasks.add_parser(
+        "metaworld", help="success rates with 95%% intervals in the paper's Table 2 layout (resumable)"
+    )
+    metaworld.add_argument("--policy", required=True, help=f"{POLICY_HELP}, or oracle (MetaWorld's scripted policies)")
+    metaworld.add_argument("--name", help="row name in the results table (default: the policy path)")
+    metaworld.add_argument("--tasks", default="mt50", help=TASKS_HELP)
+    metaworld.add_argument("--episodes", type=int, default=10, help="per task")
+    metaworld.add_argument("--camera", action="append", default=None, help="repeatable; default: corner")
+    metaworld.add_argument("--image-size", type=int, default=64, help="rendered image side, pixels")
+    metaworld.add_argument("--execute-steps", type=int, default=None, help="actions of each chunk to execute (default: all)")
+    metaworld.add_argument("--max-steps", type=int, default=None, help="cap episode length (smoke runs)")
+    metaworld.add_argument(
+        "--split", default="eval", choices=["eval", "train"],
+        help="configurations to start from: eval (never collected) or train (the demonstrations' own, to measure fitting)",
+    )
+    metaworld.add_argument("--videos-per-task", type=int, default=1, help="rollout videos of each task's first N episodes")
+    metaworld.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
+    metaworld.add_argument("--out", required=True)
+    metaworld.set_defaults(func=eval_metaworld)
+    grasp = eval_tasks.add_parser(
+        "grasp", help="grasp success on the simulated arm, from cube positions not in the demonstrations"
+    )
+    grasp.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
+    grasp.add_argument("--policy", required=True, help=POLICY_HELP)
+    grasp.add_argument("--instruction", required=True)
+    grasp.add_argument("--episodes", type=int, default=10, help="rollouts")
+    grasp.add_argument("--seed", type=int, default=EVAL_SEED, help="rollout k spawns the cube from seed + k")
+    grasp.add_argument("--demos", help="the demonstrations' folder: refuse seeds or cube starts it was collected from")
+    grasp.add_argument("--out", default="grasp_eval")
+    grasp.add_argument("--max-seconds", type=float, default=15.0, help="simulated seconds per rollout")
+    grasp.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
+    grasp.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
+    grasp.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
+    grasp.add_argument("--image-size", type=int, default=None, help="simulated camera side, pixels (default: the artifact's)")
+    grasp.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    grasp.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
+    grasp.set_defaults(func=eval_grasp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The filter logs every clamp at INFO, 100 times a second while streaming; the readout is the live view.

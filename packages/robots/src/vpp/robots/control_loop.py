@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from vpp.robots.interfaces import Camera, EndEffectorPose, Robot, RobotError, RobotState, read_cameras
+from vpp.robots.interfaces import ActionPolicy, Camera, EndEffectorPose, Robot, RobotError, RobotState, read_cameras
 from vpp.robots.rotations import (
     normalize_quaternion,
     quaternion_conjugate,
@@ -51,14 +51,6 @@ logger = logging.getLogger(__name__)
 
 ACTION_DIM = 7
 STATE_DIM = 8
-
-
-class ActionPolicy(Protocol):
-    """What the loop runs; `vpp.runtime.Policy` is one."""
-
-    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
-        """{camera name: uint8 (H, W, 3), "state": (8,)} -> actions (chunk, 7)."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,25 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from vpp.robots.safety import SafetyFilter
+
+
+class ActionPolicy(Protocol):
+    """What the control loop, the simulated-time loop, the collectors' experts and the evaluation
+    harness run: a torch `VideoPredictionPolicy`, an exported artifact (`vpp.runtime.Policy`), a
+    policy server's client or a scripted policy. The chunk is the policy's next actions, earliest
+    first; its width is the robot's action: 7 on the arms (see `vpp.robots.control_loop`), 4 on
+    MetaWorld (`vpp.robots.envs.metaworld`)."""
+
+    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
+        """{camera name: uint8 (H, W, 3), "state": (state_dim,)} -> actions (chunk, action_dim)."""
+        ...
+
 
 class RobotError(Exception):
     """Base class of everything a robot driver raises on purpose."""

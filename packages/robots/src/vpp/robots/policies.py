@@ -1,4 +1,4 @@
-"""Built-in test policies (`hold`, `sine`) and loading of exported artifacts by path."""
+"""Built-in test policies (`hold`, `sine`), and loading of any policy by name, address or folder."""
 
 from __future__ import annotations
 
@@ -11,13 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from vpp.robots.control_loop import ACTION_DIM, ActionPolicy
+from vpp.robots.control_loop import ACTION_DIM
+from vpp.robots.interfaces import ActionPolicy
 
 logger = logging.getLogger(__name__)
 
 
-class ArtifactRuntimeUnavailable(ImportError):
+# What marks an exported artifact folder (vpp.runtime's manifest); a saved torch policy has none.
+ARTIFACT_MANIFEST = "manifest.json"
+
+
+class ArtifactRuntimeUnavailableError(ImportError):
     """A policy artifact was given but vpp.runtime (its ONNX runtime) cannot be imported."""
+
+
+class TorchPolicyUnavailableError(ImportError):
+    """A saved torch policy folder was given but vpp.policy (and torch) cannot be imported."""
 
 
 @dataclass
@@ -73,15 +82,16 @@ BUILT_IN_POLICIES = {"hold": HoldPolicy, "sine": SinePolicy}
 
 def load_policy(path_or_name: str, threads: int | None = None) -> ActionPolicy:
     """A built-in policy by name, a policy server's ``ws://host:port`` (`vpp-runtime serve` on a
-    GPU box; the artifact runs there), or an exported artifact folder through vpp.runtime
-    (`threads`: ONNX Runtime's intra-op threads, None for its default of one per core)."""
+    GPU box; the artifact runs there), an exported artifact folder (it holds ``manifest.json``)
+    through vpp.runtime (`threads`: ONNX Runtime's intra-op threads, None for its default of one
+    per core), or a saved torch policy folder through vpp.policy, which must be installed."""
     if path_or_name in BUILT_IN_POLICIES:
         return BUILT_IN_POLICIES[path_or_name]()
     if path_or_name.startswith(("ws://", "wss://")):
         try:
             from vpp.runtime.client import PolicyClient
         except ImportError as error:
-            raise ArtifactRuntimeUnavailable(
+            raise ArtifactRuntimeUnavailableError(
                 f"cannot reach the policy server {path_or_name}: vpp.runtime's client is not available ({error}); install vpp-runtime"
             ) from error
         logger.info("connecting to policy server %s", path_or_name)
@@ -89,14 +99,32 @@ def load_policy(path_or_name: str, threads: int | None = None) -> ActionPolicy:
     folder = Path(path_or_name)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"policy {path_or_name!r} is neither a built-in ({sorted(BUILT_IN_POLICIES)}) nor an artifact folder"
+            f"policy {path_or_name!r} is neither a built-in ({sorted(BUILT_IN_POLICIES)}), a policy server's ws:// address, "
+            "an artifact folder nor a saved torch policy folder"
         )
+    if not (folder / ARTIFACT_MANIFEST).is_file():
+        return _load_torch_policy(folder)
     try:
         from vpp.runtime import Policy
     except ImportError as error:
-        raise ArtifactRuntimeUnavailable(
+        raise ArtifactRuntimeUnavailableError(
             f"cannot load the policy artifact {folder}: the artifact runtime vpp.runtime is not available ({error}); "
             "install vpp-runtime or use a built-in policy"
         ) from error
     logger.info("loading policy artifact %s", folder)
     return Policy.load(folder, threads=threads)
+
+
+def _load_torch_policy(folder: Path) -> ActionPolicy:
+    # Lazy: vpp.robots runs on robot PCs without torch; vpp.policy is to its left, so evaluating
+    # the torch policy before its export is an optional extra, not a dependency.
+    try:
+        from vpp.policy.policy import VideoPredictionPolicy
+    except ImportError as error:
+        raise TorchPolicyUnavailableError(
+            f"{folder} holds no {ARTIFACT_MANIFEST}, so it is not an exported artifact; loading it as a saved torch "
+            f"policy needs vpp-policy, which cannot be imported ({error}); install vpp-policy or export the policy "
+            "with vpp-export"
+        ) from error
+    logger.info("loading torch policy %s", folder)
+    return VideoPredictionPolicy.from_pretrained(folder).eval()

@@ -24,7 +24,6 @@ import numpy as np
 
 from vpp.robots.control_loop import (
     ACTION_DIM,
-    ActionPolicy,
     RolloutRecorder,
     WaypointInterpolator,
     chunk_to_waypoints,
@@ -33,7 +32,7 @@ from vpp.robots.control_loop import (
     waypoint_step,
 )
 from vpp.robots.drivers.sim import SimArm
-from vpp.robots.interfaces import Camera, EndEffectorPose, RobotState, read_cameras
+from vpp.robots.interfaces import ActionPolicy, Camera, EndEffectorPose, RobotState, read_cameras
 
 
 class PolicyOutputError(ValueError):

@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vpp.policy.envs.metaworld import MetaWorldTask, configuration_seed
-from vpp.policy.envs.metaworld_tasks import ALL_TASKS, GROUPS, INSTRUCTIONS
-from vpp.policy.evaluate import evaluate_metaworld, group_scores, wilson_interval
+from vpp.robots.envs.metaworld import MetaWorldTask, configuration_seed
+from vpp.robots.envs.metaworld_tasks import ALL_TASKS, GROUPS, INSTRUCTIONS, select_tasks
+from vpp.robots.evaluate import evaluate_metaworld, group_scores, wilson_interval
 
 
 def test_task_table_covers_metaworld():
@@ -151,11 +151,17 @@ def test_group_scores_follow_the_paper_groups_and_pool_episodes():
     assert scores["average"] == {"success": 17 / 36, "successes": 17, "episodes": 36, "ci95": list(wilson_interval(17, 36)), "tasks": 4}
 
 
-def test_cli_collects_and_evaluates_the_oracle(tmp_path, capsys):
-    from vpp.policy.cli import main
+def test_task_selection_by_benchmark_group_or_names():
+    assert select_tasks("mt50") == list(ALL_TASKS) and select_tasks("hard") == list(GROUPS["hard"])
+    assert select_tasks("reach, push,") == ["reach", "push"]
 
-    main(["collect", "--tasks", "reach", "--episodes", "1", "--size", "32", "--out", str(tmp_path / "demos")])
-    assert "1 successful oracle episodes kept" in capsys.readouterr().out
-    main(["eval", "--policy", "oracle", "--tasks", "reach", "--episodes", "1", "--size", "32", "--out", str(tmp_path / "eval")])
+
+def test_cli_collects_and_evaluates_the_oracle(tmp_path, capsys):
+    from vpp.robots.cli import main
+
+    assert main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--image-size", "32", "--out", str(tmp_path / "demos")]) == 0
+    assert "1 expert episodes kept, 0 unsuccessful attempts dropped" in capsys.readouterr().out
+    assert main(["eval", "metaworld", "--policy", "oracle", "--tasks", "reach", "--episodes", "1", "--image-size", "32",
+                 "--out", str(tmp_path / "eval")]) == 0
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| MetaWorld oracle (1 tasks)" in table and "1.000" in table

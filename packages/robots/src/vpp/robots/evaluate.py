@@ -1,14 +1,24 @@
-"""Success rates on MetaWorld, with 95% confidence intervals, in the paper's Table 2 layout.
+"""The evaluation harness: any policy with `act(observation, instruction) -> chunk` (a torch
+`VideoPredictionPolicy`, an exported artifact, a scripted policy; see `vpp.robots.policies.load_policy`)
+on MetaWorld tasks or on the simulated arm's cube grasp, from starts no demonstration used.
 
-A policy is anything with ``act(observation, instruction) -> (k, 4) actions``: the chunk is
-executed whole (``execute`` actions of it, if set) before the policy is asked again, as the
-paper does. Episode i of every task starts from configuration i of a named split (default
-``eval``): object and goal positions drawn by MetaWorld's own randomisation from a seed stream
-disjoint from the one demonstrations are collected from (``vpp.policy.envs.metaworld``).
-
+MetaWorld (`evaluate_metaworld`): success rates with 95% confidence intervals, in the paper's
+Table 2 layout. The chunk is executed whole (``execute`` actions of it, if set) before the policy
+is asked again, as the paper does. Episode i of every task starts from configuration i of a named
+split (default ``eval``): object and goal positions drawn by MetaWorld's own randomisation from a
+seed stream disjoint from the one demonstrations are collected from (`vpp.robots.envs.metaworld`).
 Resumable: with an output folder, every finished episode is appended to ``episodes.jsonl`` (its
 configuration, success, length and time), and a rerun with the same settings skips the episodes
 already there, so a killed evaluation loses at most the episode it was running.
+
+Grasp (`evaluate_grasps`): rollout k respawns the cube from seed `seed + k` (the evaluation
+stream starts at EVAL_SEED, far from the collection's seeds, which start at 0) and runs the policy
+in simulated time (`SimulatedTimeLoop`) until the cube is grasped or `max_seconds` of simulated
+time pass. A grasp is `SimArm.object_grasped`: the cube's centre at least `lift_m` above its
+resting height while both fingers touch it. Given the demonstrations' folder, the evaluation
+refuses to start if one of its seeds was used by a collection attempt or one of its cube starts
+equals a demonstration's. Writes `grasp_eval.json` (settings, per-rollout seed, cube start,
+outcome, ticks and wall time) and `grasps.mp4` (every rollout's cameras, one after another).
 """
 
 from __future__ import annotations
@@ -19,20 +29,24 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from vpp.policy.envs.metaworld import MetaWorldTask, check_split, check_task
-from vpp.policy.envs.metaworld_tasks import GROUPS, PAPER_TABLE2
+from vpp.robots.control_loop import RolloutRecorder
+from vpp.robots.drivers.sim import GRASP_LIFT_M, SimConfig, build_sim_arm
+from vpp.robots.envs.metaworld import MetaWorldTask, check_split, check_task
+from vpp.robots.envs.metaworld_tasks import GROUPS, PAPER_TABLE2
+from vpp.robots.interfaces import ActionPolicy
+from vpp.robots.sim_loop import SimulatedTimeConfig, SimulatedTimeLoop
 
 logger = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.jsonl"
 SETTINGS_FILE = "eval_settings.json"
+EVAL_SEED = 1_000_000
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 CI_METHOD = (
     "Wilson score interval, 95%. Per task: over its episodes. For easy/middle/hard/average: over all the group's "
@@ -41,8 +55,8 @@ CI_METHOD = (
 )
 
 
-class ChunkPolicy(Protocol):
-    def act(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray: ...
+class SeedOverlapError(ValueError):
+    """An evaluation rollout would start where a demonstration started."""
 
 
 @dataclass
@@ -155,7 +169,7 @@ def _append(path: Path, result: EpisodeResult) -> None:
 
 def run_episode(
     env: MetaWorldTask,
-    policy: ChunkPolicy | str,
+    policy: ActionPolicy | str,
     index: int,
     split: str,
     execute: int | None,
@@ -182,7 +196,7 @@ def run_episode(
 
 
 def evaluate_metaworld(
-    policy: ChunkPolicy | str,
+    policy: ActionPolicy | str,
     tasks: Sequence[str],
     episodes: int,
     cameras: Sequence[str],
@@ -264,3 +278,154 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, np.stack(frames), fps=fps)
+
+
+@dataclass(frozen=True)
+class GraspEvalConfig:
+    robot: str = "sim-panda"
+    episodes: int = 10
+    seed: int = EVAL_SEED
+    max_seconds: float = 15.0
+    rate_hz: float = 10.0
+    servo_rate_hz: float = 100.0
+    execute_steps: int | None = 8
+    image_size: int = 32
+    object_jitter_m: float = 0.1
+    lift_m: float = GRASP_LIFT_M
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or not self.max_seconds > 0 or not self.lift_m > 0:
+            raise ValueError(f"episodes={self.episodes}, max_seconds={self.max_seconds}, lift_m={self.lift_m}; expected positive values")
+
+
+@dataclass
+class GraspRollout:
+    seed: int
+    cube_start: list[float]
+    grasped: bool
+    ticks: int
+    simulated_s: float
+    wall_s: float
+    final_cube_lift_m: float
+    final_tcp_to_cube_m: float
+
+
+@dataclass
+class GraspEvalResult:
+    config: GraspEvalConfig
+    rollouts: list[GraspRollout] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def grasped(self) -> int:
+        return sum(rollout.grasped for rollout in self.rollouts)
+
+    def summary(self) -> str:
+        return f"grasped {self.grasped}/{len(self.rollouts)}"
+
+    def to_dict(self) -> dict:
+        return {"grasped": self.grasped, "episodes": len(self.rollouts), **asdict(self)}
+
+
+def demonstration_starts(demos: str | Path) -> tuple[dict, list[int], np.ndarray]:
+    """(collection settings, seeds its attempts used, their cube starts (N, 3)) of a demo folder
+    written by `collect_sim_demos`."""
+    from vpp.robots.collect import GRASP_TASK, CollectionState, GraspExpert
+
+    state = CollectionState.read(demos)
+    if state.source != GraspExpert.name:
+        raise ValueError(f"{demos} holds {state.source} demonstrations; expected {GraspExpert.name}'s")
+    attempts = state.tasks[GRASP_TASK].attempts if GRASP_TASK in state.tasks else []
+    starts = np.asarray([a.start for a in attempts], dtype=np.float64).reshape(-1, 3)
+    return state.settings, [a.seed for a in attempts], starts
+
+
+def check_disjoint_from_demos(config: GraspEvalConfig, demos: str | Path) -> np.ndarray:
+    """Raises SeedOverlapError if an evaluation seed was a collection attempt's, or ValueError if
+    the cube spawn range differs from the demonstrations'; returns the demonstrations' cube starts."""
+    settings, seeds, starts = demonstration_starts(demos)
+    evaluation = range(config.seed, config.seed + config.episodes)
+    shared = sorted(set(seeds) & set(evaluation))
+    if shared:
+        raise SeedOverlapError(
+            f"evaluation seeds {config.seed}..{config.seed + config.episodes - 1} include {shared[:5]} "
+            f"(of {len(shared)}), which {demos} was collected from; expected seeds outside {min(seeds)}..{max(seeds)}"
+        )
+    if settings["object_jitter_m"] != config.object_jitter_m:
+        raise ValueError(
+            f"object_jitter_m={config.object_jitter_m}, but {demos} was collected with {settings['object_jitter_m']}; "
+            "expected the demonstrations' cube spawn range"
+        )
+    return starts
+
+
+def evaluate_grasps(
+    policy: ActionPolicy,
+    instruction: str,
+    config: GraspEvalConfig = GraspEvalConfig(),
+    demos: str | Path | None = None,
+    out: str | Path | None = None,
+) -> GraspEvalResult:
+    """``config.episodes`` rollouts of ``policy`` on the simulated arm from evaluation seeds; with
+    ``demos``, refuses any start a demonstration attempt used. With ``out``: grasp_eval.json and
+    grasps.mp4."""
+    demo_starts = check_disjoint_from_demos(config, demos) if demos is not None else np.zeros((0, 3))
+    sim_config = SimConfig(
+        image_height=config.image_size,
+        image_width=config.image_size,
+        realtime=False,
+        start_tcp_position="ready",
+        object_jitter_m=config.object_jitter_m,
+        seed=config.seed,
+    )
+    loop_config = SimulatedTimeConfig(policy_rate_hz=config.rate_hz, servo_rate_hz=config.servo_rate_hz, execute_steps=config.execute_steps)
+    max_ticks = round(config.max_seconds * config.rate_hz)
+    result = GraspEvalResult(config)
+    videos: list[np.ndarray] = []
+    started = time.monotonic()
+    arm = build_sim_arm(config.robot, sim_config, config.servo_rate_hz)
+    with arm:
+        cameras = arm.cameras()
+        for index in range(config.episodes):
+            seed = config.seed + index
+            arm.reset(seed)
+            cube_start = arm.object_position()
+            if len(demo_starts) and np.any(np.all(np.isclose(demo_starts, cube_start, rtol=0.0, atol=1e-9), axis=1)):
+                raise SeedOverlapError(f"seed {seed} spawns the cube at {cube_start.tolist()}, where a demonstration started")
+            recorder = RolloutRecorder([camera.name for camera in cameras]) if out is not None else None
+            report = SimulatedTimeLoop(arm, cameras, policy, loop_config, recorder=recorder).run(
+                instruction, max_ticks=max_ticks, until=lambda _state: arm.object_grasped(config.lift_m)
+            )
+            rollout = GraspRollout(
+                seed=seed,
+                cube_start=cube_start.tolist(),
+                grasped=report.finished,
+                ticks=report.ticks,
+                simulated_s=report.simulated_s,
+                wall_s=report.wall_s,
+                final_cube_lift_m=arm.object_lift_m(),
+                final_tcp_to_cube_m=float(np.linalg.norm(arm.observe().ee_position - arm.object_position())),
+            )
+            result.rollouts.append(rollout)
+            logger.info(
+                "rollout %d (seed %d, cube at %s): %s after %d ticks (%.1f s simulated, %.1f s wall)",
+                index,
+                seed,
+                np.round(cube_start[:2], 3).tolist(),
+                "grasped" if rollout.grasped else "not grasped",
+                rollout.ticks,
+                rollout.simulated_s,
+                rollout.wall_s,
+            )
+            if recorder is not None and len(recorder):
+                videos.append(np.concatenate([np.stack(recorder.images[name]) for name in recorder.camera_names], axis=2))
+    result.wall_s = time.monotonic() - started
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "grasp_eval.json").write_text(json.dumps(result.to_dict(), indent=2))
+        if videos:
+            from vpp.data.video_io import write_video
+
+            write_video(out / "grasps.mp4", np.concatenate(videos), fps=round(config.rate_hz))
+    return result

@@ -1,3 +1,6 @@
+"""MetaWorld oracle demonstrations: resumable, every attempt's seed and start recorded, none an
+evaluation start."""
+
 import json
 
 import numpy as np
@@ -5,16 +8,13 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vpp.policy.collect import STATE_FILE, OldCollectionError, collect_metaworld, collected_configurations
-from vpp.policy.envs.metaworld import MetaWorldTask
-from vpp.policy.evaluate import evaluate_metaworld
-from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
 from vpp.data.lerobot import LeRobotDataset
-from vpp.tvp.data.mixture import MixtureClipDataset
-from vpp.tvp.data.sources import LeRobotClipSource
+from vpp.robots.collect import STATE_FILE, CollectionState, OldCollectionError, collect_metaworld
+from vpp.robots.envs.metaworld import MetaWorldTask, configuration_seed
+from vpp.robots.evaluate import evaluate_metaworld
 
 
-def test_collection_resumes_and_feeds_both_stages(tmp_path):
+def test_collection_resumes_and_writes_a_lerobot_dataset(tmp_path):
     out = tmp_path / "mw"
     collect_metaworld(out, tasks=["reach"], episodes_per_task=1, cameras=["corner", "topview"], image_size=32, progress=False)
     state = collect_metaworld(out, tasks=["reach", "door-open"], episodes_per_task=2, cameras=["corner", "topview"], image_size=32, progress=False)
@@ -31,12 +31,7 @@ def test_collection_resumes_and_feeds_both_stages(tmp_path):
     with pytest.raises(ValueError, match="collected with"):
         collect_metaworld(out, tasks=["reach"], episodes_per_task=3, cameras=["corner"], image_size=32, progress=False)
 
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(out)], ["corner", "topview"], chunk=4, image_size=32, state_dim=4)
-    assert windows.report.accepted == 4
-    assert windows[0]["images"].shape == (2, 3, 32, 32) and windows[0]["state"].shape == (4,)
-    clips = MixtureClipDataset([LeRobotClipSource(out, camera="corner")], num_frames=8, image_size=32)
-    assert clips[0]["video"].shape == (8, 3, 32, 32)
-    assert json.loads((out / "collection_state.json").read_text())["config"]["cameras"] == ["corner", "topview"]
+    assert json.loads((out / "collection_state.json").read_text())["settings"]["cameras"] == ["corner", "topview"]
     # single-pixel details survive: lossless 4:4:4 video by default
     info = json.loads((out / "meta" / "info.json").read_text())["features"]["observation.images.corner"]["info"]
     assert info["video.pix_fmt"] == "yuv444p"
@@ -45,14 +40,15 @@ def test_collection_resumes_and_feeds_both_stages(tmp_path):
 def test_collection_records_configurations_that_evaluation_never_uses(tmp_path):
     out = tmp_path / "mw"
     collect_metaworld(out, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
-    configurations = collected_configurations(out)
+    configurations = CollectionState.read(out).episode_starts()
     assert sorted(configurations) == [0, 1, 2]
     with MetaWorldTask("reach", image_size=32) as env:
         for task, kept in configurations.values():
             env.reset(kept.attempt, "train")
-            assert task == "reach" and env.rand_vec.tolist() == kept.rand_vec
+            assert task == "reach" and env.rand_vec.tolist() == kept.start
+            assert kept.seed == configuration_seed("reach", "train", kept.attempt)
     evaluated = evaluate_metaworld("oracle", ["reach"], episodes=3, cameras=["corner"], image_size=32, max_steps=1, progress=False)
-    collected = np.array([kept.rand_vec for _, kept in configurations.values()])
+    collected = np.array([kept.start for _, kept in configurations.values()])
     assert len(evaluated["episodes"]) == 3
     for episode in evaluated["episodes"]:
         assert np.abs(collected - np.array(episode["rand_vec"])).max(axis=1).min() > 1e-3
@@ -63,8 +59,8 @@ def test_a_killed_writer_commit_is_recorded_once(tmp_path):
     collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
     # as if killed after the dataset committed episode 1 but before the state recorded it
     saved = json.loads((out / STATE_FILE).read_text())
-    last = saved["tasks"]["reach"]["episodes"].pop()
-    saved["tasks"]["reach"].update(kept=1, next_attempt=last["attempt"])
+    last = max((a for a in saved["tasks"]["reach"] if a["episode_index"] is not None), key=lambda a: a["attempt"])
+    saved["tasks"]["reach"] = saved["tasks"]["reach"][: last["attempt"]]
     saved["pending"] = {"task": "reach", **last}
     (out / STATE_FILE).write_text(json.dumps(saved))
     state = collect_metaworld(out, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
@@ -77,7 +73,7 @@ def test_a_folder_collected_by_the_old_scheme_is_refused(tmp_path):
     out = tmp_path / "mw"
     collect_metaworld(out, tasks=["reach"], episodes_per_task=1, image_size=32, progress=False)
     saved = json.loads((out / STATE_FILE).read_text())
-    old = {"config": {k: saved["config"][k] for k in ("cameras", "image_size", "fps")},
+    old = {"config": {k: saved["settings"][k] for k in ("cameras", "image_size", "fps")},
            "tasks": {"reach": {"next_attempt": 1, "kept": 1, "dropped": 0}}}
     (out / STATE_FILE).write_text(json.dumps(old))
     with pytest.raises(OldCollectionError, match="old scheme"):
@@ -85,3 +81,22 @@ def test_a_folder_collected_by_the_old_scheme_is_refused(tmp_path):
     (out / STATE_FILE).unlink()
     with pytest.raises(OldCollectionError, match="no collection_state.json"):
         collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
+
+
+def test_a_folder_of_the_previous_metaworld_state_format_resumes(tmp_path):
+    out = tmp_path / "mw"
+    collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
+    saved = json.loads((out / STATE_FILE).read_text())
+    attempts = saved["tasks"]["reach"]
+    kept = [{"episode_index": a["episode_index"], "attempt": a["attempt"], "rand_vec": a["start"]} for a in attempts
+            if a["episode_index"] is not None]
+    previous = {"config": saved["settings"], "pending": None, "tasks": {"reach": {
+        "next_attempt": len(attempts), "kept": len(kept), "dropped": len(attempts) - len(kept), "episodes": kept}}}
+    (out / STATE_FILE).write_text(json.dumps(previous))
+    state = collect_metaworld(out, tasks=["reach"], episodes_per_task=3, image_size=32, progress=False)
+    assert LeRobotDataset(out).num_episodes == 3 and state.tasks["reach"].kept == 3
+    assert [a.start for a in state.tasks["reach"].episodes[:2]] == [e["rand_vec"] for e in kept]
+    assert [a.seed for a in state.tasks["reach"].attempts] == [
+        configuration_seed("reach", "train", k) for k in range(state.tasks["reach"].next_attempt)
+    ]
+    assert json.loads((out / STATE_FILE).read_text())["format"] == 2

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpp.data.offscreen_gl import ensure_offscreen_gl
-from vpp.policy.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
+from vpp.robots.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
 
 logger = logging.getLogger(__name__)
 

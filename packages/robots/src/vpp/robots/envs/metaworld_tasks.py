@@ -26,6 +26,16 @@ HARD = (
 GROUPS: dict[str, tuple[str, ...]] = {"easy": EASY, "middle": MIDDLE, "hard": HARD}
 ALL_TASKS: tuple[str, ...] = EASY + MIDDLE + HARD
 
+
+def select_tasks(spec: str) -> list[str]:
+    """``mt50`` (or ``all``), a group name (easy, middle, hard) or comma-separated task names."""
+    if spec in ("mt50", "all"):
+        return list(ALL_TASKS)
+    if spec in GROUPS:
+        return list(GROUPS[spec])
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
 INSTRUCTIONS: dict[str, str] = {
     "assembly": "pick up the ring and place it over the peg",
     "basketball": "pick up the ball and drop it into the hoop",

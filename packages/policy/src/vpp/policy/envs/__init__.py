@@ -1,1 +1,0 @@
-"""Simulated benchmarks the policy is collected on and evaluated in."""
