@@ -35,4 +35,7 @@ bash scripts/ort-headers.sh || echo "warning: no ONNX Runtime headers; vpp-runti
 # gym-xarm only supplies the xArm7 MuJoCo model files that SimXArm loads; its own pin (mujoco<3)
 # conflicts with franky-sim's MuJoCo 3.3, and the model runs on 3.3, so its metadata is skipped.
 .venv/bin/python -m pip install -q --no-deps gym-xarm==0.1.1
+# ruff formats and lints the tree (ruff.toml; .ci/run checks both); pinned, because each release
+# adds rules and changes formatting.
+.venv/bin/python -m pip install -q ruff==0.17.6
 echo "$inputs" > "$stamp"
