@@ -19,6 +19,7 @@ from vpp.runtime import protocol
 from vpp.runtime.cli import main as runtime_cli
 from vpp.runtime.client import PolicyClient, PolicyConnectionError
 from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.manifest import FORMAT_VERSION
 from vpp.runtime.protocol import ProtocolError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -26,23 +27,10 @@ INSTRUCTIONS = ["open the drawer", "close the window"]
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """A tiny two-camera policy with state, exported without a text encoder (so an unknown
-    instruction is an error); torch only makes it, the server never imports it."""
-    torch = pytest.importorskip("torch")
-    from vpp.policy.export import export_policy
-    from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
-    from vpp.tvp.model import TextGuidedVideoPredictor
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    tvp = TextGuidedVideoPredictor.from_preset("tiny")
-    rng = np.random.default_rng(0)
-    cfg = VPPConfig(cameras=["corner", "wrist"], action_dim=4, chunk=4, state_dim=3)
-    policy = VideoPredictionPolicy.build(tvp, cfg, rng.normal(size=(50, 4)) * 3 + 1, rng.normal(size=(50, 3)), head_preset="tiny")
-    folder = tmp_path_factory.mktemp("artifact")
-    export_policy(policy.eval(), folder, INSTRUCTIONS, text_encoder=False)
-    return folder
+def artifact(tiny_artifact):
+    """The tiny two-camera artifact with state and no text encoder (so an unknown instruction
+    is an error), built without torch (conftest.py)."""
+    return tiny_artifact
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +108,7 @@ def test_client_acts_as_the_local_policy(server, client, policy):
     assert {k: client.metadata[k] for k in ("cameras", "image_size", "action_dim", "chunk", "state_dim", "instructions")} == {
         "cameras": ["corner", "wrist"], "image_size": policy.image_size, "action_dim": 4, "chunk": 4, "state_dim": 3, "instructions": INSTRUCTIONS,
     }
-    assert client.metadata["protocol_version"] == protocol.PROTOCOL_VERSION and client.metadata["format_version"] == 1
+    assert client.metadata["protocol_version"] == protocol.PROTOCOL_VERSION and client.metadata["format_version"] == FORMAT_VERSION
     assert client.metadata["noise_shapes"] == {"features": list(policy.feature_noise_shape), "actions": [1, 4, 4]}
     assert client.metadata["text_encoder"] is False and client.chunk == 4 and client.cameras == policy.cameras
     obs = observation(1)

@@ -29,18 +29,19 @@ def info(folder: Path) -> None:
     # Without hash checks: a description should be instant even for a multi-GB artifact.
     artifact = Artifact.open(folder, verify=False)
     manifest = artifact.manifest
-    state, text, sampler, parity = manifest["state"], manifest["text"], manifest["sampler"], manifest.get("parity", {})
-    encoded = "other instructions are encoded on the fly" if text.get("encoder") else "no text encoder: other instructions are refused"
+    state, text, sampler, parity = manifest.state, manifest.text, manifest.sampler, manifest.parity
+    encoded = "other instructions are encoded on the fly" if text.encoder else "no text encoder: other instructions are refused"
+    size = manifest.image_size
     lines = [
-        *_rows("artifact", f"{folder} (format_version {manifest['format_version']}, by {manifest.get('producer', '?')})"),
-        *_rows("cameras", f"{', '.join(artifact.cameras)} (resized to {artifact.image_size}x{artifact.image_size})"),
-        *_rows("actions", f"chunk {manifest['action']['chunk']} x {manifest['action']['dim']} dims"),
-        *_rows("state", "none" if state is None else f"{state['dim']} dims"),
-        *_rows("features", f"{manifest.get('encoder', '?')} encoder, {manifest['features'].get('noise', '?')} noise"),
-        *_rows("sampler", f"{sampler['name']}, {sampler['num_steps']} steps"),
-        *_rows("text", f"{len(text['instructions'])} cached, {encoded}", *(repr(i) for i in text["instructions"])),
-        *_rows("parity", f"policy max abs {parity.get('policy_max_abs')}, features relative {parity.get('features_relative_max_abs')}"),
-        *_rows("files", *(f"{name} ({artifact.path(name).stat().st_size / 1e6:.1f} MB)" for name in manifest["files"])),
+        *_rows("artifact", f"{folder} (format_version {manifest.format_version}, by {manifest.producer})"),
+        *_rows("cameras", f"{', '.join(manifest.cameras)} (resized to {size}x{size})"),
+        *_rows("actions", f"chunk {manifest.action.chunk} x {manifest.action.dim} dims"),
+        *_rows("state", "none" if state is None else f"{state.dim} dims"),
+        *_rows("features", f"{manifest.encoder} encoder, {manifest.features.noise or 'no'} noise"),
+        *_rows("sampler", f"{sampler.name}, {sampler.num_steps} steps"),
+        *_rows("text", f"{len(text.instructions)} cached, {encoded}", *(repr(i) for i in text.instructions)),
+        *_rows("parity", f"policy max abs {parity.policy_max_abs}, features relative {parity.features_relative_max_abs}"),
+        *_rows("files", *(f"{name} ({artifact.path(name).stat().st_size / 1e6:.1f} MB)" for name in manifest.files)),
     ]
     print("\n".join(lines))
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vpp-runtime", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="answer PolicyClient.act calls over WebSocket (msgpack)")
-    serve_parser.add_argument("artifact", type=Path, help="an exported policy artifact folder (vpp-policy export)")
+    serve_parser.add_argument("artifact", type=Path, help="an exported policy artifact folder (vpp-export)")
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default %(default)s)")
     serve_parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged) (default %(default)s)")
     serve_parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")

@@ -3,7 +3,7 @@
 ``libvpp_ort_ops.so`` is built from ``cpp/src/ort_ops.cpp`` into the vpp-runtime wheel, beside
 the ``_kernels`` extension, when CMake finds ONNX Runtime's C API header at build time
 (``scripts/ort-headers.sh``). It has no Python in it: C++ deployments can register the same
-file. Graphs exported with fused kernels (``vpp-policy export``, the default) name their ops in
+file. Graphs exported with fused kernels (``vpp-export``, the default) name their ops in
 the manifest (``graphs.<name>.custom_ops``); :class:`vpp.runtime.Policy` registers the library
 for them, and nothing else needs it. ``VPP_ORT_OPS_LIBRARY=/path/to/libvpp_ort_ops.so``
 overrides where it is looked for. No torch, no onnx: ctypes and the standard library only.
@@ -69,7 +69,7 @@ def require_library(needed: dict[str, int], what: str) -> Path:
             f"{what} uses {DOMAIN} custom ops ({', '.join(sorted(needed))}), and this vpp-runtime was built without "
             f"{library_name()} (CMake found no onnxruntime_c_api.h). Rebuild it after scripts/ort-headers.sh, or with "
             f"-DVPP_ORT_INCLUDE_DIR=<ONNX Runtime's include folder>, set {ENVIRONMENT_VARIABLE}, or re-export the policy "
-            "with `vpp-policy export --standard-ops-only`"
+            "with `vpp-export --standard-ops-only`"
         )
     missing = sorted(set(needed) - set(library_ops(path)))
     if missing:

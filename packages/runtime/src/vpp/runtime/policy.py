@@ -19,6 +19,7 @@ import onnxruntime as ort
 from vpp.runtime import custom_ops
 from vpp.runtime.artifact import Artifact
 from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.manifest import GraphSpec
 from vpp.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,16 @@ def default_providers() -> list[str]:
     return [p for p in ACCELERATED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
+def _signature(values: Sequence[Any]) -> dict[str, list[Any]]:
+    """{name: shape} of ONNX Runtime's input or output descriptions."""
+    return {value.name: list(value.shape) for value in values}
+
+
 class Policy:
+    """An exported artifact run by ONNX Runtime: ``act(observation, instruction)`` -> the
+    denormalised action chunk. Loading checks the artifact's hashes and its manifest against
+    the graphs ONNX Runtime opened; ``noise=`` reproduces a PyTorch run exactly."""
+
     def __init__(
         self,
         artifact: Artifact,
@@ -102,39 +112,42 @@ class Policy:
         if threads is not None:
             options.intra_op_num_threads = threads
         self.providers = list(providers) if providers is not None else default_providers()
-        graphs = manifest["graphs"]
-        self.custom_ops_library = self._register_custom_ops(options, graphs)
-        self.feature_session = ort.InferenceSession(str(artifact.path(graphs["features"]["file"])), options, providers=self.providers)
-        self.policy_session = ort.InferenceSession(str(artifact.path(graphs["policy"]["file"])), options, providers=self.providers)
+        graphs = manifest.graphs
+        self.custom_ops_library = self._register_custom_ops(options, [graphs.features, graphs.policy])
+        self.feature_session = ort.InferenceSession(str(artifact.path(graphs.features.file)), options, providers=self.providers)
+        self.policy_session = ort.InferenceSession(str(artifact.path(graphs.policy.file)), options, providers=self.providers)
+        encoder = manifest.text.encoder
+        self.tokenizer = None if encoder is None else ClipTokenizer.load(artifact.path(encoder.tokenizer))
+        self.text_session = (
+            None if encoder is None else ort.InferenceSession(str(artifact.path(encoder.file)), options, providers=self.providers)
+        )
+        # A manifest that disagrees with its graphs fails here, naming the field, not in ORT later.
+        sessions = {"features": self.feature_session, "policy": self.policy_session, "text_encoder": self.text_session}
+        for name, session in sessions.items():
+            if session is not None:
+                manifest.check_graph(name, _signature(session.get_inputs()), _signature(session.get_outputs()))
         # Where features.onnx leaves its output: the memory of the provider that runs it.
         self.device = "cuda" if self.feature_session.get_providers()[0] in ACCELERATED_PROVIDERS else "cpu"
-        self.cameras = artifact.cameras
-        self.image_size = artifact.image_size
-        self.action_dim = int(manifest["action"]["dim"])
-        self.chunk = int(manifest["action"]["chunk"])
-        self.state_dim = None if manifest["state"] is None else int(manifest["state"]["dim"])
-        self.action_normalizer = artifact.action_normalizer
-        self.state_normalizer = artifact.state_normalizer
+        self.cameras = list(manifest.cameras)
+        self.image_size = manifest.image_size
+        self.action_dim = manifest.action.dim
+        self.chunk = manifest.action.chunk
+        self.state_dim = None if manifest.state is None else manifest.state.dim
+        self.action_normalizer = manifest.action.normalizer
+        self.state_normalizer = None if manifest.state is None else manifest.state.normalizer
         self.text_cache = artifact.text_cache()
-        encoder = manifest["text"].get("encoder")
-        self.tokenizer = None if encoder is None else ClipTokenizer.load(artifact.path(encoder["tokenizer"]))
-        self.text_session = (
-            None if encoder is None else ort.InferenceSession(str(artifact.path(encoder["file"])), options, providers=self.providers)
-        )
-        features = manifest["features"]
-        self.feature_noise_shape = None if features["noise_shape"] is None else tuple(features["noise_shape"])
+        self.feature_noise_shape = manifest.features.noise_shape
         self.fixed_feature_noise = artifact.fixed_feature_noise()
         self.rng = np.random.default_rng(seed)
 
-    def _register_custom_ops(self, options: ort.SessionOptions, graphs: Mapping[str, Any]) -> Path | None:
+    def _register_custom_ops(self, options: ort.SessionOptions, graphs: Sequence[GraphSpec]) -> Path | None:
         """Registers vpp-runtime's custom-op library when a graph uses its ops; warns when a
         chosen accelerator has no kernel for one (ORT then runs it on the CPU, copying its
         tensors to and from the device)."""
         needed: dict[str, int] = {}
-        for graph in graphs.values():
-            ops = (graph.get("custom_ops") or {}).get("ops", {})
-            for name, count in ops.items():
-                needed[name] = needed.get(name, 0) + int(count)
+        for graph in graphs:
+            for name, count in ({} if graph.custom_ops is None else graph.custom_ops.ops).items():
+                needed[name] = needed.get(name, 0) + count
         if not needed:
             return None
         path = custom_ops.require_library(needed, f"artifact {self.artifact.folder}")
@@ -228,7 +241,7 @@ class Policy:
         noise: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim), float32."""
-        normalized = self._run_graphs(*self.graph_feeds(observation, instruction, noise))
+        normalized = self.run_graphs(*self.graph_feeds(observation, instruction, noise))
         return self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
 
     def graph_feeds(
@@ -250,20 +263,21 @@ class Policy:
             policy_feed["state"] = state
         return feature_feed, policy_feed
 
-    def _run_graphs(self, feature_feed: dict[str, np.ndarray], policy_feed: dict[str, np.ndarray]) -> np.ndarray:
-        """features.onnx, then policy.onnx on its output where the first graph left it: in device
-        memory under the CUDA/TensorRT providers. The paper preset's features are ~115 MB a
-        chunk for two views; handing them over as numpy would add two PCIe copies per chunk."""
-        graphs = self.artifact.manifest["graphs"]
+    def run_graphs(self, feature_feed: Mapping[str, np.ndarray], policy_feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The normalised action chunk (1, chunk, action_dim) of features.onnx, then policy.onnx
+        on its output where the first graph left it: in device memory under the CUDA/TensorRT
+        providers. The paper preset's features are ~115 MB a chunk for two views; handing them
+        over as numpy would add two PCIe copies per chunk."""
+        graphs = self.artifact.manifest.graphs
         feature_binding = self.feature_session.io_binding()
         for name, value in feature_feed.items():
             feature_binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        feature_binding.bind_output(graphs["features"]["output"], self.device)
+        feature_binding.bind_output(graphs.features.output, self.device)
         self.feature_session.run_with_iobinding(feature_binding)
         policy_binding = self.policy_session.io_binding()
         policy_binding.bind_ortvalue_input("features", feature_binding.get_outputs()[0])
         for name, value in policy_feed.items():
             policy_binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        policy_binding.bind_output(graphs["policy"]["output"], "cpu")
+        policy_binding.bind_output(graphs.policy.output, "cpu")
         self.policy_session.run_with_iobinding(policy_binding)
         return policy_binding.copy_outputs_to_cpu()[0]

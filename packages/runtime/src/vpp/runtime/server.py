@@ -57,7 +57,7 @@ def warm_up(policy: Policy) -> float:
     from its own generator: a seeded policy's sequence is the same with or without it."""
     observation: dict[str, Any] = {camera: np.zeros((policy.image_size, policy.image_size, 3), np.uint8) for camera in policy.cameras}
     if policy.state_dim is not None:
-        observation["state"] = (policy.state_normalizer.low + policy.state_normalizer.high) / 2
+        observation["state"] = policy.state_normalizer.midpoint()
     started = time.perf_counter()
     policy.act(observation, policy.instructions[0], noise=policy.sample_noise(np.random.default_rng(0)))
     return _milliseconds(started)
@@ -95,7 +95,7 @@ class PolicyServer:
             "type": "metadata",
             "protocol_version": PROTOCOL_VERSION,
             "server_version": server_version(),
-            "format_version": policy.artifact.manifest["format_version"],
+            "format_version": policy.artifact.manifest.format_version,
             "cameras": policy.cameras,
             "image_size": policy.image_size,
             "action_dim": policy.action_dim,
