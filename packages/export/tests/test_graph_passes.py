@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vpp.policy.graph_passes import project_before_broadcast
+from vpp.export.graph_passes import project_before_broadcast
 
 K, N = 6, 5
 

@@ -14,18 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vpp.policy.export import ExportError, _custom_ops_library
-from vpp.policy.graph_passes import FUSED_DOMAIN, fuse_geglu, fuse_group_norm_silu, fuse_group_norms
+from vpp.export.graph_passes import FUSED_DOMAIN, fuse_geglu, fuse_group_norm_silu, fuse_group_norms
+from vpp.runtime import custom_ops
 
-
-def _library():
-    try:
-        return _custom_ops_library(["GroupNorm", "GeGLU"])  # vpp-runtime's, found as export finds it
-    except ExportError:
-        return None
-
-
-LIBRARY = _library()
+LIBRARY = custom_ops.ort_ops_library()  # vpp-runtime's, found as export and the runtime find it
 needs_library = pytest.mark.skipif(LIBRARY is None, reason="vpp-runtime was built without its custom-op library")
 
 

@@ -15,7 +15,7 @@ from diffusers.models.activations import GEGLU
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 from torch import nn
 
-from vpp.policy.export_patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
+from vpp.export.patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
 
 
 class _FeedForward(nn.Module):

@@ -12,7 +12,7 @@ reshape that leaves the last axis as it is:
 
 (``Tile`` likewise, its last repeat being 1). The pass makes that rewrite wherever static shape
 inference proves the last axis is K on all three tensors, and drops the nodes it leaves unused.
-At export, ``vpp.policy.export_patches.fold_temporal_cross_attention`` has already removed the
+At export, ``vpp.export.patches.fold_temporal_cross_attention`` has already removed the
 per-pixel broadcast, so there the pass meets the spatial ``Tile``s only.
 
 :func:`fuse_geglu`: the GEGLU feed-forward's ``value * gelu(gate)``, which the exporter writes
@@ -38,10 +38,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from vpp.runtime.custom_ops import DOMAIN as FUSED_DOMAIN
+
 logger = logging.getLogger(__name__)
 
 BROADCASTS = ("Expand", "Tile")
-FUSED_DOMAIN = "vpp.fused"
 
 
 def _last_dims(model: onnx.ModelProto) -> dict[str, int | None]:
