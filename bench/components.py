@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from vpp.policy.export import export_policy  # noqa: E402
+from vpp.export.writer import export_policy  # noqa: E402
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
 from vpp.runtime import Policy  # noqa: E402
 from vpp.tvp.config import preset as tvp_preset  # noqa: E402

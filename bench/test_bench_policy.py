@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vpp.policy.export import export_policy, reference_actions  # noqa: E402
+from vpp.export.writer import export_policy, reference_actions  # noqa: E402
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
 from vpp.runtime import Policy  # noqa: E402
 from vpp.tvp.features import predictive_features  # noqa: E402

@@ -74,8 +74,9 @@ skip_if "$out/policy/model" policy-train || stage policy-train "$python" -m vpp.
     --tvp "$out/tvp/model" --camera "$camera" --chunk "$chunk" --head-preset tiny \
     --feature-position-embedding --window-stride 2 --steps "$policy_steps" --batch-size 32 --lr 1e-3 \
     --checkpoint-every 500 --feature-cache "$out/features" --output "$out/policy"
-skip_if "$out/artifact/manifest.json" export || stage export "$python" -m vpp.policy.cli export \
-    --policy "$out/policy/model" --out "$out/artifact" --instruction "$instruction"
+# The sidecar marks an artifact of the current format (older ones have none, and are exported again).
+skip_if "$out/artifact/manifest.json.sha256" export || stage export "$python" -m vpp.export.cli "$out/policy/model" \
+    --out "$out/artifact" --instruction "$instruction"
 # One ORT thread leaves the other core to the simulation's physics, servo and rendering; every
 # action of a chunk may run, so that a chunk outlasts the wait for the next one. The cube starts
 # where the first grasp rollout's does (the evaluation stream's first seed).

@@ -31,7 +31,7 @@ bash scripts/ort-headers.sh || echo "warning: no ONNX Runtime headers; vpp-runti
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -c constraints.txt \
-    -e "packages/data[test]" -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
+    -e "packages/data[test]" -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/export[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
 # gym-xarm only supplies the xArm7 MuJoCo model files that SimXArm loads; its own pin (mujoco<3)
 # conflicts with franky-sim's MuJoCo 3.3, and the model runs on 3.3, so its metadata is skipped.
 .venv/bin/python -m pip install -q --no-deps gym-xarm==0.1.1

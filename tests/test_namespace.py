@@ -14,6 +14,7 @@ import pytest
 
 # Static imports: Pants infers a test's first-party dependencies from them.
 import vpp
+import vpp.export
 import vpp.policy
 import vpp.robots
 import vpp.runtime
@@ -23,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES: dict[str, ModuleType] = {
     "tvp": vpp.tvp,
     "policy": vpp.policy,
+    "export": vpp.export,
     "runtime": vpp.runtime,
     "robots": vpp.robots,
 }

@@ -160,20 +160,6 @@ def cmd_predict(args) -> None:
     print(json.dumps({"instruction": args.instruction, "actions": actions.tolist()}))
 
 
-def cmd_export(args) -> None:
-    from vpp.policy.export import export_policy, read_instructions
-    from vpp.policy.policy import VideoPredictionPolicy
-
-    instructions = list(args.instruction or [])
-    if args.instructions:
-        instructions += read_instructions(args.instructions)
-    if not instructions:
-        raise SystemExit("vpp-policy export: give --instruction TEXT (repeatable) or --instructions FILE")
-    policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
-    manifest = export_policy(policy, args.out, list(dict.fromkeys(instructions)), seed=args.seed, text_encoder=not args.no_text_encoder, attention_nodes=not args.standard_ops_only, fused_kernels=not args.standard_ops_only, fused_geglu=args.fused_geglu)
-    print(manifest)
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="vpp-policy", description=__doc__)
@@ -240,27 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--state", help="comma-separated proprioception values")
     predict.add_argument("--instruction", required=True)
     predict.set_defaults(func=cmd_predict)
-
-    export = sub.add_parser("export", help="ONNX graphs + manifest for the torch-free vpp-runtime (checks parity)")
-    export.add_argument("--policy", required=True, help="a saved policy folder")
-    export.add_argument("--out", required=True, help="artifact folder to write")
-    export.add_argument("--instruction", action="append", help="an instruction to cache the text embedding of (repeatable)")
-    export.add_argument("--instructions", help="file with one instruction per line")
-    export.add_argument("--seed", type=int, default=0, help="seed of the random parity-check inputs")
-    export.add_argument("--no-text-encoder", action="store_true", help="cache only: the runtime refuses other instructions")
-    export.add_argument(
-        "--standard-ops-only",
-        action="store_true",
-        help="standard ONNX only: no ONNX Runtime contrib ops (attention as MatMul/Softmax) and no vpp.fused custom ops "
-        "(GroupNorm as InstanceNormalization), for runtimes other than ORT's CPU and CUDA providers or a vpp-runtime built without its custom-op library",
-    )
-    export.add_argument(
-        "--fused-geglu",
-        action="store_true",
-        help="each GEGLU activation as one vpp.fused.GeGLU node (one memory pass instead of ORT's Gelu and Mul), "
-        "for the CUDA provider; on the CPU it measured no faster than ORT's own",
-    )
-    export.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)
     if getattr(args, "camera", None) is None and hasattr(args, "camera"):
