@@ -15,6 +15,7 @@ import pytest
 from vpp.data.lerobot import LeRobotDataset
 from vpp.data.video_io import read_video
 from vpp.robots.collect import GRASP_TASK, CollectionState
+from vpp.runtime.manifest import Manifest
 
 pytest.importorskip("mujoco")
 pytest.importorskip("franky_sim")
@@ -48,19 +49,19 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     stdout = run_demo(out)
     demos = LeRobotDataset(out / "demos")
     assert demos.num_episodes == 2 and demos.robot_type == "sim_panda"
-    manifest = json.loads((out / "artifact" / "manifest.json").read_text())
-    assert manifest["cameras"] == ["wrist"]
-    assert manifest["action"]["dim"] == 7 and manifest["state"]["dim"] == 8
+    manifest = Manifest.read(out / "artifact")
+    assert manifest.cameras == ("wrist",)
+    assert manifest.action.dim == 7 and manifest.state.dim == 8
 
     report = json.loads((out / "rollout" / "latency_report.json").read_text())
     assert report["stop_reason"] is None and report["target_rate_hz"] == 10.0
     assert report["ticks"] >= 15 and report["chunks"] >= 1 and report["inference_latency"]["count"] >= 1
     # The rate is measured, not assumed; on a loaded CI machine it may fall short, but it is there.
     assert 0 < report["policy_rate_hz"] <= 11.0 and isinstance(report["rate_held"], bool)
-    assert report["image_size"] == manifest["image_size"]
+    assert report["image_size"] == manifest.image_size
     assert report["sim_scene"]["final_tcp_to_object_m"] < 1.0
     video = read_video(out / "rollout" / "rollout.mp4")
-    assert video.shape[1:] == (manifest["image_size"], 2 * manifest["image_size"], 3)
+    assert video.shape[1:] == (manifest.image_size, 2 * manifest.image_size, 3)
     assert "policy rate HELD" in stdout or "policy rate DID NOT HOLD" in stdout
 
     # The grasp rollouts ran the artifact from cube positions no demonstration (nor any dropped
