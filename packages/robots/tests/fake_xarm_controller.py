@@ -14,6 +14,7 @@ only, a servo-Cartesian target moves the reported pose only.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -105,10 +106,8 @@ class FakeXArmController:
         with self.lock:
             connections, self._connections = self._connections, []
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             connection.close()
 
     def inject_error(self, code: int) -> None:
@@ -140,7 +139,7 @@ class FakeXArmController:
         while self._running.is_set():
             try:
                 connection, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             connection.settimeout(SOCKET_TIMEOUT_S)
             with self.lock:
@@ -152,7 +151,7 @@ class FakeXArmController:
         while len(data) < size and self._running.is_set():
             try:
                 chunk = connection.recv(size - len(data))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return None

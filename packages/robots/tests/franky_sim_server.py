@@ -9,13 +9,12 @@ A line "reflex" on stdin makes the robot abort its motion with a joint-position-
 as a real controller would (franky-sim itself never raises errors); error recovery clears it.
 """
 
+import ipaddress
 import signal
 import socket
 import sys
 import threading
 import types
-
-import ipaddress
 
 LOOPBACK = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
 if not ipaddress.ip_address(LOOPBACK).is_loopback:

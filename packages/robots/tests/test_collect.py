@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from vpp.data.lerobot import LeRobotDataset
-from vpp.robots.collect import GRASP_TASK, STATE_FILE, CollectConfig, CollectionError, CollectionState, OldCollectionError, collect_sim_demos
+from vpp.robots.collect import (
+    GRASP_TASK,
+    STATE_FILE,
+    CollectConfig,
+    CollectionError,
+    CollectionState,
+    OldCollectionError,
+    collect_sim_demos,
+)
 from vpp.robots.control_loop import RolloutRecorder, chunk_to_waypoints
 from vpp.robots.drivers.sim import CUBE_HALF_SIZE_M, GRASP_LIFT_M, SimConfig, SimPanda, build_sim_arm
 from vpp.robots.experts import GRASP_INSTRUCTION, GraspCubeExpert
@@ -49,7 +57,7 @@ def test_the_expert_grasps_and_lifts_the_cube_from_the_ready_pose(arm, seed):
 
 
 def test_the_grasp_test_needs_the_cube_both_lifted_and_between_the_fingers(arm):
-    expert, report = run_expert(arm, 5)
+    _, report = run_expert(arm, 5)
     assert report.finished and arm.object_grasped()
     # Opened, the hand lets the cube fall back to the table: no longer held, no longer lifted.
     arm.reset(5)
@@ -99,9 +107,8 @@ def test_the_simulated_time_loop_refuses_a_realtime_arm_and_bad_chunks():
             return np.zeros((4, 6))
 
     stepped = build_sim_arm("sim-panda", SimConfig(realtime=False, image_height=32, image_width=32), 100.0)
-    with stepped:
-        with pytest.raises(PolicyOutputError, match=r"\(4, 6\)"):
-            SimulatedTimeLoop(stepped, [], WrongShape()).run("x", max_ticks=3)
+    with stepped, pytest.raises(PolicyOutputError, match=r"\(4, 6\)"):
+        SimulatedTimeLoop(stepped, [], WrongShape()).run("x", max_ticks=3)
 
 
 def test_reset_respawns_the_cube_by_seed_and_homes_the_arm(arm):
@@ -157,5 +164,5 @@ def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
 
 def test_a_state_of_the_previous_sim_arm_collector_is_refused_with_the_way_out(tmp_path):
     (tmp_path / STATE_FILE).write_text(json.dumps({"settings": {"seed": 0}, "progress": {"next_attempt": 1, "kept": 1, "dropped": 0, "cube_starts": [[0.5, 0.0, 0.025]]}}))
-    with pytest.raises(OldCollectionError, match="old sim-arm collector.*collect into a new folder"):
+    with pytest.raises(OldCollectionError, match=r"old sim-arm collector.*collect into a new folder"):
         collect_sim_demos(tmp_path, CollectConfig(episodes=1), progress=False)

@@ -79,7 +79,7 @@ def test_a_folder_collected_by_the_old_scheme_is_refused(tmp_path):
     with pytest.raises(OldCollectionError, match="old scheme"):
         collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
     (out / STATE_FILE).unlink()
-    with pytest.raises(OldCollectionError, match="no collection_state.json"):
+    with pytest.raises(OldCollectionError, match=r"no collection_state\.json"):
         collect_metaworld(out, tasks=["reach"], episodes_per_task=2, image_size=32, progress=False)
 
 

@@ -18,7 +18,7 @@ from vpp.robots.control_loop import (
     ensemble_weights,
     waypoint_step,
 )
-from vpp.robots.interfaces import Camera, ControllerFault, EndEffectorPose, Robot, RobotState
+from vpp.robots.interfaces import Camera, ControllerFaultError, EndEffectorPose, Robot, RobotState
 from vpp.robots.policies import HoldPolicy, SinePolicy
 from vpp.robots.rotations import rotation_angle_between, rotvec_to_quaternion, rpy_to_quaternion
 from vpp.robots.safety import SafetyFilter, SafetyLimits
@@ -49,7 +49,7 @@ class IdealArm(Robot):
 
     def _send_filtered(self, command) -> None:
         if self.fail_after is not None and len(self.received) >= self.fail_after:
-            raise ControllerFault("joint 4 torque limit", code=7)
+            raise ControllerFaultError("joint 4 torque limit", code=7)
         with self.lock:
             self.received.append((time.monotonic(), command))
             self.position, self.quaternion = command.position.copy(), command.quaternion.copy()
@@ -132,7 +132,7 @@ def test_the_loop_stops_the_arm_on_a_driver_fault():
     started = time.monotonic()
     report = loop.run("hold", seconds=5.0)
     assert time.monotonic() - started < 2.0
-    assert "ControllerFault" in report.stop_reason and "torque limit" in report.stop_reason
+    assert "ControllerFaultError" in report.stop_reason and "torque limit" in report.stop_reason
     assert arm.stopped.is_set()
     assert len(arm.received) == 20
 

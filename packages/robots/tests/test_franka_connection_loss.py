@@ -9,10 +9,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from franky_sim_process import FrankySimProcess  # noqa: E402
-from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot  # noqa: E402
-from vpp.robots.interfaces import EndEffectorDelta, RobotConnectionError, RobotError  # noqa: E402
-from vpp.robots.safety import SafetyFilter, SafetyLimits  # noqa: E402
+from franky_sim_process import FrankySimProcess
+
+from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
+from vpp.robots.interfaces import EndEffectorDelta, RobotConnectionError, RobotError
+from vpp.robots.safety import SafetyFilter, SafetyLimits
+
+
+def observe_for(arm: FrankaRobot, seconds: float, pause_s: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        arm.observe()
+        time.sleep(pause_s)
 
 
 def test_lost_connection_raises_connection_error():
@@ -46,10 +54,7 @@ def test_reflex_as_a_motion_ends_is_never_silent():
         arm.send(EndEffectorDelta([0.0, 0.05, 0.0], [0, 0, 0]))
         sim.inject_reflex()
         with pytest.raises(RobotError):
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                arm.observe()
-                time.sleep(0.05)
+            observe_for(arm, seconds=2.0, pause_s=0.05)
     finally:
         arm.close()
         sim.stop()

@@ -10,15 +10,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from franky_sim_process import FrankySimProcess  # noqa: E402
-from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot  # noqa: E402
-from vpp.robots.interfaces import (  # noqa: E402
-    ControllerFault,
+from franky_sim_process import FrankySimProcess
+
+from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
+from vpp.robots.interfaces import (
+    ControllerFaultError,
     EndEffectorDelta,
     GripperCommand,
     JointPositions,
 )
-from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolation  # noqa: E402
+from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolationError
 
 PERIOD_S = 0.05
 LIMITS = SafetyLimits.franka_fr3(
@@ -60,6 +61,14 @@ def stream(robot, commands):
     return sent
 
 
+def send_for(robot, command, seconds):
+    """Sends ``command`` every control period for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        robot.send(command)
+        time.sleep(PERIOD_S)
+
+
 def test_observe_reads_the_simulated_fr3(robot):
     state = robot.observe()
     assert state.joint_positions.shape == (7,)
@@ -87,7 +96,7 @@ def test_wild_deltas_stay_inside_the_workspace_on_the_arm(robot):
 
 def test_nan_action_is_rejected_and_the_arm_holds(robot):
     before = robot.observe().ee_position
-    with pytest.raises(SafetyViolation, match="nan"):
+    with pytest.raises(SafetyViolationError, match="nan"):
         robot.send(EndEffectorDelta([0.0, math.nan, 0.0], [0, 0, 0]))
     time.sleep(0.2)
     np.testing.assert_allclose(robot.observe().ee_position, before, atol=2e-3)
@@ -128,11 +137,8 @@ def test_gripper_opening_is_clamped_to_the_configured_range(robot):
 def test_reflex_raises_a_fault_stops_and_recovers(robot, simulator):
     stream(robot, [EndEffectorDelta([0.0, 0.0, -0.05], [0, 0, 0])] * 2)
     simulator.inject_reflex()
-    with pytest.raises(ControllerFault, match="joint_position_limits_violation"):
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            robot.send(EndEffectorDelta([0.0, 0.0, -0.05], [0, 0, 0]))
-            time.sleep(PERIOD_S)
+    with pytest.raises(ControllerFaultError, match="joint_position_limits_violation"):
+        send_for(robot, EndEffectorDelta([0.0, 0.0, -0.05], [0, 0, 0]), seconds=2.0)
     robot.recover()
     before = robot.observe().ee_position
     stream(robot, [EndEffectorDelta([0.0, 0.0, 0.05], [0, 0, 0])] * 5)

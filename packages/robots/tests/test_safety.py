@@ -1,5 +1,6 @@
 """SafetyFilter and rotation helpers, without any controller."""
 
+import itertools
 import math
 import subprocess
 import sys
@@ -7,7 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from vpp.robots.interfaces import EndEffectorDelta, EndEffectorPose, GripperCommand, JointPositions, RobotState
+from vpp.robots.interfaces import (
+    EndEffectorDelta,
+    EndEffectorPose,
+    GripperCommand,
+    JointPositions,
+    RobotState,
+)
 from vpp.robots.rotations import (
     quaternion_to_rotvec,
     quaternion_to_rpy,
@@ -15,7 +22,7 @@ from vpp.robots.rotations import (
     rotvec_to_quaternion,
     rpy_to_quaternion,
 )
-from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolation
+from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolationError
 
 DOWN = rpy_to_quaternion([math.pi, 0.0, 0.0])
 
@@ -48,9 +55,9 @@ def follow(safety, clock, command, state, steps):
 
 def test_nonfinite_actions_raise_with_the_offending_field():
     safety = SafetyFilter(SafetyLimits())
-    with pytest.raises(SafetyViolation, match=r"rotation=\[0.0, inf, 0.0\]"):
+    with pytest.raises(SafetyViolationError, match=r"rotation=\[0.0, inf, 0.0\]"):
         safety.filter(EndEffectorDelta([0, 0, 0], [0, math.inf, 0]), make_state())
-    with pytest.raises(SafetyViolation, match="gripper=nan"):
+    with pytest.raises(SafetyViolationError, match="gripper=nan"):
         safety.filter(JointPositions(np.zeros(7), gripper=math.nan), make_state())
 
 
@@ -63,7 +70,7 @@ def test_nonfinite_actions_hold_position_when_configured():
 
 def test_nonfinite_state_is_refused():
     state = make_state(position=(0.5, math.nan, 0.3))
-    with pytest.raises(SafetyViolation, match="state is not finite"):
+    with pytest.raises(SafetyViolationError, match="state is not finite"):
         SafetyFilter(SafetyLimits()).filter(GripperCommand(0.5), state)
 
 
@@ -86,7 +93,7 @@ def test_rotation_steps_are_limited_and_reach_the_target():
     safety = SafetyFilter(limits, clock=clock)
     goal = rpy_to_quaternion([math.pi, 0.0, 1.0])
     targets, final = follow(safety, clock, EndEffectorPose([0.5, 0.0, 0.3], goal), make_state(), 20)
-    angles = [rotation_angle_between(a.quaternion, b.quaternion) for a, b in zip(targets, targets[1:])]
+    angles = [rotation_angle_between(a.quaternion, b.quaternion) for a, b in itertools.pairwise(targets)]
     assert max(angles) <= limits.rotation_step_limit_rad + 1e-9
     assert rotation_angle_between(final.ee_quaternion, goal) < 1e-9
 
@@ -126,7 +133,7 @@ def test_joint_targets_clamp_to_limits_and_keep_their_direction():
     step = first - start
     assert np.abs(step).max() == pytest.approx(limits.joint_step_limit_rad)
     assert step[0] == pytest.approx(2 * step[1])
-    targets, final = follow(safety, clock, JointPositions(np.full(7, 9.0)), make_state(joints=start), 200)
+    _, final = follow(safety, clock, JointPositions(np.full(7, 9.0)), make_state(joints=start), 200)
     np.testing.assert_allclose(final.joint_positions, limits.joint_max)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from vpp.robots.drivers.sim import CAMERA_NAMES, SimConfig, SimPanda, SimXArm
 from vpp.robots.interfaces import EndEffectorPose, GripperCommand, JointPositions
-from vpp.robots.rotations import rotation_angle_between, rotvec_to_quaternion, quaternion_multiply
+from vpp.robots.rotations import quaternion_multiply, rotation_angle_between, rotvec_to_quaternion
 from vpp.robots.safety import SafetyFilter
 
 ARMS = [

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_xarm_controller import (  # noqa: E402
+from fake_xarm_controller import (
     CLEAN_ERR,
     MOTION_EN,
     SET_MODE,
@@ -18,15 +18,16 @@ from fake_xarm_controller import (  # noqa: E402
     STATE_STOPPED,
     FakeXArmController,
 )
-from vpp.robots.drivers.xarm import XArmConfig, XArmRobot  # noqa: E402
-from vpp.robots.interfaces import (  # noqa: E402
-    ControllerFault,
+
+from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
+from vpp.robots.interfaces import (
+    ControllerFaultError,
     EndEffectorDelta,
     EndEffectorPose,
     JointPositions,
     RobotConnectionError,
 )
-from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolation  # noqa: E402
+from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolationError
 
 LIMITS = SafetyLimits.xarm7(
     workspace_min=(0.3, -0.2, 0.1),
@@ -82,6 +83,14 @@ def stream(robot, commands, period_s=0.01):
         time.sleep(period_s)
 
 
+def send_for(robot, command, seconds, pause_s):
+    """Sends ``command`` every ``pause_s`` for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        robot.send(command)
+        time.sleep(pause_s)
+
+
 def test_connect_enables_servo_mode_over_loopback_tcp(fake_controller, robot):
     assert fake_controller.enabled and fake_controller.mode == 1
     assert {MOTION_EN, SET_MODE, SET_STATE} <= set(fake_controller.function_codes)
@@ -113,7 +122,7 @@ def test_nan_action_is_rejected_before_the_controller(fake_controller, robot):
     robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
     before = len(fake_controller.received)
     for bad in ([math.nan, 0, 0], [0, math.inf, 0]):
-        with pytest.raises(SafetyViolation, match="translation"):
+        with pytest.raises(SafetyViolationError, match="translation"):
             robot.send(EndEffectorDelta(bad, [0, 0, 0]))
     assert len(fake_controller.received) == before
 
@@ -134,7 +143,7 @@ def test_controller_error_raises_stops_and_recovers(fake_controller, robot):
     fake_controller.inject_error(22)
     fake_controller.state = 2  # a stop issued by the driver must be seen, not inherited
     time.sleep(0.05)
-    with pytest.raises(ControllerFault, match="22.*Self-Collision") as fault:
+    with pytest.raises(ControllerFaultError, match=r"22.*Self-Collision") as fault:
         robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
     assert fault.value.code == 22
     assert fake_controller.state == STATE_STOPPED
@@ -151,8 +160,5 @@ def test_lost_connection_raises_within_the_report_timeout(fake_controller, robot
     fake_controller.drop_connections()
     started = time.monotonic()
     with pytest.raises(RobotConnectionError, match="lost connection"):
-        deadline = started + 3.0
-        while time.monotonic() < deadline:
-            robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0]))
-            time.sleep(0.01)
+        send_for(robot, EndEffectorDelta([0.001, 0, 0], [0, 0, 0]), seconds=3.0, pause_s=0.01)
     assert time.monotonic() - started < 2.5

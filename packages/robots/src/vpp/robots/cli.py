@@ -69,7 +69,8 @@ def _progress_line(report: ControlLoopReport) -> None:
     servo = 1000.0 / report.servo_period["mean_ms"] if report.servo_period.get("count") else 0.0
     inference = report.inference_latency.get("p50_ms", float("nan"))
     logger.info(
-        "t=%5.1fs policy %5.1f Hz (jitter p95 %.1f ms) servo %5.1f Hz inference p50 %.0f ms chunks %d missed %d stale %d",
+        "t=%5.1fs policy %5.1f Hz (jitter p95 %.1f ms) servo %5.1f Hz "
+        "inference p50 %.0f ms chunks %d missed %d stale %d",
         report.duration_s,
         rate,
         report.policy_jitter.get("p95_ms", float("nan")),
@@ -154,7 +155,8 @@ def rate_verdict(report: ControlLoopReport) -> str:
     observe = report.observe_latency.get("p50_ms", float("nan"))
     details = (
         f"achieved {report.policy_rate_hz:.2f} Hz over {report.ticks} ticks; {report.overrun_ticks} overrun ticks, "
-        f"{report.missed_deadlines} ticks without an action; observe+render p50 {observe:.1f} ms, inference p50 {inference:.1f} ms"
+        f"{report.missed_deadlines} ticks without an action; observe+render p50 {observe:.1f} ms, "
+        f"inference p50 {inference:.1f} ms"
     )
     verdict = "HELD" if report.rate_held else "DID NOT HOLD"
     return f"policy rate {verdict} {report.target_rate_hz:g} Hz: {details}"
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     metaworld.add_argument("--max-steps", type=int, default=None, help="cap episode length (smoke runs)")
     metaworld.add_argument(
         "--split", default="eval", choices=["eval", "train"],
-        help="configurations to start from: eval (never collected) or train (the demonstrations' own, to measure fitting)",
+        help="configurations to start from: eval (never collected) "
+             "or train (the demonstrations' own, to measure fitting)",
     )
     metaworld.add_argument("--videos-per-task", type=int, default=1, help="rollout videos of each task's first N episodes")
     metaworld.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")

@@ -318,7 +318,7 @@ class GraspExpert:
         self.settings = {key: value for key, value in asdict(config).items() if key not in excluded}
 
     def writer_options(self) -> dict[str, Any]:
-        shapes = {name: (self.config.image_size, self.config.image_size, 3) for name in CAMERA_NAMES}
+        shapes = dict.fromkeys(CAMERA_NAMES, (self.config.image_size, self.config.image_size, 3))
         return {
             "fps": round(self.config.rate_hz), "features": rollout_features(shapes),
             "robot_type": self.config.robot.replace("-", "_"), **VIDEO_SETTINGS["lossless"],

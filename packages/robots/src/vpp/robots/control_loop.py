@@ -37,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from vpp.robots.interfaces import ActionPolicy, Camera, EndEffectorPose, Robot, RobotError, RobotState, read_cameras
+from vpp.robots.interfaces import (
+    ActionPolicy,
+    Camera,
+    EndEffectorPose,
+    Robot,
+    RobotError,
+    RobotState,
+    read_cameras,
+)
 from vpp.robots.rotations import (
     normalize_quaternion,
     quaternion_conjugate,
@@ -76,7 +84,8 @@ class ControlLoopConfig:
     def __post_init__(self) -> None:
         if not (self.policy_rate_hz > 0 and self.servo_rate_hz >= self.policy_rate_hz):
             raise ValueError(
-                f"policy_rate_hz={self.policy_rate_hz}, servo_rate_hz={self.servo_rate_hz}; expected 0 < policy rate <= servo rate"
+                f"policy_rate_hz={self.policy_rate_hz}, servo_rate_hz={self.servo_rate_hz}; "
+                "expected 0 < policy rate <= servo rate"
             )
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps={self.execute_steps}; expected >= 1 or None")
@@ -285,7 +294,8 @@ class ControlLoop:
         filter_period = robot.safety_filter.limits.control_period_s
         if not math.isclose(filter_period, self.config.servo_period_s, rel_tol=1e-3):
             logger.warning(
-                "safety filter period %.4f s differs from the servo period %.4f s: its per-step caps assume one command per %.4f s",
+                "safety filter period %.4f s differs from the servo period %.4f s: "
+                "its per-step caps assume one command per %.4f s",
                 filter_period,
                 self.config.servo_period_s,
                 filter_period,
@@ -498,7 +508,8 @@ class ControlLoop:
         report = self._summarise(tick_times, start)
         report.stop_reason = self._stop_reason
         logger.info(
-            "control loop done: %d ticks in %.2f s, %d chunks, %d missed deadlines, %d stale actions dropped, stop reason %s",
+            "control loop done: %d ticks in %.2f s, %d chunks, %d missed deadlines, "
+            "%d stale actions dropped, stop reason %s",
             report.ticks,
             report.duration_s,
             report.chunks,
@@ -523,4 +534,4 @@ class ControlLoop:
         report.servo_jitter = timing_stats(np.abs(servo - self.config.servo_period_s))
         report.inference_latency = timing_stats(self._inference_latency)
         report.send_latency = timing_stats(self._send_latency[-100_000:])
-        return ControlLoopReport(**{**asdict(report)})
+        return ControlLoopReport(**asdict(report))

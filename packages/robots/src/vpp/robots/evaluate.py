@@ -295,7 +295,10 @@ class GraspEvalConfig:
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or not self.max_seconds > 0 or not self.lift_m > 0:
-            raise ValueError(f"episodes={self.episodes}, max_seconds={self.max_seconds}, lift_m={self.lift_m}; expected positive values")
+            raise ValueError(
+                f"episodes={self.episodes}, max_seconds={self.max_seconds}, lift_m={self.lift_m}; "
+                "expected positive values"
+            )
 
 
 @dataclass

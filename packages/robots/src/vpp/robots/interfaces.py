@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class RobotConnectionError(RobotError):
     """The controller could not be reached, or the connection to it was lost."""
 
 
-class ControllerFault(RobotError):
+class ControllerFaultError(RobotError):
     """The controller reported an error; the driver has stopped the arm.
 
     `code` is the controller's own error identifier (an integer for xArm, the libfranka error
@@ -163,7 +164,7 @@ class Robot(ABC):
 
     @abstractmethod
     def observe(self) -> RobotState:
-        """Read the current state; raises RobotConnectionError or ControllerFault."""
+        """Read the current state; raises RobotConnectionError or ControllerFaultError."""
 
     def send(self, command: Command) -> Command:
         """Filter `command` against the current state and stream the result; returns what was sent."""

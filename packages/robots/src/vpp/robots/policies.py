@@ -92,15 +92,16 @@ def load_policy(path_or_name: str, threads: int | None = None) -> ActionPolicy:
             from vpp.runtime.client import PolicyClient
         except ImportError as error:
             raise ArtifactRuntimeUnavailableError(
-                f"cannot reach the policy server {path_or_name}: vpp.runtime's client is not available ({error}); install vpp-runtime"
+                f"cannot reach the policy server {path_or_name}: vpp.runtime's client is not available ({error}); "
+                "install vpp-runtime"
             ) from error
         logger.info("connecting to policy server %s", path_or_name)
         return PolicyClient(path_or_name)
     folder = Path(path_or_name)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"policy {path_or_name!r} is neither a built-in ({sorted(BUILT_IN_POLICIES)}), a policy server's ws:// address, "
-            "an artifact folder nor a saved torch policy folder"
+            f"policy {path_or_name!r} is neither a built-in ({sorted(BUILT_IN_POLICIES)}), "
+            "a policy server's ws:// address, an artifact folder nor a saved torch policy folder"
         )
     if not (folder / ARTIFACT_MANIFEST).is_file():
         return _load_torch_policy(folder)

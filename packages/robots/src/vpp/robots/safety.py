@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 _WORKSPACE_BISECTION_STEPS = 20
 
 
-class SafetyViolation(RobotError):
+class SafetyViolationError(RobotError):
     """A command or state the filter refuses to turn into a target."""
 
 
@@ -72,7 +73,7 @@ class SafetyLimits:
     max_lead_steps: float = 3.0
     gripper_min: float = 0.0
     gripper_max: float = 1.0
-    # "raise": a NaN/inf command raises SafetyViolation; "hold": it becomes "stay where you are".
+    # "raise": a NaN/inf command raises SafetyViolationError; "hold": it becomes "stay where you are".
     on_nonfinite: Literal["raise", "hold"] = "raise"
 
     def __post_init__(self) -> None:
@@ -195,7 +196,7 @@ class SafetyFilter:
 
     def filter(self, command: Command, state: RobotState) -> EndEffectorPose | JointPositions | GripperCommand:
         if not state.is_finite():
-            raise SafetyViolation(
+            raise SafetyViolationError(
                 f"robot state is not finite (joints {state.joint_positions.tolist()}, "
                 f"position {state.ee_position.tolist()}); expected finite readings"
             )
@@ -215,7 +216,7 @@ class SafetyFilter:
         self.reset()
         if self.limits.on_nonfinite == "raise":
             logger.error("rejected %s: %s", type(command).__name__, problem)
-            raise SafetyViolation(f"{type(command).__name__} rejected: {problem}; expected finite values")
+            raise SafetyViolationError(f"{type(command).__name__} rejected: {problem}; expected finite values")
         logger.warning("holding position instead of %s: %s", type(command).__name__, problem)
         if isinstance(command, GripperCommand):
             return GripperCommand(self._clamp_gripper(state.gripper_opening if state.gripper_opening is not None else 1.0))
@@ -254,7 +255,7 @@ class SafetyFilter:
         try:
             quaternion = normalize_quaternion(quaternion)
         except ValueError as error:
-            raise SafetyViolation(str(error)) from error
+            raise SafetyViolationError(str(error)) from error
         position = self._clamp_to_workspace(position)
         previous = self._previous_target if isinstance(self._previous_target, EndEffectorPose) else None
         reference_position = previous.position if previous else state.ee_position
@@ -300,10 +301,10 @@ class SafetyFilter:
         current = state.joint_positions
         target = command.positions
         if target.shape != current.shape:
-            raise SafetyViolation(f"joint target has {target.size} values; expected {current.size} for this arm")
+            raise SafetyViolationError(f"joint target has {target.size} values; expected {current.size} for this arm")
         if limits.joint_min is not None:
             if len(limits.joint_min) != current.size:
-                raise SafetyViolation(
+                raise SafetyViolationError(
                     f"safety limits cover {len(limits.joint_min)} joints; the arm has {current.size}"
                 )
             clamped = np.clip(target, limits.joint_min, limits.joint_max)
@@ -342,7 +343,7 @@ class SafetyFilter:
         if self._inside_workspace(target):
             return target
         if not self._inside_workspace(current):
-            raise SafetyViolation(
+            raise SafetyViolationError(
                 f"end effector at joints {current.round(4).tolist()} is outside the workspace "
                 f"{self.limits.workspace_min}..{self.limits.workspace_max}; expected it inside before joint moves"
             )

@@ -49,7 +49,8 @@ class SimulatedTimeConfig:
     def __post_init__(self) -> None:
         if not (self.policy_rate_hz > 0 and self.servo_rate_hz >= self.policy_rate_hz):
             raise ValueError(
-                f"policy_rate_hz={self.policy_rate_hz}, servo_rate_hz={self.servo_rate_hz}; expected 0 < policy rate <= servo rate"
+                f"policy_rate_hz={self.policy_rate_hz}, servo_rate_hz={self.servo_rate_hz}; "
+                "expected 0 < policy rate <= servo rate"
             )
         if self.execute_steps is not None and self.execute_steps < 1:
             raise ValueError(f"execute_steps={self.execute_steps}; expected >= 1 or None")

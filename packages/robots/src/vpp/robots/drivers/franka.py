@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpp.robots.interfaces import (
-    ControllerFault,
+    ControllerFaultError,
     EndEffectorPose,
     GripperCommand,
     JointPositions,
@@ -110,7 +110,7 @@ class FrankaRobot(Robot):
         except (franky.ControlException, franky.CommandException, franky.GripperException) as error:
             self._stop_after_failure()
             errors = self._current_errors()
-            raise ControllerFault(
+            raise ControllerFaultError(
                 f"Franka controller fault during {action}: {error}; arm stopped, call recover()", code=errors
             ) from error
 
@@ -144,7 +144,7 @@ class FrankaRobot(Robot):
 
         def raise_fault_from_state(state) -> None:
             self._stop_after_failure()
-            raise ControllerFault(
+            raise ControllerFaultError(
                 f"Franka at {self.config.hostname} is in mode {state.robot_mode.name} with errors "
                 f"{state.current_errors}; arm stopped, call recover()",
                 code=str(state.current_errors),
@@ -223,7 +223,7 @@ class FrankaRobot(Robot):
         deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
         while self._translate_failures("error recovery", lambda: robot.state.robot_mode) != _franky_idle_mode():
             if time.monotonic() > deadline:
-                raise ControllerFault(
+                raise ControllerFaultError(
                     f"Franka at {self.config.hostname} still reports errors {self._current_errors()} "
                     f"{_RECOVERY_TIMEOUT_S} s after error recovery; expected it idle",
                     code=self._current_errors(),

@@ -46,7 +46,12 @@ from vpp.robots.interfaces import (
     RobotConnectionError,
     RobotState,
 )
-from vpp.robots.rotations import normalize_quaternion, quaternion_conjugate, quaternion_multiply, quaternion_to_rotvec
+from vpp.robots.rotations import (
+    normalize_quaternion,
+    quaternion_conjugate,
+    quaternion_multiply,
+    quaternion_to_rotvec,
+)
 from vpp.robots.safety import SafetyFilter, SafetyLimits
 
 logger = logging.getLogger(__name__)
@@ -62,14 +67,14 @@ GRASP_LIFT_M = 0.03
 _MAX_CATCH_UP_S = 0.1
 
 
-class SimModelNotFound(RuntimeError):
+class SimModelNotFoundError(RuntimeError):
     """The package that ships an arm model is not installed."""
 
 
 def _package_folder(package: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SimModelNotFound(f"package {package!r} is not installed; expected it for its arm model ({install_hint})")
+        raise SimModelNotFoundError(f"package {package!r} is not installed; expected it for its arm model ({install_hint})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -82,8 +87,10 @@ def _rotate(quaternion_xyzw: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return rotated[:3]
 
 
-def look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> list[float]:
-    """MuJoCo camera `xyaxes` for a camera at `eye` looking at `target` (it looks along -z)."""
+def look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> list[float]:
+    """MuJoCo camera `xyaxes` for a camera at `eye` looking at `target` (it looks along -z), with
+    `up` (default +z) giving the image's upward direction."""
+    up = np.array([0.0, 0.0, 1.0]) if up is None else up
     forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)
     forward /= np.linalg.norm(forward)
     right = np.cross(forward, up)
@@ -506,13 +513,16 @@ class SimArm(Robot):
     def _joints_reaching(self, position: tuple[float, float, float]) -> np.ndarray:
         """Joints putting the tool centre point near a base-frame `position` in the current orientation
         (within millimetres: the IK's pull towards home leaves a small offset)."""
-        base_position, base_quaternion = self._base_pose()
+        _, base_quaternion = self._base_pose()
         _, tcp_quaternion = self._tcp_world()
         quaternion = normalize_quaternion(quaternion_multiply(quaternion_conjugate(base_quaternion), tcp_quaternion))
         joints = self.solve_ik(np.asarray(position, dtype=np.float64), quaternion, iterations=1000)
         reached = self.forward_kinematics(joints)
         if np.linalg.norm(reached - np.asarray(position)) > 5e-3:
-            raise ValueError(f"start position {list(position)} is out of the {self.robot_type}'s reach (IK ended at {reached.round(4).tolist()})")
+            raise ValueError(
+                f"start position {list(position)} is out of the {self.robot_type}'s reach "
+                f"(IK ended at {reached.round(4).tolist()})"
+            )
         return joints
 
     def solve_ik(self, position: np.ndarray, quaternion: np.ndarray, iterations: int = 200) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpp.robots.interfaces import (
-    ControllerFault,
+    ControllerFaultError,
     EndEffectorPose,
     GripperCommand,
     JointPositions,
@@ -100,7 +100,7 @@ class XArmRobot(Robot):
         self._wait_for_first_report()
         if arm.error_code:
             if not self.config.clear_errors_on_connect:
-                raise ControllerFault(describe_controller_error(arm.error_code), code=arm.error_code)
+                raise ControllerFaultError(describe_controller_error(arm.error_code), code=arm.error_code)
             logger.warning("clearing %s at connect", describe_controller_error(arm.error_code))
         self._enable()
         logger.info("xArm at %s connected, version %s", self.config.host, arm.version)
@@ -140,7 +140,7 @@ class XArmRobot(Robot):
             and arm.state in (1, 2)
         ):
             if time.monotonic() > deadline:
-                raise ControllerFault(
+                raise ControllerFaultError(
                     f"xArm did not enter servo mode within {self.config.connect_timeout_s} s "
                     f"(mode {arm.mode}, state {arm.state}, error {arm.error_code}); expected mode 1, state 1 or 2",
                     code=arm.error_code or None,
@@ -181,7 +181,7 @@ class XArmRobot(Robot):
         if arm.error_code:
             code = arm.error_code
             self._stop_after_failure()
-            raise ControllerFault(describe_controller_error(code) + "; arm stopped, call recover()", code=code)
+            raise ControllerFaultError(describe_controller_error(code) + "; arm stopped, call recover()", code=code)
 
     def _send_filtered(self, command: EndEffectorPose | JointPositions | GripperCommand) -> None:
         arm = self._require_arm()
@@ -210,7 +210,7 @@ class XArmRobot(Robot):
         if code == _HAS_ERROR or arm.error_code:
             self._raise_on_controller_error()
         self._stop_after_failure()
-        raise ControllerFault(
+        raise ControllerFaultError(
             f"{call} refused by xArm (SDK code {code}, state {arm.state}, mode {arm.mode}); arm stopped", code=code
         )
 
