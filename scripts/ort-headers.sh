@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Puts ONNX Runtime's C API headers under .cache/onnxruntime-headers/include (idempotent), for
-# the custom-op library that cpp/CMakeLists.txt builds into the vpp-runtime wheel. The headers
+# the custom-op library that packages/runtime/cpp/CMakeLists.txt builds into the vpp-runtime wheel. The headers
 # are taken from Debian's libonnxruntime-dev package (a .deb is an ar archive; nothing is
 # installed, and no ORT library is linked: the ops use the C API that ORT hands them). PyPI's
 # onnxruntime wheels ship no headers. Version 1.21's C API works with any ORT >= 1.21, and the

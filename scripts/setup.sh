@@ -25,13 +25,13 @@ if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
 fi
 
 # ONNX Runtime's C API header, for vpp-runtime's custom-op library (built by the install below).
-bash scripts/ort-headers.sh || echo "warning: no ONNX Runtime headers; vpp-runtime builds without its custom ops" >&2
+bash scripts/ort-headers.sh || echo "warning: no ONNX Runtime headers; the vpp-runtime install below will stop and say how to proceed" >&2
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -c constraints.txt \
-    -e "packages/data[test]" -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/export[test]" -e "packages/runtime[test]" -e "packages/robots[test]"
+    -e "packages/data[test]" -e "packages/tvp[test]" -e "packages/policy[test]" -e "packages/export[test]" -e "packages/runtime[cpu,test]" -e "packages/kernels[test]" -e "packages/robots[test]"
 # gym-xarm only supplies the xArm7 MuJoCo model files that SimXArm loads; its own pin (mujoco<3)
 # conflicts with franky-sim's MuJoCo 3.3, and the model runs on 3.3, so its metadata is skipped.
 .venv/bin/python -m pip install -q --no-deps gym-xarm==0.1.1

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from vpp.runtime import custom_ops
-from vpp.runtime.kernels import reference
+from vpp.kernels import reference
 
 LIBRARY = custom_ops.ort_ops_library()
 pytestmark = pytest.mark.skipif(LIBRARY is None, reason="vpp-runtime was built without its custom-op library (no ORT headers)")

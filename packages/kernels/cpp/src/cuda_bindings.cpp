@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "vpp/cuda_kernels.h"
+#include "vpp/cuda_attention_sampler.h"
 
 namespace py = pybind11;
 
@@ -48,7 +48,7 @@ class DeviceBuffer {
 };
 
 // The CPU bindings have validated shapes and dtypes before these are reached from Python
-// (vpp.runtime.kernels routes backend="cuda" here after its own checks).
+// (vpp.kernels routes backend="cuda" here after its own checks).
 void require_float32_contiguous(const py::array& array, const char* name) {
     if (!array.dtype().is(py::dtype::of<float>()) || !(array.flags() & py::array::c_style)) {
         throw py::value_error(std::string(name) + " must be a C-contiguous float32 array");

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "vpp/cuda_kernels.h"
+#include "vpp/cuda_attention_sampler.h"
 
 namespace vpp::cuda {
 namespace {

@@ -1,11 +1,16 @@
-"""Fused kernels of the vpp runtime, on numpy arrays.
+"""vpp-kernels: the fused kernels on numpy arrays, for parity tests and benchmarks (development only).
+
+The artifact never calls these: ONNX Runtime runs the exported graphs, and the GroupNorm+SiLU and
+GEGLU kernels reach it as vpp-runtime's custom-op library (``libvpp_ort_ops``), compiled from
+the same C++ files (packages/runtime/cpp). The sampler steps and the attention kernel stay here:
+measured against ORT's own nodes they did not win (packages/kernels/README.md).
 
 Each function checks its inputs here (dtype float32, C-contiguous, shapes) and raises a
 ValueError that names the offending value, then calls the compiled extension
-``vpp.runtime._kernels`` (C++, a pool of std::threads over all cores, GIL released). Nothing
-here imports torch: the Triton versions live in :mod:`vpp.runtime.kernels.triton_kernels`,
-imported only by callers on the GPU path; :mod:`vpp.runtime.kernels.reference` holds the
-unfused numpy versions that tests and benchmarks compare against.
+``vpp.kernels._kernels`` (C++, a pool of std::threads over all cores, GIL released). Nothing
+here imports torch: the Triton versions live in :mod:`vpp.kernels.triton_kernels`;
+:mod:`vpp.kernels.reference` holds the unfused numpy versions that tests and benchmarks
+compare against.
 
 - :func:`group_norm_silu`: GroupNorm with affine weight/bias followed by SiLU, in two passes
   over memory (statistics, then normalise + affine + SiLU), for (N, C, ...) inputs: NCHW
@@ -15,7 +20,7 @@ unfused numpy versions that tests and benchmarks compare against.
 - :func:`edm_denoise`, :func:`ddim_step`, :func:`euler_step`: the denoiser's output
   preconditioning D = c_skip x + c_out F fused with the sampler update, one pass over memory.
 - :func:`scaled_dot_product_attention`: softmax(q k^T * scale) v with an online softmax,
-  optional boolean mask and causal masking; the reference for later ONNX custom ops.
+  optional boolean mask and causal masking.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class BackendUnavailableError(RuntimeError):
 
 def _load_extension() -> tuple[ModuleType | None, str | None]:
     try:
-        from vpp.runtime import _kernels
+        from vpp.kernels import _kernels
     except ImportError as error:
         return None, str(error)
     return _kernels, None
@@ -61,7 +66,7 @@ def _load_extension() -> tuple[ModuleType | None, str | None]:
 
 _extension, _extension_error = _load_extension()
 if _extension is None:
-    logger.warning("vpp.runtime._kernels is not built (%s); only available() works", _extension_error)
+    logger.warning("vpp.kernels._kernels is not built (%s); only available() works", _extension_error)
 
 
 def _cuda_device_count() -> int:
@@ -88,8 +93,8 @@ def available() -> dict[str, bool]:
 def _require_extension() -> ModuleType:
     if _extension is None:
         raise BackendUnavailableError(
-            f"the compiled extension vpp.runtime._kernels is missing ({_extension_error}); "
-            "reinstall vpp-runtime so that CMake builds it"
+            f"the compiled extension vpp.kernels._kernels is missing ({_extension_error}); "
+            "reinstall vpp-kernels (pip install -e packages/kernels) so that CMake builds it"
         )
     return _extension
 
@@ -101,7 +106,7 @@ def _require_backend(backend: str) -> ModuleType:
     if backend == "cuda":
         if not available()["cuda"]:
             raise BackendUnavailableError(
-                "backend 'cuda' needs vpp-runtime built with -DVPP_WITH_CUDA=ON and a visible GPU; "
+                "backend 'cuda' needs vpp-kernels built with -DVPP_WITH_CUDA=ON and a visible GPU; "
                 f"built_with_cuda={extension.built_with_cuda}"
             )
         return extension

@@ -1,7 +1,7 @@
 """Triton versions of the fused GroupNorm+SiLU, GEGLU and sampler-step kernels, on torch tensors.
 
-The GPU path of the runtime imports this module lazily; importing it needs torch and triton,
-which the CPU runtime never loads. Without a GPU the kernels run under ``TRITON_INTERPRET=1``
+Development only, like the rest of vpp-kernels: importing it imports torch and triton, and
+nothing in vpp.runtime imports it. Without a GPU the kernels run under ``TRITON_INTERPRET=1``
 (set before this module is first imported: triton decides at decoration time), which is how
 the parity tests exercise them on CPU tensors.
 """
@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vpp.runtime.kernels import Parameterisation, preconditioning
+from vpp.kernels import Parameterisation, preconditioning
 
 _GROUP_NORM_BLOCK = 1024
 _ELEMENTWISE_BLOCK = 1024
@@ -109,7 +109,7 @@ def group_norm_silu(
     *,
     silu: bool = True,
 ) -> torch.Tensor:
-    """SiLU(GroupNorm(x) * weight + bias) for x of shape (N, C, ...), as vpp.runtime.kernels.group_norm_silu."""
+    """SiLU(GroupNorm(x) * weight + bias) for x of shape (N, C, ...), as vpp.kernels.group_norm_silu."""
     _check_tensor("x", x)
     if x.dim() < 2:
         raise ValueError(f"x must have shape (N, C, ...), got {tuple(x.shape)}")
@@ -144,7 +144,7 @@ def group_norm_silu(
 
 
 def geglu(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """value * GELU(gate) (exact erf GELU), as vpp.runtime.kernels.geglu."""
+    """value * GELU(gate) (exact erf GELU), as vpp.kernels.geglu."""
     _check_tensor("value", value)
     _check_tensor("gate", gate, value.device)
     if gate.shape != value.shape:
@@ -189,7 +189,7 @@ def edm_denoise(
     parameterisation: Parameterisation = "edm",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """D = c_skip x + c_out F, as vpp.runtime.kernels.edm_denoise."""
+    """D = c_skip x + c_out F, as vpp.kernels.edm_denoise."""
     _check_sigmas(sigma, 0.0)
     c_skip, c_out = preconditioning(sigma, sigma_data=sigma_data, parameterisation=parameterisation)
     return _axpby(x, f, c_skip, c_out, out)
@@ -205,7 +205,7 @@ def ddim_step(
     parameterisation: Parameterisation = "edm",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x_next = r x + (1 - r) D with r = sigma_next / sigma, as vpp.runtime.kernels.ddim_step."""
+    """x_next = r x + (1 - r) D with r = sigma_next / sigma, as vpp.kernels.ddim_step."""
     _check_sigmas(sigma, sigma_next)
     c_skip, c_out = preconditioning(sigma, sigma_data=sigma_data, parameterisation=parameterisation)
     ratio = sigma_next / sigma
@@ -222,7 +222,7 @@ def euler_step(
     parameterisation: Parameterisation = "edm",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x_next = x + (sigma_next - sigma) (x - D) / sigma, as vpp.runtime.kernels.euler_step."""
+    """x_next = x + (sigma_next - sigma) (x - D) / sigma, as vpp.kernels.euler_step."""
     _check_sigmas(sigma, sigma_next)
     c_skip, c_out = preconditioning(sigma, sigma_data=sigma_data, parameterisation=parameterisation)
     step = (sigma_next - sigma) / sigma

@@ -7,7 +7,7 @@
 #include "cpu_dispatch.h"
 #include "fast_math.h"
 #include "parallel.h"
-#include "vpp/kernels.h"
+#include "vpp/attention_sampler.h"
 
 namespace vpp {
 namespace {

@@ -1,4 +1,4 @@
-// The pybind11 module vpp.runtime._kernels. The Python wrappers in vpp.runtime.kernels check
+// The pybind11 module vpp.kernels._kernels. The Python wrappers in vpp.kernels check
 // inputs first with friendlier messages; the checks here keep a direct caller from reading
 // out of bounds all the same. Kernels run with the GIL released.
 #include <pybind11/numpy.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "vpp/kernels.h"
+#include "vpp/attention_sampler.h"
 
 #ifdef VPP_WITH_CUDA
 #include "cuda_bindings.h"
@@ -227,7 +227,7 @@ py::array scaled_dot_product_attention(const py::array& q, const py::array& k, c
 }  // namespace
 
 PYBIND11_MODULE(_kernels, module) {
-    module.doc() = "Fused CPU (and optionally CUDA) kernels of the vpp runtime";
+    module.doc() = "Fused CPU (and optionally CUDA) kernels of vpp, for tests and benchmarks";
     module.def("group_norm_silu", &group_norm_silu, py::arg("x"), py::arg("weight"),
                py::arg("bias"), py::arg("num_groups"), py::arg("eps"), py::arg("apply_silu"));
     module.def("geglu", &geglu, py::arg("value"), py::arg("gate"));

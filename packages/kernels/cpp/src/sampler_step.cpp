@@ -3,7 +3,7 @@
 
 #include "cpu_dispatch.h"
 #include "parallel.h"
-#include "vpp/kernels.h"
+#include "vpp/attention_sampler.h"
 
 namespace vpp {
 namespace {

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from vpp.runtime import kernels
-from vpp.runtime.kernels import reference
+from vpp import kernels
+from vpp.kernels import reference
 
 RNG_SEED = 1234
 
@@ -316,7 +316,7 @@ def test_bad_input_raises_value_error_naming_the_problem(rng, make_calls):
 
 
 def test_extension_itself_rejects_bad_input_without_crashing(rng):
-    from vpp.runtime import _kernels
+    from vpp.kernels import _kernels
 
     x = random_float32(rng, (2, 64, 4))
     with pytest.raises(ValueError, match="float32"):
@@ -335,7 +335,7 @@ def test_extension_itself_rejects_bad_input_without_crashing(rng):
 def test_kernels_run_without_torch():
     script = (
         "import sys, numpy as np\n"
-        "from vpp.runtime import kernels\n"
+        "from vpp import kernels\n"
         "x = np.ones((1, 4, 3), np.float32)\n"
         "kernels.group_norm_silu(x, None, None, 2)\n"
         "kernels.ddim_step(x, x, 2.0, 1.0, sigma_data=0.5)\n"

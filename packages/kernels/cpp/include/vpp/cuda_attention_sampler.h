@@ -1,24 +1,15 @@
-// CUDA versions of the runtime kernels. Every launcher takes device pointers and a stream,
-// launches asynchronously, and returns the launch's error code (cudaSuccess when queued).
+// CUDA versions of vpp-kernels' sampler and attention kernels, as vpp/cuda_kernels.h: device
+// pointers and a stream, launched asynchronously, returning the launch's error code.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
-#include "vpp/kernels.h"
+#include "vpp/attention_sampler.h"
+#include "vpp/cuda_kernels.h"
 
 namespace vpp::cuda {
-
-// See vpp::group_norm_silu: one thread block per (batch, group).
-cudaError_t group_norm_silu(const float* x, const float* weight, const float* bias, float* y,
-                            std::int64_t batch, std::int64_t channels, std::int64_t spatial,
-                            std::int64_t num_groups, float eps, bool apply_silu,
-                            cudaStream_t stream);
-
-// See vpp::geglu: out = value * gelu(gate), elementwise.
-cudaError_t geglu(const float* value, const float* gate, float* out, std::int64_t count,
-                  cudaStream_t stream);
 
 // out = a * x + b * f elementwise; the sampler entry points below fold their scalars into a, b
 // on the host exactly as the CPU kernels do. out may alias x.

@@ -17,11 +17,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install 'vpp-runtime[test]')", allow_module_level=True)
+    pytest.skip("triton is not installed (pip install 'vpp-kernels[test]')", allow_module_level=True)
 
-from vpp.runtime.kernels import reference  # noqa: E402
+from vpp.kernels import reference  # noqa: E402
 
-MODULE = "vpp.runtime.kernels.triton_kernels"
+MODULE = "vpp.kernels.triton_kernels"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 #include <cstdint>
 
-#include "vpp/cuda_kernels.h"
+#include "vpp/cuda_attention_sampler.h"
 
 namespace vpp::cuda {
 namespace {
