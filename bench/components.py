@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from vpp.export.writer import export_policy  # noqa: E402
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
 from vpp.runtime import Policy  # noqa: E402
-from vpp.tvp.config import preset as tvp_preset  # noqa: E402
+from vpp.tvp.config import TVPConfig  # noqa: E402
 from vpp.tvp.features import predictive_features  # noqa: E402
 from vpp.tvp.model import TextGuidedVideoPredictor  # noqa: E402
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = {"machine": machine(args.threads), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "presets": []}
     for preset in presets:
-        size = args.image_size or tvp_preset(preset).image_size
+        size = args.image_size or TVPConfig.preset(preset).image_size
         print(f"benchmarking {preset} ...", file=sys.stderr, flush=True)
         results["presets"].append(bench_preset(preset, size, args.repeats, args.threads))
     out = Path(args.out)

@@ -96,7 +96,7 @@ stage tvp "$RUN/tvp/model" $BIN/vpp-tvp train --preset small --data "metaworld=l
     --fit-vae-steps "$VAE_FIT_STEPS" --steps "$TVP_STEPS" --batch-size "$TVP_BATCH" --lr "$TVP_LR" \
     --checkpoint-every "$TVP_CHECKPOINT_EVERY" --output "$RUN/tvp" &
 tvp_pid=$!
-while [[ ! -f $RUN/tvp/base/tvp_config.json ]]; do
+while [[ ! -f $RUN/tvp/base/config.json ]]; do
     kill -0 "$tvp_pid" 2> /dev/null || { wait "$tvp_pid" || exit 1; break; }
     sleep 10
 done

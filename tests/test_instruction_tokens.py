@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from vpp.robots.envs.metaworld_tasks import ALL_TASKS, INSTRUCTIONS
-from vpp.tvp.config import preset
+from vpp.tvp.config import TVPConfig
 from vpp.tvp.text import load_tokenizer
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_metaworld_instructions_stay_whole_and_distinct(name):
-    config = preset(name)
+    config = TVPConfig.preset(name)
     assert config.tokenizer == "bytes"
     tokenizer = load_tokenizer(config.tokenizer)
     assert sorted(INSTRUCTIONS) == sorted(ALL_TASKS)
@@ -26,4 +26,4 @@ def test_metaworld_instructions_stay_whole_and_distinct(name):
 
 
 def test_the_paper_preset_keeps_the_papers_20_clip_tokens():
-    assert preset("paper").text_max_tokens == 20
+    assert TVPConfig.preset("paper").text_max_tokens == 20

@@ -33,7 +33,7 @@ def test_unknown_data_source_is_refused(tmp_path):
 
 
 def vae_weights(folder):
-    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    return {k.removeprefix("vae."): v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("vae.")}
 
 
 @pytest.mark.slow

@@ -1,22 +1,23 @@
 import json
+import logging
 
 import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from vpp.tvp.cli import main
-from vpp.tvp.config import ConfigError, TVPConfig, preset
+from vpp.tvp.config import CONFIG_NAME, ConfigError, TVPConfig
 from vpp.tvp.features import predictive_features
-from vpp.tvp.model import TextGuidedVideoPredictor
+from vpp.tvp.model import TextGuidedVideoPredictor, convert_legacy_tvp
 from vpp.tvp.text import byte_tokenizer
 
 
 def save_svd_and_clip(root, variant=None):
     """Tiny diffusers SVD and CLIP folders as save_pretrained writes them; with ``variant="fp16"``
     the SVD folder holds only half-precision weight files, as released SVD folders can."""
-    config = preset("tiny")
+    config = TVPConfig.preset("tiny")
     torch.manual_seed(1)
     unet = UNetSpatioTemporalConditionModel(**config.unet)
     vae = AutoencoderKLTemporalDecoder(**config.vae)
@@ -42,7 +43,8 @@ def test_loads_a_diffusers_svd_folder_and_a_clip_folder_and_saves_it_as_a_tvp(tm
     assert torch.equal(model.text_encoder(input_ids=ids).last_hidden_state, text(input_ids=ids).last_hidden_state)
 
     model.save_pretrained(tmp_path / "tvp")
-    assert "_name_or_path" not in json.loads((tmp_path / "tvp" / "tvp_config.json").read_text())["unet"]
+    assert sorted(p.name for p in (tmp_path / "tvp").iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert "_name_or_path" not in json.loads((tmp_path / "tvp" / "config.json").read_text())["unet"]
     loaded = TextGuidedVideoPredictor.from_pretrained(tmp_path / "tvp")
     assert loaded.config == model.config
     for name, tensor in vae.state_dict().items():
@@ -84,15 +86,15 @@ def test_the_cli_trains_from_svd_and_clip_folders(tmp_path):
         "--data", "builtin:squares", "--steps", "2", "--batch-size", "1", "--checkpoint-every", "1",
         "--output", str(out),
     ])
-    config = TVPConfig.load(out / "model")
-    assert config == TVPConfig.load(out / "base")
+    config = TVPConfig.load(out / "model" / CONFIG_NAME)
+    assert config == TVPConfig.load(out / "base" / CONFIG_NAME)
     assert (config.image_size, config.num_frames, config.tokenizer) == (32, 4, clip)
     trained = TextGuidedVideoPredictor.from_pretrained(out / "model")
     assert {p.dtype for p in trained.parameters()} == {torch.float32}
     for name, tensor in vae.state_dict().items():
         assert torch.equal(trained.vae.state_dict()[name], tensor.float()), name
-    trained_unet = load_file(out / "model" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert any(not torch.equal(trained_unet[k], v.float()) for k, v in unet.state_dict().items())
+    trained_unet = load_file(out / "model" / "model.safetensors")
+    assert any(not torch.equal(trained_unet[f"unet.{k}"], v.float()) for k, v in unet.state_dict().items())
 
 
 def test_save_and_load_give_identical_features(tmp_path, tiny_model):
@@ -109,3 +111,48 @@ def test_save_and_load_give_identical_features(tmp_path, tiny_model):
 def test_missing_svd_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a diffusers SVD folder"):
         TextGuidedVideoPredictor.from_svd(tmp_path, tmp_path)
+
+
+def write_old_layout(model, folder):
+    """The folder save_pretrained wrote before config.json + model.safetensors."""
+    model.unet.save_pretrained(folder / "unet")
+    model.vae.save_pretrained(folder / "vae")
+    model.text_encoder.save_pretrained(folder / "text_encoder")
+    model.tokenizer.save_pretrained(str(folder / "tokenizer"))
+    save_file(model.text_projection.state_dict(), folder / "text_projection.safetensors")
+    old = {**model.config.to_dict(), "preset": model.config.preset_name}
+    del old["preset_name"]
+    (folder / "tvp_config.json").write_text(json.dumps(old))
+
+
+def test_an_old_layout_folder_still_loads_and_converts(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = TextGuidedVideoPredictor.from_preset("tiny", text_to_unet="linear")
+    write_old_layout(model, tmp_path / "old")
+    with caplog.at_level(logging.WARNING):
+        old = TextGuidedVideoPredictor.from_pretrained(tmp_path / "old")
+    assert f"vpp-tvp convert {tmp_path / 'old'} NEW" in caplog.text
+    main(["convert", str(tmp_path / "old"), str(tmp_path / "new")])
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["config.json", "model.safetensors"]
+    new = TextGuidedVideoPredictor.from_pretrained(tmp_path / "new")
+    expected = model.state_dict()
+    for loaded in (old, new):
+        assert loaded.config == model.config
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+        assert not any(p.requires_grad for p in [*loaded.vae.parameters(), *loaded.text_encoder.parameters()])
+    assert new.text_projection is not None and all(p.requires_grad for p in new.unet.parameters())
+    with pytest.raises(FileNotFoundError, match="not a TVP folder in the old layout"):
+        convert_legacy_tvp(tmp_path / "new", tmp_path / "again")
+    with pytest.raises(FileNotFoundError, match="not a saved TextGuidedVideoPredictor"):
+        TextGuidedVideoPredictor.from_pretrained(tmp_path / "nothing")
+
+
+def test_loading_leaves_the_global_rng_alone_and_keeps_the_dtype_asked_for(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "tvp")
+    torch.manual_seed(3)
+    loaded = TextGuidedVideoPredictor.from_pretrained(tmp_path / "tvp", torch_dtype=torch.float16)
+    after_load = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(after_load, torch.rand(1))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}

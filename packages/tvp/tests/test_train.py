@@ -34,7 +34,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, squares_dataset):
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in logged] == pytest.approx(straight, rel=1e-5, abs=1e-7)
-    assert (tmp_path / "resumed" / "model" / "tvp_config.json").is_file()
+    assert (tmp_path / "resumed" / "model" / "config.json").is_file()
     curve = iio.imread(tmp_path / "resumed" / "loss.png")
     assert curve.shape[:2] == (400, 700) and curve.std() > 0
 
@@ -131,7 +131,7 @@ def test_the_same_entry_point_runs_distributed_under_torchrun(tmp_path):
     subprocess.run(command, check=True, timeout=300, capture_output=True)
     state = json.loads((tmp_path / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert state["num_processes"] == 2 and state["step"] == 2
-    assert (tmp_path / "model" / "unet").is_dir()
+    assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
 def test_the_lr_schedule_counts_optimizer_steps_whatever_the_number_of_processes(tmp_path, squares_dataset):

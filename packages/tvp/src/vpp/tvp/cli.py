@@ -139,7 +139,7 @@ def train_start_model(args):
     from vpp.tvp.model import TextGuidedVideoPredictor
     from vpp.tvp.train import base_folder, is_complete_base, read_vae_fit
 
-    output = Path(args.output)
+    output = Path(args.output_dir)
     base = base_folder(output)
     fitted = read_vae_fit(base) if is_complete_base(base) else None
     if latest_checkpoint(output / "checkpoints") is not None:
@@ -156,30 +156,23 @@ def train_start_model(args):
 
 
 def cmd_train(args) -> None:
+    from vpp.data.config import config_from_arguments
+    from vpp.tvp.config import TrainConfig
     from vpp.tvp.data.latent_cache import LatentCache
-    from vpp.tvp.train import TrainConfig, TVPTrainer, fit_vae
+    from vpp.tvp.train import TVPTrainer, fit_vae
 
+    # checked before the model is built: a bad value fails at once
+    config = config_from_arguments(TrainConfig, args, seed=args.seed)
     model, vae_fit, fit_now = train_start_model(args)
     dataset = build_dataset(args, model)
     if fit_now:
         # every process fits the same VAE; the first one draws the curve
-        plot = Path(args.output) / "vae_fit_loss.png" if int(os.environ.get("RANK", "0")) == 0 else None
+        plot = Path(config.output_dir) / "vae_fit_loss.png" if int(os.environ.get("RANK", "0")) == 0 else None
         vae_fit = fit_vae(model, dataset, args.fit_vae_steps, seed=args.seed, plot_path=plot).record()
     if args.latent_cache:
         cache = LatentCache.for_model(args.latent_cache, model)
         cache.build(dataset, model)
         dataset.latent_cache = cache
-    config = TrainConfig(
-        output_dir=args.output,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        num_workers=args.num_workers,
-    )
     trainer = TVPTrainer(model, dataset, config, vae_fit=vae_fit)
     losses = trainer.train()
     if losses:
@@ -227,15 +220,22 @@ def cmd_features(args) -> None:
     print(f"{args.out}: features {tuple(features.shape)} (batch, views, frames, channels, height, width)")
 
 
+def cmd_convert(args) -> None:
+    from vpp.tvp.model import convert_legacy_tvp
+
+    print(convert_legacy_tvp(args.old, args.new))
+
+
 def cmd_demo(args) -> None:
     """Tiny TVP on the built-in moving squares: fit its VAE, train it, predict futures."""
     args.preset, args.model, args.svd, args.clip, args.variant = "tiny", None, None, None, None
     args.image_size = args.num_frames = None
     args.data, args.weights = ["builtin:squares"], None
-    args.fit_vae_steps, args.latent_cache, args.mixed_precision = args.vae_steps, None, "no"
-    args.gradient_checkpointing, args.num_workers = False, 0
+    args.fit_vae_steps, args.latent_cache = args.vae_steps, None
+    # the other TrainConfig fields keep their defaults
+    args.max_steps, args.learning_rate = args.steps, args.lr
     args.checkpoint_every = max(1, args.steps // 4)
-    args.output = str(Path(args.out) / "run")
+    args.output_dir = str(Path(args.out) / "run")
     cmd_train(args)
     args.model, args.preset = str(Path(args.out) / "run" / "model"), None
     args.image, args.num, args.steps = None, 4, args.sampling_steps
@@ -244,6 +244,9 @@ def cmd_demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vpp.data.config import add_config_arguments
+    from vpp.tvp.config import TrainConfig, TVPConfig
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="vpp-tvp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--svd", help="local diffusers Stable Video Diffusion folder (unet/, vae/)")
         p.add_argument("--clip", help="local CLIP folder (text encoder + tokenizer), with --svd")
         p.add_argument("--variant", help="with --svd: weight files of this variant, e.g. fp16 (loaded as float32)")
-        p.add_argument("--preset", choices=["tiny", "small", "paper"], help="a model from scratch (default tiny)")
+        p.add_argument("--preset", choices=TVPConfig.preset_names(), help="a model from scratch (default tiny)")
         p.add_argument("--image-size", type=int, help="with --svd (default 256) or --preset: frame size in pixels")
         p.add_argument("--num-frames", type=int, help="with --svd (default 16) or --preset: frames per clip")
         p.add_argument("--seed", type=int, default=0)
@@ -265,14 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     train = sub.add_parser("train", help="fine-tune a TVP with the EDM objective (resumes from --output)")
     model_args(train)
     data_args(train)
-    train.add_argument("--output", required=True)
-    train.add_argument("--steps", type=int, default=1000)
-    train.add_argument("--batch-size", type=int, default=6)
-    train.add_argument("--lr", type=float, default=5e-6)
-    train.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    train.add_argument("--gradient-checkpointing", action="store_true")
-    train.add_argument("--checkpoint-every", type=int, default=500)
-    train.add_argument("--num-workers", type=int, default=0)
+    # every TrainConfig field is an option; --seed is model_args' (it also seeds a preset's weights)
+    add_config_arguments(
+        train, TrainConfig, exclude=["seed"],
+        aliases={"output_dir": "--output", "max_steps": "--steps", "learning_rate": "--lr"},
+    )
     train.add_argument("--latent-cache", help="folder for pre-encoded VAE latents (built first, resumable)")
     train.add_argument("--fit-vae-steps", type=int, default=0, help="first fit the VAE for this many steps (models without a pretrained VAE)")
     train.set_defaults(func=cmd_train)
@@ -293,6 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     feats.add_argument("--instruction", required=True)
     feats.add_argument("--out", required=True, help=".safetensors file")
     feats.set_defaults(func=cmd_features)
+
+    convert = sub.add_parser(
+        "convert",
+        help="rewrite a TVP folder of the old layout (tvp_config.json, unet/, vae/...) as config.json + model.safetensors",
+    )
+    convert.add_argument("old", help="TVP folder with tvp_config.json")
+    convert.add_argument("new", help="folder to write")
+    convert.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="tiny TVP trained on built-in moving squares, then a predicted future")
     demo.add_argument("--out", default="runs/demo")

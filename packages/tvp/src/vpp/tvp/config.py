@@ -1,88 +1,133 @@
 """Configuration of the text-guided video predictor (TVP) and its presets.
 
-One dataclass tree per model, saved as ``tvp_config.json`` beside the safetensors weights. The
-``unet``, ``vae`` and ``text_encoder`` dicts are passed verbatim to diffusers'
-``UNetSpatioTemporalConditionModel``, ``AutoencoderKLTemporalDecoder`` and transformers'
-``CLIPTextConfig``, so a preset can describe any size those classes accept.
+One :class:`vpp.data.config.Config` tree per model, saved as ``config.json`` beside the model's
+``model.safetensors``. The ``unet``, ``vae`` and ``text_encoder`` dicts are passed verbatim to
+diffusers' ``UNetSpatioTemporalConditionModel``, ``AutoencoderKLTemporalDecoder`` and
+transformers' ``CLIPTextConfig``, so a preset can describe any size those classes accept.
+Presets: ``TVPConfig.preset("tiny" | "small" | "paper")``; the training run's options are
+:class:`TrainConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-CONFIG_NAME = "tvp_config.json"
+from vpp.data.config import Config, ConfigError, config_field
 
+__all__ = ["CONFIG_NAME", "ConfigError", "EDMConfig", "FeatureConfig", "TVPConfig", "TrainConfig"]
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or inconsistent."""
+CONFIG_NAME = "config.json"
 
 
 @dataclass
-class EDMConfig:
+class EDMConfig(Config):
     """EDM v-parameterised training noise and sampling (as Stable Video Diffusion)."""
 
-    p_mean: float = 0.7
-    p_std: float = 1.6
-    text_dropout: float = 0.05
-    num_sampling_steps: int = 30
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-    rho: float = 7.0
-    cfg_min: float = 1.0
-    cfg_max: float = 7.5
+    p_mean: float = config_field(
+        0.7, help="mean of log sigma of the training noise (sigma = exp(p_mean + p_std N))"
+    )
+    p_std: float = config_field(1.6, help="spread of log sigma of the training noise")
+    text_dropout: float = config_field(
+        0.05, help="probability of training a video without its text (for CFG)"
+    )
+    num_sampling_steps: int = config_field(30, help="Euler steps of video generation")
+    sigma_min: float = config_field(0.002, help="smallest noise level of the sampling schedule")
+    sigma_max: float = config_field(700.0, help="largest noise level of the sampling schedule")
+    rho: float = config_field(7.0, help="Karras schedule exponent")
+    cfg_min: float = config_field(1.0, help="classifier-free guidance scale at the first frame")
+    cfg_max: float = config_field(
+        7.5, help="classifier-free guidance scale at the last frame (ramped linearly)"
+    )
+
+    def validate(self) -> None:
+        if not 0.0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(
+                f"edm sigma range [{self.sigma_min}, {self.sigma_max}]; expected 0 < sigma_min < sigma_max"
+            )
+        if self.p_std <= 0 or self.rho <= 0:
+            raise ConfigError(f"edm.p_std={self.p_std}, edm.rho={self.rho}; expected both > 0")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ConfigError(f"edm.text_dropout={self.text_dropout}; expected a probability in [0, 1)")
+        if self.num_sampling_steps < 1:
+            raise ConfigError(f"edm.num_sampling_steps={self.num_sampling_steps}; expected >= 1")
 
 
 @dataclass
-class FeatureConfig:
+class FeatureConfig(Config):
     """Which up-sampling blocks form the predictive representation, and at what noise level.
 
-    ``blocks=None`` aggregates every up-block (the paper); the official code keeps ``(0, 1)``.
-    ``size`` is the common spatial size each block is interpolated to; ``None`` picks half the
-    latent size (16x16 for 32x32 latents, the official token count).
     The noise level is step ``schedule_index`` of a ``schedule_steps``-step Karras schedule
     (the official code: index 0 of 20, sigma = sigma_max).
-    ``fps_id=None`` reuses the training value; the official code uses 4 here and 7 in training.
     """
 
-    blocks: tuple[int, ...] | None = None
-    size: int | None = None
-    schedule_steps: int = 20
-    schedule_index: int = 0
-    fps_id: int | None = None
-    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    blocks: tuple[int, ...] | None = config_field(
+        None,
+        help="up-blocks whose outputs are stacked; None: every up-block (the paper), the official code keeps (0, 1)",
+    )
+    size: int | None = config_field(
+        None,
+        help="common spatial size each block is interpolated to; None: half the latent size (the official token "
+        "count)",
+    )
+    schedule_steps: int = config_field(
+        20, help="steps of the Karras schedule the feature noise level is taken from"
+    )
+    schedule_index: int = config_field(0, help="step of that schedule whose sigma the feature pass uses")
+    fps_id: int | None = config_field(
+        None,
+        help="fps conditioning of the feature pass; None reuses the training value (the official code uses 4)",
+    )
+    interpolation: Literal["bilinear", "nearest"] = config_field(
+        "bilinear", help="how blocks are resized to one size"
+    )
+
+    def validate(self) -> None:
+        if self.blocks is not None and not self.blocks:
+            raise ConfigError("features.blocks=(); expected None (every up-block) or a non-empty tuple")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"features.size={self.size}; expected None or >= 1")
+        if not 0 <= self.schedule_index < self.schedule_steps:
+            raise ConfigError(
+                f"features.schedule_index={self.schedule_index} outside 0..{self.schedule_steps - 1}"
+            )
 
 
 @dataclass
-class TVPConfig:
-    image_size: int
-    num_frames: int
-    unet: dict[str, Any]
-    vae: dict[str, Any]
-    text_encoder: dict[str, Any]
-    tokenizer: str = "bytes"
-    text_max_tokens: int = 20
-    text_to_unet: Literal["tile", "linear"] = "tile"
-    fps_id: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.0
-    edm: EDMConfig = field(default_factory=EDMConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    preset: str | None = None
+class TVPConfig(Config):
+    """Sizes, conditioning and noise of one text-guided video predictor (see the module docstring)."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.edm, dict):
-            self.edm = EDMConfig(**self.edm)
-        if isinstance(self.features, dict):
-            feats = dict(self.features)
-            if feats.get("blocks") is not None:
-                feats["blocks"] = tuple(feats["blocks"])
-            self.features = FeatureConfig(**feats)
-        if self.text_to_unet not in ("tile", "linear"):
-            raise ConfigError(f"text_to_unet={self.text_to_unet!r}; expected 'tile' or 'linear'")
+    image_size: int = config_field(help="frame side in pixels (a multiple of the VAE and UNet downsampling)")
+    num_frames: int = config_field(help="frames per predicted clip, the first one given")
+    unet: dict[str, Any] = config_field(
+        help="keyword arguments of diffusers' UNetSpatioTemporalConditionModel"
+    )
+    vae: dict[str, Any] = config_field(help="keyword arguments of diffusers' AutoencoderKLTemporalDecoder")
+    text_encoder: dict[str, Any] = config_field(help="keyword arguments of transformers' CLIPTextConfig")
+    tokenizer: str = config_field(
+        "bytes", help="'bytes' (the built-in byte-level tokenizer) or a CLIP tokenizer folder"
+    )
+    text_max_tokens: int = config_field(20, help="tokens per instruction (CLIP's 20 in the paper)")
+    text_to_unet: Literal["tile", "linear"] = config_field(
+        "tile",
+        help="how text hidden states reach the UNet's cross-attention width: tiled, or a trained projection",
+    )
+    fps_id: int = config_field(7, help="SVD's fps conditioning in training")
+    motion_bucket_id: int = config_field(127, help="SVD's motion bucket conditioning")
+    noise_aug_strength: float = config_field(0.0, help="SVD's noise augmentation of the first-frame latent")
+    edm: EDMConfig = config_field(default_factory=EDMConfig, help="training noise and sampling")
+    features: FeatureConfig = config_field(
+        default_factory=FeatureConfig, help="the predictive representation"
+    )
+    preset_name: str | None = config_field(
+        None, help="the preset this config was built from, if any (a record only)"
+    )
+
+    # ``preset`` names the constructor of a built-in config
+    renamed_keys: ClassVar[Mapping[str, str]] = {"preset": "preset_name"}
+
+    def validate(self) -> None:
         if self.text_to_unet == "tile":
             hidden = self.text_hidden_size
             cross = self.cross_attention_dim
@@ -113,16 +158,10 @@ class TVPConfig:
         blocks = self.features.blocks
         if blocks is not None:
             bad = [b for b in blocks if not 0 <= b < self.num_up_blocks]
-            if bad or not blocks:
+            if bad:
                 raise ConfigError(
-                    f"features.blocks={blocks}; expected a non-empty subset of "
-                    f"0..{self.num_up_blocks - 1}"
+                    f"features.blocks={blocks}; expected a non-empty subset of 0..{self.num_up_blocks - 1}"
                 )
-        if not 0 <= self.features.schedule_index < self.features.schedule_steps:
-            raise ConfigError(
-                f"features.schedule_index={self.features.schedule_index} outside "
-                f"0..{self.features.schedule_steps - 1}"
-            )
 
     @property
     def text_hidden_size(self) -> int:
@@ -164,29 +203,55 @@ class TVPConfig:
         up_channels = list(reversed(self.unet.get("block_out_channels", (320, 640, 1280, 1280))))
         return sum(up_channels[i] for i in self.feature_blocks)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        return path
+@dataclass
+class TrainConfig(Config):
+    """The optimisation of a TVP run (the model's own config is TVPConfig)."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TVPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown TVP config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+    output_dir: str = config_field(
+        help="run folder: base/, checkpoints, metrics, loss curve and the trained model/"
+    )
+    max_steps: int = config_field(1000, help="optimizer steps")
+    batch_size: int = config_field(6, help="clips per step and process")
+    learning_rate: float = config_field(5e-6, help="AdamW learning rate")
+    weight_decay: float = config_field(0.0, help="AdamW weight decay")
+    adam_betas: tuple[float, float] = config_field((0.9, 0.999), help="AdamW betas")
+    lr_schedule: Literal["constant", "constant_with_warmup", "cosine"] = config_field(
+        "constant", help="diffusers' learning-rate schedule"
+    )
+    warmup_steps: int = config_field(0, help="warm-up steps of the schedule")
+    max_grad_norm: float = config_field(1.0, help="gradient clipping norm")
+    mixed_precision: Literal["no", "fp16", "bf16"] = config_field("no", help="accelerate's mixed precision")
+    gradient_checkpointing: bool = config_field(False, help="recompute UNet activations in the backward pass")
+    gradient_accumulation_steps: int = config_field(1, help="micro-batches per optimizer step")
+    checkpoint_every: int = config_field(500, help="steps between resumable checkpoints")
+    keep_checkpoints: int = config_field(2, help="newest checkpoints kept")
+    log_every: int = config_field(10, help="steps between metrics lines")
+    seed: int = config_field(
+        0, help="seed of the clip sampling and the noise (and of a preset model's weights)"
+    )
+    num_workers: int = config_field(0, help="data loader worker processes")
 
-    @classmethod
-    def load(cls, folder: str | Path) -> TVPConfig:
-        path = Path(folder) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-        return cls.from_dict(json.loads(path.read_text()))
+    def validate(self) -> None:
+        for name in (
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}; expected >= 1")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ConfigError(
+                f"learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, max_grad_norm="
+                f"{self.max_grad_norm}; expected learning_rate, max_grad_norm > 0 and weight_decay >= 0"
+            )
+        if self.warmup_steps < 0 or self.keep_checkpoints < 0 or self.num_workers < 0:
+            raise ConfigError(
+                f"warmup_steps={self.warmup_steps}, keep_checkpoints={self.keep_checkpoints}, num_workers="
+                f"{self.num_workers}; expected all >= 0"
+            )
 
 
 def _svd_unet(**overrides: Any) -> dict[str, Any]:
@@ -242,7 +307,9 @@ BYTES_VOCAB_SIZE = 514
 BYTES_TEXT_TOKENS = 64
 
 
-def _byte_level_clip_text(hidden_size: int, intermediate_size: int, num_attention_heads: int) -> dict[str, Any]:
+def _byte_level_clip_text(
+    hidden_size: int, intermediate_size: int, num_attention_heads: int
+) -> dict[str, Any]:
     """A small 2-layer CLIP text encoder over the built-in byte-level vocabulary."""
     return _clip_text(
         vocab_size=BYTES_VOCAB_SIZE,
@@ -258,86 +325,90 @@ def _byte_level_clip_text(hidden_size: int, intermediate_size: int, num_attentio
     )
 
 
-def preset(name: str) -> TVPConfig:
-    """Built-in sizes. ``tiny`` for unit tests, ``small`` for CPU training, ``paper`` for SVD."""
-    if name == "tiny":
-        return TVPConfig(
-            preset="tiny",
-            image_size=32,
+@TVPConfig.register_preset("tiny")
+def _tiny() -> TVPConfig:
+    """Unit tests: a forward pass in well under a second on 2 cores."""
+    return TVPConfig(
+        preset_name="tiny",
+        image_size=32,
+        num_frames=8,
+        unet=_svd_unet(
+            down_block_types=["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+            up_block_types=["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
+            block_out_channels=[32, 64],
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=24,
+            layers_per_block=1,
+            cross_attention_dim=32,
+            num_attention_heads=[2, 4],
             num_frames=8,
-            unet=_svd_unet(
-                down_block_types=["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
-                up_block_types=["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
-                block_out_channels=[32, 64],
-                addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=24,
-                layers_per_block=1,
-                cross_attention_dim=32,
-                num_attention_heads=[2, 4],
-                num_frames=8,
-            ),
-            vae=dict(
-                block_out_channels=[32, 32],
-                down_block_types=["DownEncoderBlock2D"] * 2,
-                layers_per_block=1,
-                latent_channels=4,
-                sample_size=32,
-            ),
-            text_encoder=_byte_level_clip_text(hidden_size=32, intermediate_size=64, num_attention_heads=2),
-            text_max_tokens=BYTES_TEXT_TOKENS,
-            features=FeatureConfig(schedule_steps=20),
-        )
-    if name == "small":
-        return TVPConfig(
-            preset="small",
-            image_size=64,
-            num_frames=8,
-            unet=_svd_unet(
-                down_block_types=[
-                    "CrossAttnDownBlockSpatioTemporal",
-                    "CrossAttnDownBlockSpatioTemporal",
-                    "DownBlockSpatioTemporal",
-                ],
-                up_block_types=[
-                    "UpBlockSpatioTemporal",
-                    "CrossAttnUpBlockSpatioTemporal",
-                    "CrossAttnUpBlockSpatioTemporal",
-                ],
-                block_out_channels=[64, 128, 128],
-                addition_time_embed_dim=32,
-                projection_class_embeddings_input_dim=96,
-                layers_per_block=1,
-                cross_attention_dim=128,
-                num_attention_heads=[2, 4, 4],
-                num_frames=8,
-            ),
-            vae=dict(
-                block_out_channels=[32, 64, 64],
-                down_block_types=["DownEncoderBlock2D"] * 3,
-                layers_per_block=1,
-                latent_channels=4,
-                sample_size=64,
-            ),
-            text_encoder=_byte_level_clip_text(hidden_size=64, intermediate_size=256, num_attention_heads=4),
-            text_max_tokens=BYTES_TEXT_TOKENS,
-        )
-    if name == "paper":
-        return TVPConfig(
-            preset="paper",
-            image_size=256,
-            num_frames=16,
-            unet=_svd_unet(),
-            vae=dict(
-                block_out_channels=[128, 256, 512, 512],
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                layers_per_block=2,
-                latent_channels=4,
-                sample_size=768,
-                scaling_factor=0.18215,
-            ),
-            text_encoder=_clip_text(),
-        )
-    raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
+        ),
+        vae=dict(
+            block_out_channels=[32, 32],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=32,
+        ),
+        text_encoder=_byte_level_clip_text(hidden_size=32, intermediate_size=64, num_attention_heads=2),
+        text_max_tokens=BYTES_TEXT_TOKENS,
+        features=FeatureConfig(schedule_steps=20),
+    )
 
 
-PRESETS = ("tiny", "small", "paper")
+@TVPConfig.register_preset("small")
+def _small() -> TVPConfig:
+    """CPU-trainable end to end on MetaWorld."""
+    return TVPConfig(
+        preset_name="small",
+        image_size=64,
+        num_frames=8,
+        unet=_svd_unet(
+            down_block_types=[
+                "CrossAttnDownBlockSpatioTemporal",
+                "CrossAttnDownBlockSpatioTemporal",
+                "DownBlockSpatioTemporal",
+            ],
+            up_block_types=[
+                "UpBlockSpatioTemporal",
+                "CrossAttnUpBlockSpatioTemporal",
+                "CrossAttnUpBlockSpatioTemporal",
+            ],
+            block_out_channels=[64, 128, 128],
+            addition_time_embed_dim=32,
+            projection_class_embeddings_input_dim=96,
+            layers_per_block=1,
+            cross_attention_dim=128,
+            num_attention_heads=[2, 4, 4],
+            num_frames=8,
+        ),
+        vae=dict(
+            block_out_channels=[32, 64, 64],
+            down_block_types=["DownEncoderBlock2D"] * 3,
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+        ),
+        text_encoder=_byte_level_clip_text(hidden_size=64, intermediate_size=256, num_attention_heads=4),
+        text_max_tokens=BYTES_TEXT_TOKENS,
+    )
+
+
+@TVPConfig.register_preset("paper")
+def _paper() -> TVPConfig:
+    """Stable Video Diffusion's sizes (1.5 B UNet, 16 x 256 x 256) with CLIP's text encoder."""
+    return TVPConfig(
+        preset_name="paper",
+        image_size=256,
+        num_frames=16,
+        unet=_svd_unet(),
+        vae=dict(
+            block_out_channels=[128, 256, 512, 512],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=768,
+            scaling_factor=0.18215,
+        ),
+        text_encoder=_clip_text(),
+    )

@@ -9,19 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
 from vpp.tvp import edm
-from vpp.tvp.config import CONFIG_NAME, TVPConfig, preset
+from vpp.tvp.config import CONFIG_NAME, TVPConfig
 from vpp.tvp.text import load_tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FOLDER = "tokenizer"
+# The layout before config.json + model.safetensors: diffusers / transformers sub-folders.
+LEGACY_CONFIG_NAME = "tvp_config.json"
 
 logger = logging.getLogger(__name__)
 
 
 def _json_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A loaded model's config as the JSON that ``tvp_config.json`` stores: without the loader's
+    """A loaded model's config as the JSON that ``config.json`` stores: without the loader's
     private keys (``_name_or_path`` is a Path; ``_class_name`` and versions are not architecture),
     tuples as lists, so that a saved config reads back equal."""
     return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
@@ -86,18 +93,40 @@ class TextGuidedVideoPredictor(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TextGuidedVideoPredictor:
-        config = preset(name)
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        return cls(TVPConfig.from_dict(config.to_dict()))
+        return cls(TVPConfig.preset(name, **overrides))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> TextGuidedVideoPredictor:
-        """Loads a folder written by :meth:`save_pretrained`."""
+        """Loads a folder written by :meth:`save_pretrained`, or (with a warning) one in the layout
+        written before it, which :func:`convert_legacy_tvp` rewrites."""
         folder = Path(folder)
-        config = TVPConfig.load(folder)
+        if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG_NAME).is_file():
+            logger.warning(
+                "%s is a TVP folder in the old layout (tvp_config.json, unet/, vae/, text_encoder/, tokenizer/); "
+                "`vpp-tvp convert %s NEW` rewrites it as config.json + model.safetensors",
+                folder, folder,
+            )
+            return cls._from_legacy_folder(folder, torch_dtype)
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}: not a saved TextGuidedVideoPredictor")
+        model = cls.without_weights(TVPConfig.load(folder / CONFIG_NAME), folder)
+        model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True, assign=True)
+        return model if torch_dtype is None else model.to(torch_dtype)
+
+    @classmethod
+    def without_weights(cls, config: TVPConfig, folder: Path) -> TextGuidedVideoPredictor:
+        """The model of ``config`` with unallocated weights, to be filled by
+        ``load_state_dict(..., assign=True)`` from a saved folder (whose ``tokenizer/`` holds a
+        tokenizer other than the built-in one). Initialising weights that are then overwritten
+        costs time (a minute for SVD's UNet) and would draw from the global RNG."""
+        tokenizer = load_tokenizer(str(folder / TOKENIZER_FOLDER)) if config.tokenizer != "bytes" else None
+        with init_empty_weights():
+            return cls(config, tokenizer=tokenizer)
+
+    @classmethod
+    def _from_legacy_folder(cls, folder: Path, torch_dtype: torch.dtype | None) -> TextGuidedVideoPredictor:
         model = cls(
-            config,
+            TVPConfig.load(folder / LEGACY_CONFIG_NAME),
             unet=UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=torch_dtype),
             vae=AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=torch_dtype),
             text_encoder=CLIPTextModelWithProjection.from_pretrained(
@@ -106,8 +135,6 @@ class TextGuidedVideoPredictor(nn.Module):
             tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
         )
         if model.text_projection is not None:
-            from safetensors.torch import load_file
-
             model.text_projection.load_state_dict(load_file(folder / "text_projection.safetensors"))
         return model
 
@@ -161,7 +188,7 @@ class TextGuidedVideoPredictor(nn.Module):
                 vae=_json_config(vae.config),
                 text_encoder=_json_config(text_config),
                 tokenizer=str(clip_folder),
-                preset=None,
+                preset_name=None,
                 **config_overrides,
             )
         )
@@ -171,18 +198,20 @@ class TextGuidedVideoPredictor(nn.Module):
         )
 
     def save_pretrained(self, folder: str | Path) -> Path:
+        """Writes ``model.safetensors`` (UNet, VAE, text encoder and projection) and ``config.json``
+        (:class:`TVPConfig`), the latter last: its presence marks a complete folder. A tokenizer
+        other than the built-in one is kept in ``tokenizer/``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(folder / "unet")
-        self.vae.save_pretrained(folder / "vae")
-        self.text_encoder.save_pretrained(folder / "text_encoder")
-        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
-        if self.text_projection is not None:
-            from safetensors.torch import save_file
+        self.save_tokenizer(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME)
+        return self.config.save(folder / CONFIG_NAME)
 
-            save_file(self.text_projection.state_dict(), folder / "text_projection.safetensors")
-        self.config.save(folder)
-        return folder / CONFIG_NAME
+    def save_tokenizer(self, folder: Path) -> None:
+        """Keeps a tokenizer other than the built-in one in ``folder/tokenizer``, where
+        :meth:`without_weights` reads it."""
+        if self.config.tokenizer != "bytes":
+            self.tokenizer.save_pretrained(str(folder / TOKENIZER_FOLDER))
 
     # -- conditioning ------------------------------------------------------------------------
 
@@ -317,3 +346,15 @@ class TextGuidedVideoPredictor(nn.Module):
         denoised = self.denoise(noisy, sigma, text, cond)
         weight = edm.expand_like(edm.loss_weight(sigma), latents)
         return (weight * (denoised.float() - latents.float()) ** 2).mean()
+
+
+def convert_legacy_tvp(old: str | Path, new: str | Path) -> Path:
+    """Rewrites a TVP folder of the old layout (``tvp_config.json`` with diffusers ``unet/``,
+    ``vae/``, transformers ``text_encoder/`` and ``tokenizer/`` sub-folders) as ``config.json`` +
+    ``model.safetensors``; the weights are copied exactly."""
+    old = Path(old)
+    if not (old / LEGACY_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no {LEGACY_CONFIG_NAME} in {old}: not a TVP folder in the old layout")
+    model = TextGuidedVideoPredictor._from_legacy_folder(old, None)
+    model.save_pretrained(new)
+    return Path(new)

@@ -9,40 +9,18 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from vpp.tvp.config import CONFIG_NAME
+from vpp.tvp.config import CONFIG_NAME, TrainConfig
 from vpp.tvp.data.mixture import MixtureClipDataset, collate_clips
-from vpp.tvp.model import TextGuidedVideoPredictor
+from vpp.tvp.model import LEGACY_CONFIG_NAME, TextGuidedVideoPredictor
 from vpp.tvp.plots import write_loss_curve
 from vpp.tvp.trainer import AcceleratedTrainer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    output_dir: str
-    max_steps: int = 1000
-    batch_size: int = 6
-    learning_rate: float = 5e-6
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: Literal["constant", "constant_with_warmup", "cosine"] = "constant"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0
 
 
 VAE_FIT_NAME = "vae_fit.json"
@@ -53,8 +31,9 @@ def base_folder(output_dir: str | Path) -> Path:
 
 
 def is_complete_base(folder: Path) -> bool:
-    """``write_base`` renames a finished folder into place, so its config marks it complete."""
-    return (folder / CONFIG_NAME).is_file()
+    """``write_base`` renames a finished folder into place, so its config marks it complete (a
+    base/ written before config.json + model.safetensors has the old config name)."""
+    return (folder / CONFIG_NAME).is_file() or (folder / LEGACY_CONFIG_NAME).is_file()
 
 
 def write_base(model: TextGuidedVideoPredictor, folder: Path, vae_fit: dict | None = None) -> None:
