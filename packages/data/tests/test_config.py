@@ -190,3 +190,17 @@ def test_help_lists_each_fields_documentation(capsys):
         parse(["--help"])
     text = capsys.readouterr().out
     assert "two numbers (default: (0.9, 0.99))" in text and "a switch (default: off)" in text
+
+
+@dataclass(frozen=True)
+class Frozen(Config):
+    """An immutable config."""
+
+    sizes: tuple[int, ...] = config_field((1, 2), help="sizes")
+
+
+def test_frozen_configs_convert_their_values_too():
+    config = Frozen.from_dict({"sizes": [3, 4]})
+    assert config.sizes == (3, 4) and hash(config) == hash(Frozen(sizes=(3, 4)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.sizes = (5,)

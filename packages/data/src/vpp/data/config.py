@@ -56,7 +56,8 @@ class Config:
     def __post_init__(self) -> None:
         hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(
+            # object.__setattr__: frozen dataclasses convert their values too
+            object.__setattr__(
                 self,
                 f.name,
                 _convert(getattr(self, f.name), hints[f.name], f"{type(self).__name__}.{f.name}"),
