@@ -274,14 +274,14 @@ def test_cli_serve_answers_and_stops_on_sigterm(artifact, policy):
 @pytest.mark.slow
 def test_client_runs_in_a_clean_venv_with_the_oldest_websockets(server, policy, tmp_path):
     """The robot PC's install: numpy, msgpack and websockets 15.0 (the lowest vpp-runtime
-    allows), vpp.runtime's sources on the path, no onnxruntime at all."""
+    allows), vpp.runtime's and vpp.data's sources on the path, no onnxruntime at all."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "msgpack", "websockets==15.0"], check=True, timeout=600)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n")
+    (Path(site) / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n{REPO / 'packages/data/src'}\n")
     obs = observation(9)
     noise = policy.sample_noise(np.random.default_rng(9))
     np.savez(tmp_path / "obs.npz", **obs)
