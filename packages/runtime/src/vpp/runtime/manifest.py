@@ -250,6 +250,11 @@ def _positive(values: Sequence[int], name: str) -> None:
         raise ManifestValueError(name, f"{list(values)}; expected positive sizes")
 
 
+def _dims_match(normalizer: Normalizer, dim: int) -> None:
+    if len(normalizer.low) != dim:
+        raise ManifestValueError("normalizer.low", f"{len(normalizer.low)} bounds; expected dim={dim}")
+
+
 @dataclass(frozen=True)
 class Normalizer(_Record):
     """The affine map of the exported ActionNormalizer: ``low`` <-> -1, ``high`` <-> +1 in
@@ -295,10 +300,7 @@ class ActionSpec(_Record):
     def _check(self) -> None:
         _positive([self.dim], "dim")
         _positive([self.chunk], "chunk")
-        if len(self.normalizer.low) != self.dim:
-            raise ManifestValueError(
-                "normalizer.low", f"{len(self.normalizer.low)} bounds; expected dim={self.dim}"
-            )
+        _dims_match(self.normalizer, self.dim)
 
 
 @dataclass(frozen=True)
@@ -310,10 +312,7 @@ class StateSpec(_Record):
 
     def _check(self) -> None:
         _positive([self.dim], "dim")
-        if len(self.normalizer.low) != self.dim:
-            raise ManifestValueError(
-                "normalizer.low", f"{len(self.normalizer.low)} bounds; expected dim={self.dim}"
-            )
+        _dims_match(self.normalizer, self.dim)
 
 
 @dataclass(frozen=True)
