@@ -3,15 +3,14 @@ import dataclasses
 import pytest
 import torch
 
-from vpp.policy.config import DiTHeadConfig, InputShapeError, policy_head_preset
+from vpp.policy.config import DiTHeadConfig, InputShapeError, PolicyHeadConfig
 from vpp.policy.dit_head import DiTActionHead
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 
 def tiny_config(**overrides) -> DiTHeadConfig:
-    return dataclasses.replace(policy_head_preset("tiny").dit, **overrides)
+    return dataclasses.replace(PolicyHeadConfig.preset("tiny").dit, **overrides)
 
 
 def randomise_modulation(head: DiTActionHead, seed: int = 0) -> None:
@@ -46,7 +45,7 @@ def inputs(head: DiTActionHead, batch: int = 2, tokens: int = 17, seed: int = 0)
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 @pytest.mark.parametrize("chunk, action_dim", [(10, 7), (4, 4)])
 def test_output_shape(preset, chunk, action_dim):
-    config = dataclasses.replace(policy_head_preset(preset).dit, chunk=chunk, action_dim=action_dim)
+    config = dataclasses.replace(PolicyHeadConfig.preset(preset).dit, chunk=chunk, action_dim=action_dim)
     head = DiTActionHead(config)
     condition = torch.randn(3, 9, config.dim)
     out = head(condition, torch.randn(3, chunk, action_dim), torch.randn(3))
@@ -54,7 +53,7 @@ def test_output_shape(preset, chunk, action_dim):
 
 
 def test_paper_shape_on_meta_device():
-    config = policy_head_preset("paper").dit
+    config = PolicyHeadConfig.preset("paper").dit
     assert (config.dim, config.heads, config.encoder_layers, config.decoder_layers) == (384, 8, 4, 4)
     assert (config.attn_dropout, config.resid_dropout, config.mlp_dropout) == (0.3, 0.1, 0.05)
     with torch.device("meta"):

@@ -1,14 +1,18 @@
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from vpp.policy.cli import main as policy_cli
+from vpp.policy.config import ConfigError
 from vpp.policy.data import ArrayEpisodeSource, PolicyWindowDataset
 from vpp.policy.feature_cache import FeatureCache
-from vpp.policy.policy import ObservationError, VideoPredictionPolicy, VPPConfig
+from vpp.policy.policy import ObservationError, VideoPredictionPolicy, VPPConfig, convert_legacy_policy
 from vpp.policy.train import PolicyTrainConfig, PolicyTrainer, lr_multiplier
-
 
 
 def episodes(count=2, length=10, seed=0):
@@ -47,7 +51,75 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path, tvp):
     np.testing.assert_allclose(a, again, rtol=0, atol=1e-6)
     other = policy.predict_action_chunk(obs, "open the drawer", torch.Generator().manual_seed(6))
     assert np.abs(a - other).max() > 1e-3
-    assert json.loads((tmp_path / "policy" / "vpp_policy.json").read_text())["encoder"] == "tvp"
+    # one config JSON + one weights file; the bounds travel in the config
+    assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["config.json", "model.safetensors"]
+    saved = json.loads((tmp_path / "policy" / "config.json").read_text())
+    assert saved["policy"]["encoder"] == "tvp" and saved["tvp"]["preset_name"] == "tiny"
+    assert saved["action_normalizer"] == policy.action_normalizer.to_dict()
+    assert loaded.action_normalizer == policy.action_normalizer and loaded.state_normalizer == policy.state_normalizer
+    # the frozen TVP stays frozen, the head trains
+    assert not any(p.requires_grad for p in loaded.tvp.parameters())
+    assert all(p.requires_grad for p in loaded.head.parameters())
+
+
+def write_old_layout(policy: VideoPredictionPolicy, folder: Path) -> None:
+    """The five-JSON folder save_pretrained wrote before config.json + model.safetensors."""
+    tvp = policy.tvp
+    tvp.unet.save_pretrained(folder / "tvp" / "unet")
+    tvp.vae.save_pretrained(folder / "tvp" / "vae")
+    tvp.text_encoder.save_pretrained(folder / "tvp" / "text_encoder")
+    tvp.tokenizer.save_pretrained(str(folder / "tvp" / "tokenizer"))
+    old_tvp = {**tvp.config.to_dict(), "preset": tvp.config.preset_name}
+    del old_tvp["preset_name"]
+    (folder / "tvp" / "tvp_config.json").write_text(json.dumps(old_tvp))
+    (folder / "vpp_policy.json").write_text(json.dumps(policy.config.to_dict()))
+    head = {**policy.head.config.to_dict(), "preset": policy.head.config.preset_name}
+    del head["preset_name"]
+    (folder / "policy_head.json").write_text(json.dumps(head))
+    save_file({k: v.contiguous() for k, v in policy.head.state_dict().items()}, folder / "head.safetensors")
+    policy.action_normalizer.save(folder / "action_normalizer.json")
+    policy.state_normalizer.save(folder / "state_normalizer.json")
+
+
+def test_an_old_five_file_folder_still_loads_and_converts(tmp_path, tvp, caplog):
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    policy = make_policy(tvp, windows, standardize_features=True).eval()
+    policy.head.set_feature_statistics(torch.rand(policy.head.config.feature_shape) - 0.5, torch.rand(policy.head.config.feature_shape) + 0.5)
+    write_old_layout(policy, tmp_path / "old")
+    with caplog.at_level(logging.WARNING):
+        old = VideoPredictionPolicy.from_pretrained(tmp_path / "old")
+    assert f"vpp-policy convert {tmp_path / 'old'} NEW" in caplog.text
+    policy_cli(["convert", str(tmp_path / "old"), str(tmp_path / "new")])
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["config.json", "model.safetensors"]
+    new = VideoPredictionPolicy.from_pretrained(tmp_path / "new")
+    expected = policy.state_dict()
+    for loaded in (old, new):
+        assert loaded.config == policy.config and loaded.head.config == policy.head.config
+        assert loaded.tvp.config == policy.tvp.config
+        assert loaded.action_normalizer == policy.action_normalizer and loaded.state_normalizer == policy.state_normalizer
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
+    with pytest.raises(FileNotFoundError, match="not a policy folder in the old layout"):
+        convert_legacy_policy(tmp_path / "new", tmp_path / "again")
+    with pytest.raises(FileNotFoundError, match="not a saved VideoPredictionPolicy"):
+        VideoPredictionPolicy.from_pretrained(tmp_path / "nothing")
+
+
+def test_a_saved_policy_config_is_checked_on_load(tmp_path, tvp):
+    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    make_policy(tvp, windows).save_pretrained(tmp_path / "policy")
+    path = tmp_path / "policy" / "config.json"
+    saved = json.loads(path.read_text())
+    for change, message in (
+        ({"policy": {**saved["policy"], "cameras": "corner"}}, "VPPConfig.cameras='corner'; expected a list"),
+        ({"head": {**saved["head"], "dit": {**saved["head"]["dit"], "rope": True}}}, "unknown key 'rope' for DiTHeadConfig"),
+        ({"state_normalizer": None}, "state_normalizer absent"),
+        ({"format_version": 3}, "format_version=3; expected 2"),
+    ):
+        path.write_text(json.dumps({**saved, **change}))
+        with pytest.raises(ConfigError, match=message):
+            VideoPredictionPolicy.from_pretrained(tmp_path / "policy")
 
 
 def test_bad_observations_are_refused(tvp):

@@ -3,15 +3,8 @@ import json
 import pytest
 import torch
 
-from vpp.policy.config import (
-    PRESETS,
-    ConfigError,
-    InputShapeError,
-    PolicyHeadConfig,
-    policy_head_preset,
-)
+from vpp.policy.config import ConfigError, InputShapeError, PolicyHeadConfig
 from vpp.policy.policy_head import PolicyHead
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
@@ -31,7 +24,7 @@ def batch_for(config: PolicyHeadConfig, batch: int = 2, views: int = 2, size: in
 
 def tiny_head(seed: int = 0, **preset_args) -> PolicyHead:
     torch.manual_seed(seed)
-    return PolicyHead(policy_head_preset("tiny", **preset_args)).eval()
+    return PolicyHead(PolicyHeadConfig.preset("tiny", **preset_args)).eval()
 
 
 def open_adaln(head: PolicyHead) -> None:
@@ -49,7 +42,7 @@ def sample(head: PolicyHead, items: dict, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 @pytest.mark.parametrize("state_dim", [None, 5])
 def test_loss_and_sample_shapes(preset, state_dim):
-    config = policy_head_preset(preset, state_dim=state_dim)
+    config = PolicyHeadConfig.preset(preset, state_dim=state_dim)
     torch.manual_seed(0)
     head = PolicyHead(config).eval()
     items = batch_for(config)
@@ -60,7 +53,7 @@ def test_loss_and_sample_shapes(preset, state_dim):
 
 
 def test_metaworld_sized_head():
-    config = policy_head_preset("small", action_dim=4, chunk=4, queries_per_frame=28)
+    config = PolicyHeadConfig.preset("small", dit={"action_dim": 4, "chunk": 4}, video_former={"queries_per_frame": 28})
     head = PolicyHead(config).eval()
     items = batch_for(config)
     assert sample(head, items).shape == (2, 4, 4)
@@ -68,7 +61,7 @@ def test_metaworld_sized_head():
 
 
 def test_paper_preset_on_meta_device_shapes_and_parameter_counts():
-    official = policy_head_preset("paper", input_channels=2560)
+    official = PolicyHeadConfig.preset("paper", video_former={"input_channels": 2560})
     with torch.device("meta"):
         head = PolicyHead(official)
         features = torch.empty(2, 2, 16, 2560, 16, 16)
@@ -86,7 +79,7 @@ def test_paper_preset_on_meta_device_shapes_and_parameter_counts():
     assert 0.8e6 < counts["condition_embeddings"] < 0.9e6
     assert counts["total"] == counts["video_former"] + counts["dit"] + counts["condition_embeddings"]
     with torch.device("meta"):
-        aggregated = PolicyHead(policy_head_preset("paper"))
+        aggregated = PolicyHead(PolicyHeadConfig.preset("paper"))
     # The paper preset's default 3520 input channels (all four up-blocks) only widen the input MLP.
     assert aggregated.parameter_counts()["video_former"] - counts["video_former"] == (3520 - 2560) * 768
 
@@ -172,31 +165,36 @@ def test_tiny_head_overfits_a_fixed_set():
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
-    config = policy_head_preset("small", action_dim=4, chunk=4, state_dim=3)
+    config = PolicyHeadConfig.preset("small", dit={"action_dim": 4, "chunk": 4}, state_dim=3)
     config.dit.decoder_causal_cross_attention = True
     config.diffusion.eval_sigma_min = 1.0
-    path = config.save(tmp_path)
-    loaded = PolicyHeadConfig.load(tmp_path)
-    assert loaded == config and loaded.preset == "small"
+    path = config.save(tmp_path / "policy_head.json")
+    loaded = PolicyHeadConfig.load(path)
+    assert loaded == config and loaded.preset_name == "small"
     data = json.loads(path.read_text())
     data["dit"]["heads"] = 3
-    with pytest.raises(ConfigError, match="dit.dim=128 is not divisible by heads=3"):
+    with pytest.raises(ConfigError, match=r"dit\.dim=128 is not divisible by heads=3"):
         PolicyHeadConfig.from_dict(data)
     data["dit"]["heads"] = 4
     data["dit"]["rope"] = True
-    with pytest.raises(ConfigError, match=r"unknown dit config keys \['rope'\]"):
+    with pytest.raises(ConfigError, match="unknown key 'rope' for DiTHeadConfig"):
         PolicyHeadConfig.from_dict(data)
-    with pytest.raises(ConfigError, match="unknown policy head preset 'huge'"):
-        policy_head_preset("huge")
+    with pytest.raises(ConfigError, match="unknown preset 'huge' for PolicyHeadConfig"):
+        PolicyHeadConfig.preset("huge")
     with pytest.raises(ConfigError, match=r"video_former.dim=32 != dit.dim=384"):
-        PolicyHeadConfig(video_former=policy_head_preset("tiny").video_former)
+        PolicyHeadConfig(video_former=PolicyHeadConfig.preset("tiny").video_former)
+    # files written before the record field was renamed still load
+    del data["dit"]["rope"]
+    data["preset"] = data.pop("preset_name")
+    assert PolicyHeadConfig.from_dict(data).preset_name == "small"
     with pytest.raises(FileNotFoundError):
         PolicyHeadConfig.load(tmp_path / "missing")
 
 
 def test_presets_default_to_the_papers_reading():
-    for name in PRESETS:
-        config = policy_head_preset(name)
+    assert PolicyHeadConfig.preset_names() == ("tiny", "small", "paper")
+    for name in PolicyHeadConfig.preset_names():
+        config = PolicyHeadConfig.preset(name)
         assert not config.dit.decoder_causal_cross_attention and not config.dit.decoder_causal_self_attention
         assert config.diffusion.eval_sigma_min == config.diffusion.sigma_min == 0.001
         assert config.diffusion.num_steps == 10 and config.diffusion.sigma_max == 80.0 and config.diffusion.sigma_data == 0.5
@@ -206,7 +204,7 @@ def test_every_parameter_learns_within_a_few_steps():
     # AdaLN-Zero closes the decoder's modulated branches at first; one step opens them, so after
     # three steps a parameter that still has not moved is cut off from the loss.
     torch.manual_seed(0)
-    head = PolicyHead(policy_head_preset("tiny", state_dim=3)).train()
+    head = PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3)).train()
     items = batch_for(head.config)
     initial = {name: p.detach().clone() for name, p in head.named_parameters()}
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
@@ -222,7 +220,7 @@ def test_every_parameter_learns_within_a_few_steps():
 
 def test_state_dropout_replaces_whole_state_tokens_in_training_only():
     torch.manual_seed(0)
-    head = PolicyHead(policy_head_preset("tiny", state_dim=3, state_dropout=0.4)).train()
+    head = PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3, state_dropout=0.4)).train()
     items = batch_for(head.config, batch=500, views=1, size=2)
     tokens = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
     state_tokens = tokens[:, -1]
@@ -243,9 +241,9 @@ def test_state_dropout_replaces_whole_state_tokens_in_training_only():
 
 
 def test_state_dropout_is_off_by_default_and_validated():
-    assert policy_head_preset("tiny", state_dim=3).state_dropout == 0.0
-    assert PolicyHead(policy_head_preset("tiny", state_dim=3)).null_state is None  # saved heads keep their keys
-    with pytest.raises(ConfigError, match="state_dropout=1.0"):
-        policy_head_preset("tiny", state_dim=3, state_dropout=1.0)
+    assert PolicyHeadConfig.preset("tiny", state_dim=3).state_dropout == 0.0
+    assert PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3)).null_state is None  # saved heads keep their keys
+    with pytest.raises(ConfigError, match=r"state_dropout=1\.0"):
+        PolicyHeadConfig.preset("tiny", state_dim=3, state_dropout=1.0)
     with pytest.raises(ConfigError, match="no state token to drop"):
-        policy_head_preset("tiny", state_dropout=0.5)
+        PolicyHeadConfig.preset("tiny", state_dropout=0.5)

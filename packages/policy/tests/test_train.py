@@ -93,7 +93,7 @@ def test_same_seed_with_a_trained_tvp_gives_identical_runs(tmp_path, tvp):
         runs.append(tmp_path / name)
     assert logged_losses(runs[0]) == logged_losses(runs[1])
     assert len(logged_losses(runs[0])) == 2  # steps 10 and 12
-    for name in ("head.safetensors", "policy_head.json"):
+    for name in ("model.safetensors", "config.json"):
         assert (runs[0] / "model" / name).read_bytes() == (runs[1] / "model" / name).read_bytes()
 
 
@@ -129,11 +129,11 @@ def test_cli_passes_optimiser_and_head_options(tmp_path, tvp):
               "--state-dropout", "0.25", "--feature-position-embedding")
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert (saved["weight_decay"], saved["ema_decay"], saved["warmup_fraction"]) == (0.01, 0.5, 0.2)
-    head = json.loads((tmp_path / "run" / "model" / "policy_head.json").read_text())
+    head = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["head"]
     assert head["state_dropout"] == 0.25 and head["video_former"]["feature_position_embedding"]
     # without a state token there is nothing to drop: --no-state trains with the default dropout
     train_cli([data], tmp_path / "no_state", "--steps", "2", "--no-state")
-    head = json.loads((tmp_path / "no_state" / "model" / "policy_head.json").read_text())
+    head = json.loads((tmp_path / "no_state" / "model" / "config.json").read_text())["head"]
     assert head["state_dim"] is None and head["state_dropout"] == 0.0
 
 
@@ -184,7 +184,7 @@ def test_training_goes_on_without_a_broken_episode(tmp_path, caplog, cache, dama
     extra = ["--feature-cache", str(tmp_path / "features")] if cache else []
     with caplog.at_level(logging.WARNING):
         train_cli([data], tmp_path / "run", "--steps", "6", *extra)
-    assert (tmp_path / "run" / "model" / "head.safetensors").is_file()
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert len(logged_losses(tmp_path / "run")) == 1 and np.isfinite(logged_losses(tmp_path / "run")).all()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "data/1" in r.getMessage()]
     assert warnings and str(broken) in warnings[0]

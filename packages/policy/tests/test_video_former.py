@@ -1,16 +1,15 @@
 import pytest
 import torch
 
-from vpp.policy.config import InputShapeError, VideoFormerConfig, policy_head_preset
+from vpp.policy.config import InputShapeError, PolicyHeadConfig, VideoFormerConfig
 from vpp.policy.video_former import VideoFormer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 
 def tiny_former(seed: int = 0) -> tuple[VideoFormer, VideoFormerConfig]:
     torch.manual_seed(seed)
-    config = policy_head_preset("tiny").video_former
+    config = PolicyHeadConfig.preset("tiny").video_former
     return VideoFormer(config).eval(), config
 
 
@@ -21,7 +20,7 @@ def features_for(config: VideoFormerConfig, batch: int = 2, views: int = 2, size
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_output_shape(preset):
-    config = policy_head_preset(preset).video_former
+    config = PolicyHeadConfig.preset(preset).video_former
     former = VideoFormer(config)
     out = former(features_for(config, batch=3, views=2))
     assert out.shape == (3, config.num_frames * config.queries_per_frame, config.dim)
@@ -30,7 +29,7 @@ def test_output_shape(preset):
 
 
 def test_paper_shape_on_meta_device():
-    config = policy_head_preset("paper").video_former
+    config = PolicyHeadConfig.preset("paper").video_former
     with torch.device("meta"):
         former = VideoFormer(config)
         out = former(torch.empty(2, 2, 16, config.input_channels, 16, 16))
@@ -131,7 +130,7 @@ def test_without_position_embedding_the_tokens_are_an_unordered_set():
 
 def test_position_embedding_tells_grid_positions_and_views_apart():
     torch.manual_seed(0)
-    config = policy_head_preset("tiny", feature_position_embedding=True).video_former
+    config = PolicyHeadConfig.preset("tiny", video_former={"feature_position_embedding": True}).video_former
     former = VideoFormer(config).eval()
     features = features_for(config)
     out = former(features)
@@ -139,7 +138,7 @@ def test_position_embedding_tells_grid_positions_and_views_apart():
     assert (former(swap_two_positions(features)) - out).abs().max() > 0.01
     assert (former(features.flip(1)) - out).abs().max() > 0.01  # views exchanged
     # a fixed code and one projection of it into the input MLP: any grid size works
-    plain = VideoFormer(policy_head_preset("tiny").video_former)
+    plain = VideoFormer(PolicyHeadConfig.preset("tiny").video_former)
     added = sum(p.numel() for p in former.parameters()) - sum(p.numel() for p in plain.parameters())
     assert added == former.position_projection.weight.numel() == 2 * config.dim * config.dim
     assert former(features_for(config, views=3, size=5)).shape == out.shape

@@ -9,13 +9,6 @@ import sys
 
 logger = logging.getLogger("vpp.policy")
 
-# Measured on a synthetic reach task (goal seen in the frame, hand given as state; tiny head with
-# feature positions, 600 steps): P = 0 / 0.25 / 0.5 / 0.75 gave held-out MSE 0.0030 / 0.0041 /
-# 0.0137 / 0.0445 with 128 demonstrations and 0.0086 / 0.0185 / 0.0269 / 0.0354 with 32, while how
-# far a swapped frame moved the actions stayed 0.76-0.99x of the truth at every P: a head that
-# can see uses the image without dropout, and dropout only took accuracy.
-STATE_DROPOUT_DEFAULT = 0.0
-
 
 def cmd_diagnose(args) -> None:
     import json
@@ -84,11 +77,15 @@ def keep_first_episodes_per_task(windows, n: int) -> None:
 def cmd_train(args) -> None:
     import torch
 
+    from vpp.data.config import config_from_arguments
+    from vpp.policy.config import PolicyTrainConfig, VPPConfig
     from vpp.policy.data import LeRobotEpisodeSource, PolicyWindowDataset
     from vpp.policy.feature_cache import FeatureCache
-    from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
-    from vpp.policy.train import PolicyTrainConfig, PolicyTrainer
+    from vpp.policy.policy import VideoPredictionPolicy
+    from vpp.policy.train import PolicyTrainer
 
+    # checked before any model or data is loaded: a bad value fails at once
+    train_config = config_from_arguments(PolicyTrainConfig, args)
     tvp = load_tvp(args)
     sources = [LeRobotEpisodeSource(path, state_key=None if args.no_state else "observation.state") for path in args.data]
     probe = sources[0].episode(0)
@@ -100,18 +97,15 @@ def cmd_train(args) -> None:
         keep_first_episodes_per_task(windows, args.episodes_per_task)
     keep_every_kth_window(windows, args.window_stride)
     logger.info("%d training windows (every %d-th timestep, episodes per task: %s)", len(windows), args.window_stride, args.episodes_per_task or "all")
-    config = VPPConfig(
+    config = config_from_arguments(
+        VPPConfig,
+        args,
         cameras=cameras,
         action_dim=probe.actions.shape[1],
-        chunk=args.chunk,
         state_dim=state_dim,
-        encoder=args.encoder,
-        normalization=args.normalization,
         feature_noise="fixed" if args.feature_cache else "random",
-        feature_seed=args.seed,
+        feature_seed=train_config.seed,
         state_dropout=args.state_dropout if state_dim is not None else 0.0,
-        feature_position_embedding=args.feature_position_embedding,
-        standardize_features=args.standardize_features,
     )
     policy = VideoPredictionPolicy.build(
         tvp, config, windows.all_actions(), windows.all_states(), head_preset=args.head_preset, seed=args.seed
@@ -125,20 +119,13 @@ def cmd_train(args) -> None:
     if args.standardize_features:
         # a resumed run loads the statistics with its checkpoint: these are the same numbers
         policy.fit_feature_statistics(windows, cache, seed=args.seed)
-    train_config = PolicyTrainConfig(
-        output_dir=args.output,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        lr_schedule=args.lr_schedule,
-        weight_decay=args.weight_decay,
-        warmup_fraction=args.warmup_fraction,
-        ema_decay=args.ema_decay,
-        mixed_precision=args.mixed_precision,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
     PolicyTrainer(policy, windows, train_config, cache).train()
+
+
+def cmd_convert(args) -> None:
+    from vpp.policy.policy import convert_legacy_policy
+
+    print(convert_legacy_policy(args.old, args.new))
 
 
 def cmd_predict(args) -> None:
@@ -162,6 +149,10 @@ def cmd_predict(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from vpp.data.config import add_config_arguments
+    from vpp.policy.config import PolicyHeadConfig, PolicyTrainConfig, VPPConfig
+    from vpp.tvp.config import TVPConfig
+
     parser = argparse.ArgumentParser(prog="vpp-policy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -184,41 +175,31 @@ def main(argv: list[str] | None = None) -> None:
     train = sub.add_parser("train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)")
     train.add_argument("--data", action="append", required=True, help="LeRobotDataset v3 folder (repeatable)")
     train.add_argument("--tvp", help="trained TVP folder (vpp-tvp train's run/model)")
-    train.add_argument("--tvp-preset", default="tiny", choices=["tiny", "small", "paper"], help="untrained TVP when --tvp is absent")
+    train.add_argument("--tvp-preset", default="tiny", choices=TVPConfig.preset_names(), help="untrained TVP when --tvp is absent")
     train.add_argument("--camera", action="append", default=None, help="camera name (repeatable; default: corner)")
-    train.add_argument("--chunk", type=int, default=10)
     train.add_argument("--no-state", action="store_true", help="do not use observation.state")
-    train.add_argument(
-        "--state-dropout", type=float, default=STATE_DROPOUT_DEFAULT,
-        help="probability of replacing a training sample's state token by a learned null token, so the head must "
-        "use the image (ignored with --no-state)",
-    )
-    train.add_argument(
-        "--feature-position-embedding", action="store_true",
-        help="add a fixed (view, y, x) sin-cos position to the Video Former's feature tokens (the official code has none)",
-    )
-    train.add_argument(
-        "--standardize-features", action=argparse.BooleanOptionalAction, default=True,
-        help="the head standardises each feature element with its training windows' mean and spread (default: on)",
-    )
-    train.add_argument("--encoder", default="tvp", choices=["tvp", "vae"], help="vae: the static-encoder ablation")
-    train.add_argument("--head-preset", default="small", choices=["tiny", "small", "paper"])
-    train.add_argument("--normalization", default="min_max", choices=["min_max", "percentile"])
+    train.add_argument("--head-preset", default="small", choices=PolicyHeadConfig.preset_names())
     train.add_argument("--feature-cache", help="folder for encoder features computed once (TVP: from the policy's one fixed noise draw; VAE: its latents)")
     train.add_argument("--episodes-per-task", type=int, default=None, help="train on the first N episodes of each instruction only")
     train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
-    train.add_argument("--output", required=True)
-    train.add_argument("--steps", type=int, default=10000)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--lr-schedule", default="tristage", choices=["tristage", "cosine", "constant"])
-    train.add_argument("--warmup-fraction", type=float, default=0.02, help="of --steps, for the tristage schedule")
-    train.add_argument("--weight-decay", type=float, default=0.05, help="AdamW decay of linear layers' weight matrices")
-    train.add_argument("--ema-decay", type=float, default=0.9999, help="EMA of the head's weights saved as the model; 0: none")
-    train.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    train.add_argument("--checkpoint-every", type=int, default=1000)
-    train.add_argument("--seed", type=int, default=0)
+    # The policy's and the run's config fields are options, but for those given otherwise: --camera
+    # names the cameras, the data give the action and state sizes, --feature-cache picks the feature
+    # noise and --seed seeds it.
+    add_config_arguments(
+        train, VPPConfig, exclude=["cameras", "action_dim", "state_dim", "feature_noise", "feature_seed"],
+        defaults={"chunk": 10, "standardize_features": True},
+    )
+    add_config_arguments(
+        train, PolicyTrainConfig, aliases={"output_dir": "--output", "max_steps": "--steps", "learning_rate": "--lr"}
+    )
     train.set_defaults(func=cmd_train)
+
+    convert = sub.add_parser(
+        "convert", help="rewrite a policy folder of the old five-file layout as config.json + model.safetensors"
+    )
+    convert.add_argument("old", help="policy folder with vpp_policy.json, policy_head.json, head.safetensors, tvp/")
+    convert.add_argument("new", help="folder to write")
+    convert.set_defaults(func=cmd_convert)
 
     predict = sub.add_parser("predict", help="one action chunk for one observation")
     predict.add_argument("--policy", required=True)

@@ -10,62 +10,69 @@ training data, saved with the model.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vpp.data.config import Config, ConfigError, config_field
 from vpp.data.errors import ObservationError
-from vpp.policy.config import PolicyHeadConfig, policy_head_preset
+from vpp.policy.config import PolicyHeadConfig, VPPConfig
 from vpp.policy.data import UnreadableEpisode
 from vpp.policy.normalization import ActionNormalizer
 from vpp.policy.policy_head import PolicyHead
+from vpp.tvp.config import TVPConfig
 from vpp.tvp.data.mixture import resize_frames
 from vpp.tvp.features import fixed_noise, predictive_features, static_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
 logger = logging.getLogger(__name__)
 
-POLICY_CONFIG = "vpp_policy.json"
-
+POLICY_CONFIG = "config.json"
+POLICY_WEIGHTS = "model.safetensors"
+POLICY_FORMAT_VERSION = 2
+# The layout before version 2: five JSON files, head weights and a TVP model folder.
+LEGACY_POLICY_CONFIG = "vpp_policy.json"
 
 @dataclass
-class VPPConfig:
-    cameras: list[str]
-    action_dim: int
-    chunk: int
-    state_dim: int | None = None
-    encoder: Literal["tvp", "vae"] = "tvp"
-    normalization: Literal["min_max", "percentile"] = "min_max"
-    # "random": fresh noise for every TVP forward (the official code); "fixed": the same
-    # noise every call (seeded by feature_seed), which makes the features deterministic.
-    feature_noise: Literal["random", "fixed"] = "random"
-    feature_seed: int = 0
-    # Head options (PolicyHeadConfig.state_dropout, VideoFormerConfig.feature_position_embedding).
-    state_dropout: float = 0.0
-    feature_position_embedding: bool = False
-    # The head standardises each feature element with its training mean and spread
-    # (fit_feature_statistics). Predictive features are dominated by what every frame of a scene
-    # shares (the static background); standardised, what varies with the image is what is left.
-    standardize_features: bool = False
+class SavedPolicyConfig(Config):
+    """``config.json`` of a saved policy: every component's config and the normalisation bounds.
+    The weights (TVP, head, feature statistics) are ``model.safetensors`` beside it."""
 
-    def save(self, folder: Path) -> None:
-        (folder / POLICY_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+    policy: VPPConfig = config_field(help="cameras, actions and feature options of the policy")
+    head: PolicyHeadConfig = config_field(help="the Video Former, DiT head and action diffusion")
+    tvp: TVPConfig = config_field(help="the frozen TVP that encodes observations")
+    action_normalizer: dict[str, Any] = config_field(help="ActionNormalizer.to_dict() of the training actions")
+    state_normalizer: dict[str, Any] | None = config_field(
+        None, help="ActionNormalizer.to_dict() of the training states; None for a policy without state"
+    )
+    format_version: int = config_field(POLICY_FORMAT_VERSION, help="layout of the saved folder")
 
-    @classmethod
-    def load(cls, folder: Path) -> VPPConfig:
-        path = folder / POLICY_CONFIG
-        if not path.is_file():
-            raise FileNotFoundError(f"no {POLICY_CONFIG} in {folder}: not a saved VideoPredictionPolicy")
-        return cls(**json.loads(path.read_text()))
+    def validate(self) -> None:
+        if self.format_version != POLICY_FORMAT_VERSION:
+            raise ConfigError(f"format_version={self.format_version}; expected {POLICY_FORMAT_VERSION}")
+        if (self.policy.state_dim is None) != (self.state_normalizer is None):
+            raise ConfigError(
+                f"policy.state_dim={self.policy.state_dim} with state_normalizer "
+                f"{'absent' if self.state_normalizer is None else 'present'}; expected one exactly when state_dim is set"
+            )
+
+
+def convert_legacy_policy(old: str | Path, new: str | Path) -> Path:
+    """Rewrites a policy folder of the old five-file layout (``vpp_policy.json``,
+    ``policy_head.json``, ``head.safetensors``, normalizer JSON files and a ``tvp/`` model folder)
+    as ``config.json`` + ``model.safetensors``; the weights and bounds are copied exactly."""
+    old = Path(old)
+    if not (old / LEGACY_POLICY_CONFIG).is_file():
+        raise FileNotFoundError(f"no {LEGACY_POLICY_CONFIG} in {old}: not a policy folder in the old layout")
+    return VideoPredictionPolicy._from_legacy_folder(old).save_pretrained(new)
 
 
 class VideoPredictionPolicy(nn.Module):
@@ -93,28 +100,25 @@ class VideoPredictionPolicy(nn.Module):
     def head_config(tvp: TextGuidedVideoPredictor, config: VPPConfig, preset: str = "small") -> PolicyHeadConfig:
         """A head preset fitted to the TVP's feature shape, its text embedding and the task."""
         tvp_cfg = tvp.config
-        lang_dim = int(tvp_cfg.text_encoder.get("projection_dim", tvp_cfg.text_hidden_size))
-        base = policy_head_preset(preset)
-        kwargs: dict[str, Any] = dict(
-            action_dim=config.action_dim,
-            chunk=config.chunk,
-            state_dim=config.state_dim,
-            lang_dim=lang_dim,
-            state_dropout=config.state_dropout,
-            feature_position_embedding=config.feature_position_embedding,
-        )
+        video_former: dict[str, Any] = {"feature_position_embedding": config.feature_position_embedding}
         views = len(config.cameras)
         if config.encoder == "tvp":
-            kwargs.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
+            video_former.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
             shape = [views, tvp_cfg.num_frames, tvp_cfg.feature_channels, tvp_cfg.feature_size, tvp_cfg.feature_size]
         else:
             # one frame of VAE latents, with as many queries as the TVP variant has tokens
-            tokens = base.video_former.num_frames * base.video_former.queries_per_frame
-            kwargs.update(input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens)
+            tokens = PolicyHeadConfig.preset(preset).video_former.num_tokens
+            video_former.update(input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens)
             shape = [views, 1, tvp_cfg.latent_channels, tvp_cfg.latent_size, tvp_cfg.latent_size]
-        if config.standardize_features:
-            kwargs.update(feature_shape=shape)
-        return policy_head_preset(preset, **kwargs)
+        return PolicyHeadConfig.preset(
+            preset,
+            video_former=video_former,
+            dit={"action_dim": config.action_dim, "chunk": config.chunk},
+            lang_dim=int(tvp_cfg.text_encoder.get("projection_dim", tvp_cfg.text_hidden_size)),
+            state_dim=config.state_dim,
+            state_dropout=config.state_dropout,
+            feature_shape=shape if config.standardize_features else None,
+        )
 
     @classmethod
     def build(
@@ -190,22 +194,57 @@ class VideoPredictionPolicy(nn.Module):
         return n
 
     def save_pretrained(self, folder: str | Path) -> Path:
+        """Writes ``model.safetensors`` (TVP and head weights, feature statistics included) and
+        ``config.json`` (:class:`SavedPolicyConfig`), the latter last: its presence marks a complete
+        folder. A TVP with a tokenizer other than the built-in one keeps its files in ``tokenizer/``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.tvp.save_pretrained(folder / "tvp")
-        self.config.save(folder)
-        self.head.config.save(folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}, folder / "head.safetensors")
-        self.action_normalizer.save(folder / "action_normalizer.json")
-        if self.state_normalizer is not None:
-            self.state_normalizer.save(folder / "state_normalizer.json")
+        self.tvp.save_tokenizer(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / POLICY_WEIGHTS)
+        SavedPolicyConfig(
+            policy=self.config,
+            head=self.head.config,
+            tvp=self.tvp.config,
+            action_normalizer=self.action_normalizer.to_dict(),
+            state_normalizer=None if self.state_normalizer is None else self.state_normalizer.to_dict(),
+        ).save(folder / POLICY_CONFIG)
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> VideoPredictionPolicy:
+        """Loads a folder written by :meth:`save_pretrained`, or (with a warning) one in the
+        five-file layout written before it, which :func:`convert_legacy_policy` rewrites."""
         folder = Path(folder)
-        config = VPPConfig.load(folder)
-        head = PolicyHead(PolicyHeadConfig.load(folder))
+        if not (folder / POLICY_CONFIG).is_file() and (folder / LEGACY_POLICY_CONFIG).is_file():
+            logger.warning(
+                "%s is a policy folder in the old layout (vpp_policy.json, policy_head.json, normalizer JSON, tvp/); "
+                "`vpp-policy convert %s NEW` rewrites it as config.json + model.safetensors",
+                folder, folder,
+            )
+            return cls._from_legacy_folder(folder)
+        if not (folder / POLICY_CONFIG).is_file():
+            raise FileNotFoundError(f"no {POLICY_CONFIG} in {folder}: not a saved VideoPredictionPolicy")
+        saved = SavedPolicyConfig.load(folder / POLICY_CONFIG)
+        # Modules are built without initialising weights (they are all in the file), which
+        # also leaves the global RNG as it was.
+        tvp = TextGuidedVideoPredictor.without_weights(saved.tvp, folder)
+        with init_empty_weights():
+            head = PolicyHead(saved.head)
+        state = saved.state_normalizer
+        policy = cls(
+            saved.policy,
+            tvp,
+            head,
+            ActionNormalizer.from_dict(saved.action_normalizer),
+            None if state is None else ActionNormalizer.from_dict(state),
+        )
+        policy.load_state_dict(load_file(folder / POLICY_WEIGHTS), strict=True, assign=True)
+        return policy
+
+    @classmethod
+    def _from_legacy_folder(cls, folder: Path) -> VideoPredictionPolicy:
+        config = VPPConfig.load(folder / LEGACY_POLICY_CONFIG)
+        head = PolicyHead(PolicyHeadConfig.load(folder / "policy_head.json"))
         head.load_state_dict(load_file(folder / "head.safetensors"))
         state_path = folder / "state_normalizer.json"
         return cls(

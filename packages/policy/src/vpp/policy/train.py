@@ -12,47 +12,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vpp.policy.config import PolicyTrainConfig
 from vpp.policy.data import NoValidEpisodes, PolicyWindowDataset, UnreadableEpisode, collate_windows
 from vpp.policy.feature_cache import FeatureCache
-from vpp.policy.policy import VideoPredictionPolicy
+from vpp.policy.policy import POLICY_CONFIG, VideoPredictionPolicy
 from vpp.tvp.trainer import AcceleratedTrainer
 
 logger = logging.getLogger(__name__)
 
 # Draws of one sample that may hit unreadable episodes before the run gives up on the data.
 MAX_REDRAWS = 32
-
-
-@dataclass
-class PolicyTrainConfig:
-    output_dir: str
-    max_steps: int = 10000
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    adam_betas: tuple[float, float] = (0.9, 0.9)
-    weight_decay: float = 0.05
-    lr_schedule: Literal["tristage", "cosine", "constant"] = "tristage"
-    warmup_fraction: float = 0.02
-    hold_fraction: float = 0.08
-    initial_lr_scale: float = 0.1
-    final_lr: float = 1e-10
-    ema_decay: float = 0.9999
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0
 
 
 def lr_multiplier(step: int, config: PolicyTrainConfig) -> float:
@@ -155,7 +130,7 @@ class PolicyTrainer(AcceleratedTrainer):
         if checkpoint is not None:
             # the normalisation bounds and TVP of the run are the ones saved at its start
             policy = VideoPredictionPolicy.from_pretrained(base)
-        elif self.accelerator.is_main_process and not (base / "vpp_policy.json").is_file():
+        elif self.accelerator.is_main_process and not (base / POLICY_CONFIG).is_file():
             policy.save_pretrained(base)
         if self.config.ema_decay > 0:
             self.ema = ExponentialMovingAverage(policy.head, self.config.ema_decay)
