@@ -269,9 +269,11 @@ def test_artifact_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    # vpp-runtime itself, built from its source as `pip install vpp-runtime` builds it: the C++
-    # kernels and the custom-op library that the artifact's fused GroupNorm nodes need.
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO / "packages" / "runtime")], check=True, timeout=900)
+    # vpp-runtime itself, built from its source as `pip install vpp-runtime[cpu]` builds it: the
+    # custom-op library that the artifact's fused GroupNorm nodes need; vpp-data, a dependency
+    # that no index has, from its folder.
+    install = [f"{REPO / 'packages' / 'runtime'}[cpu]", str(REPO / "packages" / "data")]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *install], check=True, timeout=900)
     policy, folder = exported
     obs = observation(np.random.default_rng(7))
     np.savez(tmp_path / "obs.npz", **obs)
