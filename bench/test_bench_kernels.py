@@ -107,7 +107,8 @@ def multi_head_attention_session(heads: int, threads: int) -> ort.InferenceSessi
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", f"l{name}", "h"]) for name in "qkv"]
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "lq", "h"])
     graph = helper.make_graph([node], "attention", inputs, [output])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -22,9 +22,12 @@ print(json.dumps({"modules": names, "heavy": heavy}))
 
 
 def test_every_runtime_module_imports_without_torch():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     # the walk found the package's modules (a broken walk would pass vacuously)
-    assert {"vpp.runtime.policy", "vpp.runtime.client", "vpp.runtime.custom_ops", "vpp.runtime.tokenizer"} <= set(report["modules"])
+    expected = {"vpp.runtime.policy", "vpp.runtime.client", "vpp.runtime.custom_ops", "vpp.runtime.tokenizer"}
+    assert expected <= set(report["modules"])
     assert report["heavy"] == [], f"importing vpp.runtime's modules loaded {report['heavy']}"

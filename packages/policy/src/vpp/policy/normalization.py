@@ -89,7 +89,8 @@ class ActionNormalizer:
             raise NormalizationError(f"method={method!r}; expected one of {METHODS}")
         narrow = high - low < MIN_RANGE
         if narrow.any():
-            logger.warning("dims %s are constant in the data; normalising them as value +- 1", np.flatnonzero(narrow).tolist())
+            constant = np.flatnonzero(narrow).tolist()
+            logger.warning("dims %s are constant in the data; normalising them as value +- 1", constant)
             centre = (low + high) / 2
             low, high = np.where(narrow, centre - 1.0, low), np.where(narrow, centre + 1.0, high)
         return cls(low, high, method)

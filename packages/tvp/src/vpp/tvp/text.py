@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 
 from transformers import CLIPTokenizer
-# The byte -> printable-symbol table of transformers' own byte-level BPE tokenizers: the vocabulary
-# must use the very symbols CLIPTokenizer encodes bytes to (vpp.runtime.tokenizer mirrors it torch-free).
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from vpp.tvp.config import BYTES_VOCAB_SIZE
@@ -22,7 +20,8 @@ from vpp.tvp.config import BYTES_VOCAB_SIZE
 
 def byte_vocabulary() -> dict[str, int]:
     """The built-in tokenizer's 514 ids: every byte's symbol, then its word-final variant, then
-    the start and end tokens."""
+    the start and end tokens. The symbols are transformers' own byte-to-symbol table, the one
+    CLIPTokenizer encodes bytes with (vpp.runtime.tokenizer mirrors it without transformers)."""
     table = bytes_to_unicode()
     symbols = [table[byte] for byte in range(256)]
     tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
