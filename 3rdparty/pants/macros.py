@@ -4,10 +4,11 @@
 def vpp_test_root(benchmarks=False, extra_dependencies=()):
     """The targets of one test folder tree (packages/*/tests, tests, bench).
 
-    Every test gets vpp-runtime from the wheel Pants builds (its compiled extension, for code
-    that reaches vpp.runtime.kernels from any package), the C++ sources, the folder's data files
-    and the pytest plugin that hands the import path on to child processes. Benchmarks run once
-    each, as tests of their parity checks, not for timings.
+    Every test gets the packages with compiled parts from the wheels Pants builds (vpp-runtime's
+    custom-op library, which artifacts exported by any package's test load, and vpp-kernels'
+    module), the folder's data files and the pytest plugins of 3rdparty/pytest-plugins (the
+    import path handed on to child processes). Benchmarks run once each, as tests of their parity
+    checks, not for timings.
 
     Tests also get what Pants cannot see them import: every helper module of their folder (a
     server script started by path) and, in packages/<name>/tests, all of packages/<name>/src
@@ -22,8 +23,8 @@ def vpp_test_root(benchmarks=False, extra_dependencies=()):
             ":data",
             ":test_utils",
             *own_sources,
-            "//packages/runtime:wheel",
-            "//:cpp",
+            "//3rdparty/python/vpp-runtime:wheel",
+            "//3rdparty/python/vpp-kernels:wheel",
             "//3rdparty/pytest-plugins",
             *extra_dependencies,
         ],

@@ -2,13 +2,15 @@
 place where dependencies are declared:
 
 - requirements.txt beside this file: every third-party requirement of every package
-  (dependencies and all optional extras), merged per project. Pants resolves one lockfile for
-  the whole repository from it. The repository's own distributions (vpp-*) are left out:
-  Pants uses them from source.
-- vpp-runtime/pyproject.toml: packages/runtime/pyproject.toml without its dependencies, which
-  Pants uses to build the vpp-runtime wheel (for its compiled extension). Pex 2.1.137 checks
-  the wheel's dependencies inside the wheel's own PEX, where they never are; they come from the
-  lockfile instead.
+  (dependencies and optional extras, except MACHINE_SPECIFIC_EXTRAS), merged per project.
+  Pants resolves one lockfile for the whole repository from it. The repository's own
+  distributions (vpp-*) are left out: Pants uses them from source.
+- <distribution>/pyproject.toml beside this file, for each package built by scikit-build-core
+  (a compiled extension: vpp-runtime, vpp-kernels): its pyproject.toml without dependencies and
+  with its paths made relative to that folder, where Pants builds the wheel (see its BUILD). Pex
+  2.1.137 checks a wheel's dependencies inside the wheel's own PEX, where they never are; they
+  come from the lockfile instead. The copy lives outside packages/<name>/ so that tests which
+  install a package from its folder get the package's own pyproject.toml there.
 - a BUILD file in every source root that lacks one (packages/*/src, packages/*/tests, tests,
   bench): Pants 2.17 takes a target's source root from its BUILD file's folder, so a new
   package needs its own; the root BUILD's defaults make each cover its whole folder tree.
@@ -20,6 +22,7 @@ With --check it writes nothing and exits 1 when any of them is out of date or mi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,8 +37,11 @@ except ModuleNotFoundError:  # Pants' own venv runs Python 3.9, which has no tom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
-RUNTIME_PYPROJECT = REPO_ROOT / "packages" / "runtime" / "pyproject.toml"
-RUNTIME_BUILD_PYPROJECT = Path(__file__).with_name("vpp-runtime") / "pyproject.toml"
+COMPILED_BACKEND = "scikit_build_core.build"
+# Extras for other machines than the one tests run on: vpp-runtime[gpu] brings onnxruntime-gpu,
+# which installs the same `onnxruntime` module as the cpu extra's onnxruntime, so one environment
+# cannot hold both.
+MACHINE_SPECIFIC_EXTRAS = {"gpu"}
 SOURCES_BUILD = """\
 # Written by 3rdparty/python/sync_from_pyprojects.py: every module in this folder tree.
 python_sources()
@@ -52,6 +58,10 @@ class ConflictingRequirementError(ValueError):
     """Two pyproject.toml files ask for one project under different environment markers."""
 
 
+class UnlocatedPackagesError(ValueError):
+    """A compiled package's pyproject.toml does not name its Python packages (wheel.packages)."""
+
+
 def load_pyproject(path: Path) -> dict:
     text = path.read_text()
     return tomllib.loads(text)
@@ -66,8 +76,9 @@ def merged_requirements(pyprojects: list[Path]) -> list[str]:
     origins: dict[str, str] = {}
     for path, project in zip(pyprojects, projects):
         declared = list(project.get("dependencies", []))
-        for extra_requirements in project.get("optional-dependencies", {}).values():
-            declared.extend(extra_requirements)
+        for extra, extra_requirements in project.get("optional-dependencies", {}).items():
+            if extra not in MACHINE_SPECIFIC_EXTRAS:
+                declared.extend(extra_requirements)
         for line in declared:
             requirement = Requirement(line)
             name = canonicalize_name(requirement.name)
@@ -93,14 +104,43 @@ def merged_requirements(pyprojects: list[Path]) -> list[str]:
     return lines
 
 
-def runtime_build_pyproject() -> str:
+def compiled_wheel_pyprojects(pyprojects: list[Path]) -> dict[Path, str]:
+    """{3rdparty/python/<name>/pyproject.toml: its text} for each package built by scikit-build-core."""
     import toml  # tomllib cannot write; Pants' own venv, which runs this script, has toml.
 
-    pyproject = load_pyproject(RUNTIME_PYPROJECT)
-    pyproject["project"].pop("dependencies", None)
-    pyproject["project"].pop("optional-dependencies", None)
-    pyproject["project"].pop("scripts", None)
-    return HEADER.format(source="packages/runtime/pyproject.toml") + toml.dumps(pyproject)
+    wanted = {}
+    for path in pyprojects:
+        pyproject = load_pyproject(path)
+        if pyproject.get("build-system", {}).get("build-backend") != COMPILED_BACKEND:
+            continue
+        build_dir = Path(__file__).parent / pyproject["project"]["name"]
+
+        def moved(relative: str) -> str:
+            """`relative` (to the package's folder) made relative to the folder the wheel builds in."""
+            return os.path.relpath(path.parent / relative, build_dir)  # noqa: B023 (used in this iteration)
+
+        for key in ("dependencies", "optional-dependencies", "scripts", "readme"):
+            pyproject["project"].pop(key, None)
+        settings = pyproject.get("tool", {}).get("scikit-build", {})
+        # Pants builds in a sandbox: no persistent build tree, and only the wheel.
+        settings.pop("build-dir", None)
+        settings.pop("sdist", None)
+        cmake = settings.setdefault("cmake", {})
+        cmake["source-dir"] = moved(cmake.get("source-dir", "."))
+        packages = settings.get("wheel", {}).get("packages")
+        if not packages:
+            raise UnlocatedPackagesError(
+                f'{path}: expected [tool.scikit-build] wheel.packages (e.g. ["src/vpp"]), which '
+                "the wheel Pants builds from another folder needs; found none"
+            )
+        if isinstance(packages, dict):
+            settings["wheel"]["packages"] = {name: moved(folder) for name, folder in packages.items()}
+        else:
+            # A list names each package by its folder's last part; the table keeps those names.
+            settings["wheel"]["packages"] = {Path(folder).name: moved(folder) for folder in packages}
+        source = path.relative_to(REPO_ROOT)
+        wanted[build_dir / "pyproject.toml"] = HEADER.format(source=source) + toml.dumps(pyproject)
+    return wanted
 
 
 def missing_build_files() -> dict[Path, str]:
@@ -114,13 +154,17 @@ def missing_build_files() -> dict[Path, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only report whether requirements.txt is current")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if a generated file is out of date or missing",
+    )
     args = parser.parse_args()
     pyprojects = sorted(REPO_ROOT.glob("packages/*/pyproject.toml"))
     requirements = "".join(f"{line}\n" for line in merged_requirements(pyprojects))
     wanted = {
         REQUIREMENTS_FILE: HEADER.format(source="packages/*/pyproject.toml") + requirements,
-        RUNTIME_BUILD_PYPROJECT: runtime_build_pyproject(),
+        **compiled_wheel_pyprojects(pyprojects),
     }
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     missing_builds = missing_build_files()
