@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -225,10 +224,10 @@ class VideoPredictionPolicy(nn.Module):
         if not (folder / POLICY_CONFIG).is_file():
             raise FileNotFoundError(f"no {POLICY_CONFIG} in {folder}: not a saved VideoPredictionPolicy")
         saved = SavedPolicyConfig.load(folder / POLICY_CONFIG)
-        # Modules are built without initialising weights (they are all in the file), which
-        # also leaves the global RNG as it was.
+        # Every weight is in the file: the TVP is built without initial weights, the small head
+        # with them under a forked RNG, so that loading leaves the global RNG as it was.
         tvp = TextGuidedVideoPredictor.without_weights(saved.tvp, folder)
-        with init_empty_weights():
+        with torch.random.fork_rng(devices=[]):
             head = PolicyHead(saved.head)
         state = saved.state_normalizer
         policy = cls(
