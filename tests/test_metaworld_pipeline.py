@@ -1,5 +1,6 @@
 """End to end on MetaWorld, at smoke size: demos (vpp-robot collect) -> TVP -> policy -> evaluation
-of the saved torch policy (vpp-robot eval), and the diagnostics on collected demos."""
+of the saved torch policy and of its exported artifact (vpp-robot eval), and the diagnostics on
+collected demos."""
 
 import json
 
@@ -35,6 +36,17 @@ def test_collect_train_both_stages_and_evaluate(tmp_path, capsys):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results["per_task"]) == {"reach"} and results["per_task"]["reach"]["mean_episode_length"] == 8
     assert (tmp_path / "eval" / "videos" / "reach.mp4").is_file()
+    # what is deployed is what is measured: the exported artifact (a folder with manifest.json)
+    # runs torch-free through vpp.runtime in the same harness, from the same starts
+    from vpp.export.cli import main as export_cli
+
+    artifact = tmp_path / "artifact"
+    export_cli([str(model), "--out", str(artifact), "--instruction", "move the gripper to the goal"])
+    assert robot_cli(["eval", "metaworld", "--policy", str(artifact), "--tasks", "reach", "--episodes", "1",
+                      "--image-size", "32", "--max-steps", "8", "--out", str(tmp_path / "eval-artifact")]) == 0
+    deployed = json.loads((tmp_path / "eval-artifact" / "results.json").read_text())
+    assert [e["rand_vec"] for e in deployed["episodes"]] == [e["rand_vec"] for e in results["episodes"]]
+    assert deployed["per_task"]["reach"]["mean_episode_length"] == 8 and deployed["name"] == str(artifact)
 
 
 @pytest.mark.slow
