@@ -25,6 +25,7 @@ def test_every_config_field_is_documented():
     classes = {cls.__name__ for cls in config_classes()}
     expected = {
         "TVPConfig",
+        "TrainingLoopConfig",
         "EDMConfig",
         "FeatureConfig",
         "TrainConfig",

@@ -140,6 +140,16 @@ def test_bad_observations_are_refused(tvp):
         policy.act({"corner": image, "state": np.array([0, np.nan, 0, 0])}, "x")
 
 
+def test_policy_train_config_checks_the_loop_and_its_optimiser():
+    assert PolicyTrainConfig(output_dir="run").max_steps == 10000  # the loop's default, changed for the policy
+    with pytest.raises(ConfigError, match="batch_size=0; expected >= 1"):
+        PolicyTrainConfig(output_dir="run", batch_size=0)
+    with pytest.raises(ConfigError, match=r"hold_fraction=0\.9; expected both >= 0 with a sum of at most 1"):
+        PolicyTrainConfig(output_dir="run", warmup_fraction=0.2, hold_fraction=0.9)
+    with pytest.raises(ConfigError, match=r"ema_decay=1\.0; expected in \[0, 1\)"):
+        PolicyTrainConfig(output_dir="run", ema_decay=1.0)
+
+
 def test_tristage_schedule():
     cfg = PolicyTrainConfig(output_dir="x", max_steps=1000, learning_rate=1e-4)
     assert lr_multiplier(0, cfg) == pytest.approx(0.1)

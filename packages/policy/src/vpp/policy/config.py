@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from vpp.data.config import Config, ConfigError, config_field
+from vpp.tvp.config import TrainingLoopConfig
 
 __all__ = [
     "ConfigError",
@@ -220,12 +221,13 @@ class PolicyHeadConfig(Config):
 
 
 @dataclass
-class PolicyTrainConfig(Config):
-    """The optimisation of a policy run (the model's own configs are VPPConfig and PolicyHeadConfig)."""
+class PolicyTrainConfig(TrainingLoopConfig):
+    """The policy run: the loop's options and the head's optimiser (the model's own configs are
+    VPPConfig and PolicyHeadConfig)."""
 
-    output_dir: str = config_field(help="run folder: checkpoints, metrics, loss curve and the trained model/")
     max_steps: int = config_field(10000, help="optimizer steps")
     batch_size: int = config_field(32, help="windows per step and process")
+    checkpoint_every: int = config_field(1000, help="steps between resumable checkpoints")
     learning_rate: float = config_field(1e-4, help="peak AdamW learning rate")
     adam_betas: tuple[float, float] = config_field((0.9, 0.9), help="AdamW betas (the official code's)")
     weight_decay: float = config_field(0.05, help="AdamW decay of linear layers' weight matrices only")
@@ -237,31 +239,13 @@ class PolicyTrainConfig(Config):
     initial_lr_scale: float = config_field(0.1, help="tristage warm-up start, as a fraction of the peak")
     final_lr: float = config_field(1e-10, help="learning rate the cosine decay ends at")
     ema_decay: float = config_field(0.9999, help="EMA of the head's weights, saved as the model; 0: none")
-    max_grad_norm: float = config_field(1.0, help="gradient clipping norm")
-    mixed_precision: Literal["no", "fp16", "bf16"] = config_field("no", help="accelerate's mixed precision")
-    gradient_accumulation_steps: int = config_field(1, help="micro-batches per optimizer step")
-    checkpoint_every: int = config_field(1000, help="steps between resumable checkpoints")
-    keep_checkpoints: int = config_field(2, help="newest checkpoints kept")
-    log_every: int = config_field(10, help="steps between metrics lines")
-    seed: int = config_field(
-        0, help="seed of the head's initial weights, the sampling of windows and the noise"
-    )
-    num_workers: int = config_field(0, help="data loader worker processes")
 
     def validate(self) -> None:
-        for name in (
-            "max_steps",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "checkpoint_every",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}; expected >= 1")
-        if self.learning_rate <= 0 or self.final_lr < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+        super().validate()
+        if self.learning_rate <= 0 or self.final_lr < 0 or self.weight_decay < 0:
             raise ConfigError(
-                f"learning_rate={self.learning_rate}, final_lr={self.final_lr}, weight_decay={self.weight_decay}, "
-                f"max_grad_norm={self.max_grad_norm}; expected learning_rate, max_grad_norm > 0 and the others >= 0"
+                f"learning_rate={self.learning_rate}, final_lr={self.final_lr}, weight_decay={self.weight_decay}; "
+                "expected learning_rate > 0 and the others >= 0"
             )
         if min(self.warmup_fraction, self.hold_fraction) < 0 or self.warmup_fraction + self.hold_fraction > 1:
             raise ConfigError(
@@ -270,10 +254,6 @@ class PolicyTrainConfig(Config):
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay}; expected in [0, 1) (0: no EMA)")
-        if self.keep_checkpoints < 0 or self.num_workers < 0:
-            raise ConfigError(
-                f"keep_checkpoints={self.keep_checkpoints}, num_workers={self.num_workers}; expected >= 0"
-            )
 
 
 @dataclass

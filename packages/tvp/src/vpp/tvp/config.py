@@ -16,7 +16,15 @@ from typing import Any, ClassVar, Literal
 
 from vpp.data.config import Config, ConfigError, config_field
 
-__all__ = ["CONFIG_NAME", "ConfigError", "EDMConfig", "FeatureConfig", "TVPConfig", "TrainConfig"]
+__all__ = [
+    "CONFIG_NAME",
+    "ConfigError",
+    "EDMConfig",
+    "FeatureConfig",
+    "TVPConfig",
+    "TrainConfig",
+    "TrainingLoopConfig",
+]
 
 CONFIG_NAME = "config.json"
 
@@ -205,31 +213,20 @@ class TVPConfig(Config):
 
 
 @dataclass
-class TrainConfig(Config):
-    """The optimisation of a TVP run (the model's own config is TVPConfig)."""
+class TrainingLoopConfig(Config):
+    """What the training loop of :mod:`vpp.tvp.trainer` reads, for the TVP's run and the policy's:
+    each run's config adds its optimiser's fields and may change a default here."""
 
-    output_dir: str = config_field(
-        help="run folder: base/, checkpoints, metrics, loss curve and the trained model/"
-    )
+    output_dir: str = config_field(help="run folder: checkpoints, metrics, loss curve and the trained model/")
     max_steps: int = config_field(1000, help="optimizer steps")
-    batch_size: int = config_field(6, help="clips per step and process")
-    learning_rate: float = config_field(5e-6, help="AdamW learning rate")
-    weight_decay: float = config_field(0.0, help="AdamW weight decay")
-    adam_betas: tuple[float, float] = config_field((0.9, 0.999), help="AdamW betas")
-    lr_schedule: Literal["constant", "constant_with_warmup", "cosine"] = config_field(
-        "constant", help="diffusers' learning-rate schedule"
-    )
-    warmup_steps: int = config_field(0, help="warm-up steps of the schedule")
+    batch_size: int = config_field(6, help="samples per step and process")
     max_grad_norm: float = config_field(1.0, help="gradient clipping norm")
     mixed_precision: Literal["no", "fp16", "bf16"] = config_field("no", help="accelerate's mixed precision")
-    gradient_checkpointing: bool = config_field(False, help="recompute UNet activations in the backward pass")
     gradient_accumulation_steps: int = config_field(1, help="micro-batches per optimizer step")
     checkpoint_every: int = config_field(500, help="steps between resumable checkpoints")
     keep_checkpoints: int = config_field(2, help="newest checkpoints kept")
     log_every: int = config_field(10, help="steps between metrics lines")
-    seed: int = config_field(
-        0, help="seed of the clip sampling and the noise (and of a preset model's weights)"
-    )
+    seed: int = config_field(0, help="seed of a new model's initial weights, the data sampling and the noise")
     num_workers: int = config_field(0, help="data loader worker processes")
 
     def validate(self) -> None:
@@ -242,15 +239,33 @@ class TrainConfig(Config):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}; expected >= 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm={self.max_grad_norm}; expected > 0")
+        if self.keep_checkpoints < 0 or self.num_workers < 0:
             raise ConfigError(
-                f"learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, max_grad_norm="
-                f"{self.max_grad_norm}; expected learning_rate, max_grad_norm > 0 and weight_decay >= 0"
+                f"keep_checkpoints={self.keep_checkpoints}, num_workers={self.num_workers}; expected >= 0"
             )
-        if self.warmup_steps < 0 or self.keep_checkpoints < 0 or self.num_workers < 0:
+
+
+@dataclass
+class TrainConfig(TrainingLoopConfig):
+    """The TVP run: the loop's options and the UNet's optimiser (the model's own config is TVPConfig)."""
+
+    learning_rate: float = config_field(5e-6, help="AdamW learning rate")
+    weight_decay: float = config_field(0.0, help="AdamW weight decay")
+    adam_betas: tuple[float, float] = config_field((0.9, 0.999), help="AdamW betas")
+    lr_schedule: Literal["constant", "constant_with_warmup", "cosine"] = config_field(
+        "constant", help="diffusers' learning-rate schedule"
+    )
+    warmup_steps: int = config_field(0, help="warm-up steps of the schedule")
+    gradient_checkpointing: bool = config_field(False, help="recompute UNet activations in the backward pass")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError(
-                f"warmup_steps={self.warmup_steps}, keep_checkpoints={self.keep_checkpoints}, num_workers="
-                f"{self.num_workers}; expected all >= 0"
+                f"learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, warmup_steps="
+                f"{self.warmup_steps}; expected learning_rate > 0 and the others >= 0"
             )
 
 
