@@ -15,7 +15,6 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vpp.tvp.checkpoint import latest_checkpoint, read_state, write_checkpoint
+from vpp.tvp.config import TrainingLoopConfig
 from vpp.tvp.plots import write_metrics_curve
 
 logger = logging.getLogger(__name__)
@@ -52,13 +52,14 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 
 class AcceleratedTrainer(ABC):
     """Subclasses say what trains (``trainable_state``/``load_trainable``) and what the loss of a
-    batch is (``compute_loss``); ``config`` needs the fields of ``TrainConfig``-like dataclasses:
-    output_dir, max_steps, batch_size, max_grad_norm, mixed_precision,
-    gradient_accumulation_steps, checkpoint_every, keep_checkpoints, log_every, seed, num_workers."""
+    batch is (``compute_loss``); ``config`` is a :class:`TrainingLoopConfig` (the subclass of each run
+    adds its optimiser's fields), saved as ``train_config.json`` in the run folder."""
 
     name = "train"
 
-    def __init__(self, model: torch.nn.Module, dataset, collate: Callable[[Sequence[dict]], dict], config) -> None:
+    def __init__(
+        self, model: torch.nn.Module, dataset, collate: Callable[[Sequence[dict]], dict], config: TrainingLoopConfig
+    ) -> None:
         self.config = config
         self.dataset = dataset
         self.collate = collate
@@ -93,7 +94,7 @@ class AcceleratedTrainer(ABC):
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._truncate_metrics(self.start_step)
-            (self.output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+            config.save(self.output_dir / "train_config.json")
 
     # -- what subclasses provide ------------------------------------------------------------
 
