@@ -36,11 +36,14 @@ from pathlib import Path
 
 reports, log, pants_status = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 passed = failed = skipped = 0
-# A test file that fails before pytest writes its report (an error in a conftest.py, a crash)
-# shows only in Pants' summary lines, "✕ <path> failed in <time>": each counts as one failure.
-failed_files = re.findall(r"^✕ (\S+) failed", log.read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
+# A test file (or a batch of them, one folder's: 3rdparty/pants/macros.py) that fails before
+# pytest writes its report (an error in a conftest.py, a crash) shows only in Pants' summary
+# lines, "✕ <path>[ and N other files] failed in <time>": each counts as one failure.
+summary = log.read_text(encoding="utf-8", errors="replace")
+failed_files = re.findall(r"^✕ (\S+)(?: and \d+ other files)? failed", summary, flags=re.MULTILINE)
 for path in failed_files:
-    if not list(reports.glob(path.replace("/", ".") + "*.xml")):
+    report = path.replace("/", ".")
+    if not list(reports.glob(report + "*.xml")) and not list(reports.glob(f"batch-of-{report}+*.xml")):
         print(f"pants-test: {path} failed without a test report", file=sys.stderr)
         failed += 1
 for report in sorted(reports.glob("**/*.xml")):
