@@ -61,7 +61,15 @@ def component_of(node_name: str, graph: str) -> str:
         # do the feature resize and the noise glue. They are counted with the UNet, as eager's
         # "unet to features" row (features minus the VAE encode) counts them.
         return "vae encode" if top in VAE_MODULES else "unet to features"
-    if top.startswith(("video_former", "video_token_projection", "language_projection", "state_projection", "encoder_blocks")):
+    if top.startswith(
+        (
+            "video_former",
+            "video_token_projection",
+            "language_projection",
+            "state_projection",
+            "encoder_blocks",
+        )
+    ):
         return "video former + dit encoder"
     return "dit decoder x10 steps"
 
@@ -92,7 +100,12 @@ def node_events(events: list[dict], runs: int, skip: int) -> list[dict]:
 
 
 def profile_split(
-    path: Path, feed: dict[str, np.ndarray], graph: str, repeats: int, threads: int, custom_ops_library: Path | None = None
+    path: Path,
+    feed: dict[str, np.ndarray],
+    graph: str,
+    repeats: int,
+    threads: int,
+    custom_ops_library: Path | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(share of kernel time, multiply-accumulates) per component of one graph, from ORT's
     profile of ``repeats`` runs after :data:`WARM_UP_RUNS` unprofiled ones."""
@@ -105,7 +118,9 @@ def profile_split(
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for _ in range(WARM_UP_RUNS + repeats):
         session.run(None, feed)
-    events = node_events(json.loads(Path(session.end_profiling()).read_text()), WARM_UP_RUNS + repeats, WARM_UP_RUNS)
+    events = node_events(
+        json.loads(Path(session.end_profiling()).read_text()), WARM_UP_RUNS + repeats, WARM_UP_RUNS
+    )
     durations: dict[str, float] = defaultdict(float)
     macs: dict[str, float] = defaultdict(float)
     counted: set[str] = set()
@@ -137,34 +152,58 @@ def bench_preset(preset: str, image_size: int, repeats: int, threads: int) -> di
     tvp = TextGuidedVideoPredictor.from_preset(preset)
     rng = np.random.default_rng(0)
     config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
-    eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset).eval()
+    eager = VideoPredictionPolicy.build(
+        tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset
+    ).eval()
     folder = Path(tempfile.mkdtemp(prefix=f"vpp-bench-{preset}-"))
     export_policy(eager, folder, [INSTRUCTION])
     runtime = Policy.load(folder, threads=threads, seed=0)
-    observation = {camera: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for camera in config.cameras}
+    observation = {
+        camera: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for camera in config.cameras
+    }
     observation["state"] = rng.normal(size=7)
 
-    feature_feed, policy_feed = runtime.graph_feeds(observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1)))
+    feature_feed, policy_feed = runtime.graph_feeds(
+        observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1))
+    )
     features = policy_feed["features"] = runtime.feature_session.run(None, feature_feed)[0]
     t = {k: torch.from_numpy(v) for k, v in policy_feed.items()}
-    t.update(images=torch.from_numpy(feature_feed["images"]), text_hidden=torch.from_numpy(feature_feed["text_hidden"]))
+    t.update(
+        images=torch.from_numpy(feature_feed["images"]),
+        text_hidden=torch.from_numpy(feature_feed["text_hidden"]),
+    )
     t.update(feature_noise=torch.from_numpy(feature_feed["noise"]))
     head = eager.head
     with torch.no_grad():
         eager_rows = {
             "vae encode": measure(lambda: tvp.encode_video(t["images"].flatten(0, 1).unsqueeze(1)), repeats),
-            "features (vae + unet)": measure(lambda: predictive_features(tvp, t["images"], text_hidden=t["text_hidden"], noise=t["feature_noise"]), repeats),
-            "video former + dit encoder": measure(lambda: head.dit.encode(head.condition_tokens(t["features"], t["lang"], t["state"])), repeats),
-            "head (video former + 10 dit steps)": measure(lambda: head.sample(t["features"], t["lang"], t["state"], noise=t["noise"]), repeats),
+            "features (vae + unet)": measure(
+                lambda: predictive_features(
+                    tvp, t["images"], text_hidden=t["text_hidden"], noise=t["feature_noise"]
+                ),
+                repeats,
+            ),
+            "video former + dit encoder": measure(
+                lambda: head.dit.encode(head.condition_tokens(t["features"], t["lang"], t["state"])), repeats
+            ),
+            "head (video former + 10 dit steps)": measure(
+                lambda: head.sample(t["features"], t["lang"], t["state"], noise=t["noise"]), repeats
+            ),
         }
         generator = torch.Generator().manual_seed(0)
-        eager_end_to_end = measure(lambda: eager.predict_action_chunk(observation, INSTRUCTION, generator), repeats)
+        eager_end_to_end = measure(
+            lambda: eager.predict_action_chunk(observation, INSTRUCTION, generator), repeats
+        )
     ort_features = measure(lambda: runtime.feature_session.run(None, feature_feed), repeats)
     ort_policy = measure(lambda: runtime.policy_session.run(None, policy_feed), repeats)
     ort_end_to_end = measure(lambda: runtime.act(observation, INSTRUCTION), repeats)
     library = runtime.custom_ops_library
-    feature_split, feature_macs = profile_split(folder / "features.onnx", feature_feed, "features", repeats, threads, library)
-    policy_split, policy_macs = profile_split(folder / "policy.onnx", policy_feed, "policy", repeats, threads, library)
+    feature_split, feature_macs = profile_split(
+        folder / "features.onnx", feature_feed, "features", repeats, threads, library
+    )
+    policy_split, policy_macs = profile_split(
+        folder / "policy.onnx", policy_feed, "policy", repeats, threads, library
+    )
 
     def unet(d: dict[str, float]) -> dict[str, float]:
         return {k: d[k] - eager_rows["vae encode"][k] for k in d}
@@ -180,7 +219,11 @@ def bench_preset(preset: str, image_size: int, repeats: int, threads: int) -> di
     }
     ort_components = {}
     for name in COMPONENTS:
-        graph_time, split = (ort_features, feature_split) if name in ("vae encode", "unet to features") else (ort_policy, policy_split)
+        graph_time, split = (
+            (ort_features, feature_split)
+            if name in ("vae encode", "unet to features")
+            else (ort_policy, policy_split)
+        )
         ort_components[name] = {k: v * split.get(name, 0.0) for k, v in graph_time.items()}
     macs = {**feature_macs, **policy_macs}
     rows = [
@@ -258,15 +301,26 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", action="append", choices=("tiny", "small"), help="repeatable; default: tiny and small")
-    parser.add_argument("--image-size", type=int, default=None, help="camera frame side before resizing (default: the preset's)")
+    parser.add_argument(
+        "--preset", action="append", choices=("tiny", "small"), help="repeatable; default: tiny and small"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="camera frame side before resizing (default: the preset's)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     parser.add_argument("--out", default="bench/results/components_cpu", help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     presets = args.preset or ["tiny", "small"]
     torch.set_num_threads(args.threads)
-    results = {"machine": machine(args.threads), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "presets": []}
+    results = {
+        "machine": machine(args.threads),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "presets": [],
+    }
     for preset in presets:
         size = args.image_size or TVPConfig.preset(preset).image_size
         print(f"benchmarking {preset} ...", file=sys.stderr, flush=True)

@@ -49,7 +49,9 @@ GROUP_NORM_PROBLEMS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "shape", "groups"), GROUP_NORM_PROBLEMS, ids=[p[0] for p in GROUP_NORM_PROBLEMS])
+@pytest.mark.parametrize(
+    ("name", "shape", "groups"), GROUP_NORM_PROBLEMS, ids=[p[0] for p in GROUP_NORM_PROBLEMS]
+)
 def test_bench_group_norm_silu(benchmark, implementation, name, shape, groups):
     benchmark.group = name
     x = random_float32(shape, scale=2.0)
@@ -59,7 +61,9 @@ def test_bench_group_norm_silu(benchmark, implementation, name, shape, groups):
     else:
         run = lambda: kernels.group_norm_silu(x, weight, bias, groups, 1e-5)  # noqa: E731
     result = benchmark(run)
-    expected = reference.group_norm_silu(x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), groups, 1e-5)
+    expected = reference.group_norm_silu(
+        x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), groups, 1e-5
+    )
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -103,8 +107,12 @@ ATTENTION_PROBLEMS = [
 
 def multi_head_attention_session(heads: int, threads: int) -> ort.InferenceSession:
     """One com.microsoft MultiHeadAttention node, as vpp-export writes for every UNet attention."""
-    node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=heads)
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", f"l{name}", "h"]) for name in "qkv"]
+    node = helper.make_node(
+        "MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=heads
+    )
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", f"l{name}", "h"]) for name in "qkv"
+    ]
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "lq", "h"])
     graph = helper.make_graph([node], "attention", inputs, [output])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
@@ -122,7 +130,9 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("implementation", [*IMPLEMENTATIONS, "ort", "ort-1thread"])
-@pytest.mark.parametrize(("name", "q_shape", "lk"), ATTENTION_PROBLEMS, ids=[p[0] for p in ATTENTION_PROBLEMS])
+@pytest.mark.parametrize(
+    ("name", "q_shape", "lk"), ATTENTION_PROBLEMS, ids=[p[0] for p in ATTENTION_PROBLEMS]
+)
 def test_bench_attention(benchmark, implementation, name, q_shape, lk):
     benchmark.group = name
     batch, heads, lq, d = q_shape

@@ -37,6 +37,8 @@ def timed(benchmark, fn, *args):
     for _ in range(WARM_UP_CALLS):
         fn(*args)
     return benchmark(fn, *args)
+
+
 IMPLEMENTATIONS = ["torch-eager", "onnxruntime"]
 # The small preset's export alone takes ~30 s on 2 cores.
 PRESETS = ["tiny", pytest.param("small", marks=pytest.mark.slow)]
@@ -50,7 +52,9 @@ def policies(request, tmp_path_factory):
     tvp = TextGuidedVideoPredictor.from_preset(preset)
     rng = np.random.default_rng(0)
     config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
-    eager = VideoPredictionPolicy.build(tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset).eval()
+    eager = VideoPredictionPolicy.build(
+        tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset
+    ).eval()
     folder = tmp_path_factory.mktemp(f"artifact-{preset}")
     export_policy(eager, folder, [INSTRUCTION])
     runtime = Policy.load(folder, threads=1, seed=0)
@@ -70,8 +74,12 @@ def test_bench_end_to_end(benchmark, policies, implementation):
     benchmark.group = f"end-to-end {preset} 2 views"
     noise = runtime.sample_noise(np.random.default_rng(1))
     pixels, _ = eager.observation_tensors(observation)
-    expected = reference_actions(eager, pixels, INSTRUCTION, observation["state"], noise["features"], noise["actions"])
-    np.testing.assert_allclose(runtime.act(observation, INSTRUCTION, noise=noise), expected, rtol=0, atol=1e-4)
+    expected = reference_actions(
+        eager, pixels, INSTRUCTION, observation["state"], noise["features"], noise["actions"]
+    )
+    np.testing.assert_allclose(
+        runtime.act(observation, INSTRUCTION, noise=noise), expected, rtol=0, atol=1e-4
+    )
     if implementation == "torch-eager":
         generator = torch.Generator().manual_seed(0)
         timed(benchmark, eager.predict_action_chunk, observation, INSTRUCTION, generator)
@@ -87,7 +95,12 @@ def test_bench_end_to_end_on_both_cores(benchmark, policies, implementation):
     benchmark.group = f"end-to-end {preset} 2 views, 2 threads"
     two_threads = Policy.load(runtime.folder, threads=2, seed=0)
     noise = runtime.sample_noise(np.random.default_rng(1))
-    np.testing.assert_allclose(two_threads.act(observation, INSTRUCTION, noise=noise), runtime.act(observation, INSTRUCTION, noise=noise), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        two_threads.act(observation, INSTRUCTION, noise=noise),
+        runtime.act(observation, INSTRUCTION, noise=noise),
+        rtol=0,
+        atol=1e-5,
+    )
     torch.set_num_threads(2)
     try:
         if implementation == "torch-eager":
@@ -108,11 +121,15 @@ def test_bench_features(benchmark, policies, implementation):
 
     def torch_features():
         with torch.no_grad():
-            return predictive_features(eager.tvp, tensors["images"], text_hidden=tensors["text_hidden"], noise=tensors["noise"]).numpy()
+            return predictive_features(
+                eager.tvp, tensors["images"], text_hidden=tensors["text_hidden"], noise=tensors["noise"]
+            ).numpy()
 
     expected = torch_features()
     scale = float(np.abs(expected).max())
-    np.testing.assert_allclose(runtime.feature_session.run(None, feed)[0] / scale, expected / scale, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        runtime.feature_session.run(None, feed)[0] / scale, expected / scale, rtol=0, atol=1e-4
+    )
     if implementation == "torch-eager":
         timed(benchmark, torch_features)
     else:
@@ -123,13 +140,17 @@ def test_bench_features(benchmark, policies, implementation):
 def test_bench_head(benchmark, policies, implementation):
     preset, eager, runtime, observation = policies
     benchmark.group = f"head {preset} (Video Former + 10 DDIM steps)"
-    feature_feed, feed = runtime.graph_feeds(observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1)))
+    feature_feed, feed = runtime.graph_feeds(
+        observation, INSTRUCTION, runtime.sample_noise(np.random.default_rng(1))
+    )
     feed["features"] = runtime.feature_session.run(None, feature_feed)[0]
     tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
 
     def torch_head():
         with torch.no_grad():
-            return eager.head.sample(tensors["features"], tensors["lang"], tensors["state"], noise=tensors["noise"]).numpy()
+            return eager.head.sample(
+                tensors["features"], tensors["lang"], tensors["state"], noise=tensors["noise"]
+            ).numpy()
 
     np.testing.assert_allclose(runtime.policy_session.run(None, feed)[0], torch_head(), rtol=0, atol=1e-4)
     if implementation == "torch-eager":

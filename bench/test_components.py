@@ -10,7 +10,9 @@ import pytest
 pytest.importorskip("torch")
 
 # bench/ is not a package and pytest runs with --import-mode=importlib: load the script by path.
-_spec = importlib.util.spec_from_file_location("vpp_bench_components", Path(__file__).with_name("components.py"))
+_spec = importlib.util.spec_from_file_location(
+    "vpp_bench_components", Path(__file__).with_name("components.py")
+)
 _components = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_components)
 component_of = _components.component_of
@@ -21,7 +23,10 @@ component_of = _components.component_of
     [
         ("/encoder/down_blocks.0/resnets.0/conv1/Conv_kernel_time", "vae encode"),
         ("/quant_conv/Conv_kernel_time", "vae encode"),
-        ("/unet/down_blocks.0/attentions.0/transformer_blocks.0/ff/net.0/Mul_kernel_time", "unet to features"),
+        (
+            "/unet/down_blocks.0/attentions.0/transformer_blocks.0/ff/net.0/Mul_kernel_time",
+            "unet to features",
+        ),
         # fused or inserted by ORT: no module path left, they belong to the UNet
         ("Gelu_token_3_kernel_time", "unet to features"),
         ("ReorderInput_12_kernel_time", "unet to features"),
@@ -33,7 +38,10 @@ def test_feature_graph_rows(node, row):
 
 
 def test_policy_graph_rows():
-    assert component_of("/video_former/blocks.0/attn/MatMul_kernel_time", "policy") == "video former + dit encoder"
+    assert (
+        component_of("/video_former/blocks.0/attn/MatMul_kernel_time", "policy")
+        == "video former + dit encoder"
+    )
     assert component_of("/encoder_blocks.1/mlp/Gemm_kernel_time", "policy") == "video former + dit encoder"
     assert component_of("/decoder_blocks.0/attn/MatMul_kernel_time", "policy") == "dit decoder x10 steps"
 

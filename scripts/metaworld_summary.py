@@ -17,13 +17,28 @@ from vpp.robots.collect import CollectionState
 
 GROUPS = ("easy", "middle", "hard", "average")
 SETTINGS = (
-    "TASKS", "DEMOS_PER_TASK", "HELD_OUT_PER_TASK", "VAE_FIT_STEPS", "TVP_STEPS", "TVP_BATCH", "TVP_LR", "WINDOW_STRIDE",
-    "CHUNK", "POLICY_STEPS", "POLICY_BATCH", "POLICY_LR", "POLICY_FLAGS", "EVAL_EPISODES", "EVAL_MAX_STEPS",
+    "TASKS",
+    "DEMOS_PER_TASK",
+    "HELD_OUT_PER_TASK",
+    "VAE_FIT_STEPS",
+    "TVP_STEPS",
+    "TVP_BATCH",
+    "TVP_LR",
+    "WINDOW_STRIDE",
+    "CHUNK",
+    "POLICY_STEPS",
+    "POLICY_BATCH",
+    "POLICY_LR",
+    "POLICY_FLAGS",
+    "EVAL_EPISODES",
+    "EVAL_MAX_STEPS",
 )
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def curve(folder: Path) -> dict | None:
@@ -48,7 +63,9 @@ def table_row(results: dict) -> dict:
     """easy/middle/hard/average success and their 95% intervals, and the per-task counts."""
     row: dict = {group: None if results[group] is None else results[group]["success"] for group in GROUPS}
     row["ci95"] = {group: None if results[group] is None else results[group]["ci95"] for group in GROUPS}
-    row["episodes"] = {group: None if results[group] is None else results[group]["episodes"] for group in GROUPS}
+    row["episodes"] = {
+        group: None if results[group] is None else results[group]["episodes"] for group in GROUPS
+    }
     row["per_task"] = {
         task: {k: r[k] for k in ("success", "successes", "episodes", "ci95", "mean_episode_length")}
         for task, r in results["per_task"].items()
@@ -59,7 +76,11 @@ def table_row(results: dict) -> dict:
 def main() -> None:
     run = Path(os.environ.get("RUN", "runs/mw2"))
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.machine(),
     )
     # a row the run has not reached yet stays in the file as null, so a partial run reads as one
@@ -69,8 +90,12 @@ def main() -> None:
         evaluations[key] = None
         if path.is_file():
             results = json.loads(path.read_text())
-            evaluations[key] = {**table_row(results), "split": results["split"], "max_steps": results["max_steps"],
-                                "ci_method": results["ci_method"]}
+            evaluations[key] = {
+                **table_row(results),
+                "split": results["split"],
+                "max_steps": results["max_steps"],
+                "ci_method": results["ci_method"],
+            }
     diagnostics = {}
     for key, folder in (("vpp", "diagnose-tvp"), ("vae_ablation", "diagnose-vae")):
         path = run / folder / "diagnostics.json"
@@ -82,7 +107,11 @@ def main() -> None:
     summary = {
         "what": "CPU-scale MetaWorld reproduction with the small preset (scripts/metaworld_repro.sh), "
         "evaluated on configurations never collected",
-        "machine": {"cpus": os.cpu_count(), "cpu": cpu, "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", "1"))},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu,
+            "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", "1")),
+        },
         "settings": {k.lower(): os.environ[k] for k in SETTINGS if k in os.environ},
         "demos": {
             "split": demos.settings.get("split"),
@@ -92,11 +121,19 @@ def main() -> None:
         "stages": read_jsonl(run / "stages.jsonl"),
         "training": {
             "tvp": curve(run / "tvp"),
-            "policy_tvp": {"curve": curve(run / "policy-tvp"), "windows": windows(run / "logs" / "policy-tvp.log")},
-            "policy_vae": {"curve": curve(run / "policy-vae"), "windows": windows(run / "logs" / "policy-vae.log")},
+            "policy_tvp": {
+                "curve": curve(run / "policy-tvp"),
+                "windows": windows(run / "logs" / "policy-tvp.log"),
+            },
+            "policy_vae": {
+                "curve": curve(run / "policy-vae"),
+                "windows": windows(run / "logs" / "policy-vae.log"),
+            },
         },
         "vae_fit": json.loads(vae_fit.read_text()) if vae_fit.is_file() else None,
-        "tvp_prediction_unseen": json.loads(prediction.read_text())["scores"] if prediction.is_file() else None,
+        "tvp_prediction_unseen": json.loads(prediction.read_text())["scores"]
+        if prediction.is_file()
+        else None,
         "diagnostics": diagnostics,
         **evaluations,
     }

@@ -45,13 +45,17 @@ def main() -> None:
     if not clips:
         raise SystemExit(f"no evaluation video in {run / 'eval-oracle' / 'videos'} is long enough")
     truth = torch.stack(clips)
-    predicted = generate_video(model, truth[:, 0], instructions, generator=torch.Generator().manual_seed(0), progress=True)
+    predicted = generate_video(
+        model, truth[:, 0], instructions, generator=torch.Generator().manual_seed(0), progress=True
+    )
     out = run / "tvp-predict" / "unseen"
     for path in write_comparison(out, truth, predicted, instructions):
         print(path)
     scores = json.loads(out.with_suffix(".json").read_text())["scores"]
-    print(f"{scores['clips']} unseen clips: predicted frames 1-{frames - 1} {scores['psnr_later_frames']:.2f} dB, "
-          f"holding the first frame {scores['held_first_frame_psnr_later_frames']:.2f} dB")
+    print(
+        f"{scores['clips']} unseen clips: predicted frames 1-{frames - 1} {scores['psnr_later_frames']:.2f} dB, "
+        f"holding the first frame {scores['held_first_frame_psnr_later_frames']:.2f} dB"
+    )
 
 
 if __name__ == "__main__":

@@ -68,9 +68,13 @@ def frames_and_targets(rng: np.random.Generator, count: int) -> tuple[np.ndarray
 
 def mean_of_samples(policy: VideoPredictionPolicy, frames: np.ndarray, samples: int = 4) -> np.ndarray:
     with torch.no_grad():
-        features, lang = policy.encode(resize_frames(frames, policy.tvp.config.image_size)[:, None], [INSTRUCTION] * len(frames))
+        features, lang = policy.encode(
+            resize_frames(frames, policy.tvp.config.image_size)[:, None], [INSTRUCTION] * len(frames)
+        )
         generator = torch.Generator().manual_seed(1)
-        normalized = torch.stack([policy.head.sample(features, lang, generator=generator) for _ in range(samples)]).mean(0)
+        normalized = torch.stack(
+            [policy.head.sample(features, lang, generator=generator) for _ in range(samples)]
+        ).mean(0)
     return policy.action_normalizer.denormalize(normalized.double()).numpy()
 
 
@@ -80,30 +84,52 @@ def test_tiny_policy_acts_on_what_it_sees(tmp_path: Path):
     train_frames, train_actions = frames_and_targets(rng, 128)
     test_frames, test_actions = frames_and_targets(rng, 48)
     episodes = [
-        {"frames": {"corner": np.repeat(frame[None], CHUNK, axis=0)}, "actions": actions, "instruction": INSTRUCTION}
+        {
+            "frames": {"corner": np.repeat(frame[None], CHUNK, axis=0)},
+            "actions": actions,
+            "instruction": INSTRUCTION,
+        }
         for frame, actions in zip(train_frames, train_actions, strict=True)
     ]
     windows = PolicyWindowDataset([ArrayEpisodeSource(episodes)], ["corner"], chunk=CHUNK, image_size=SIZE)
     torch.manual_seed(0)
     tvp = TextGuidedVideoPredictor.from_preset("tiny", num_frames=4)
-    config = VPPConfig(cameras=["corner"], action_dim=2, chunk=CHUNK, feature_noise="fixed", feature_position_embedding=True,
-                       standardize_features=True)
+    config = VPPConfig(
+        cameras=["corner"],
+        action_dim=2,
+        chunk=CHUNK,
+        feature_noise="fixed",
+        feature_position_embedding=True,
+        standardize_features=True,
+    )
     policy = VideoPredictionPolicy.build(tvp, config, windows.all_actions(), head_preset="tiny", seed=0)
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     cache.build(windows, tvp, progress=False)
     policy.fit_feature_statistics(windows, cache, progress=False)
-    train_config = PolicyTrainConfig(output_dir=str(tmp_path / "run"), max_steps=500, batch_size=64, learning_rate=1e-3,
-                                     lr_schedule="cosine", ema_decay=0.0, checkpoint_every=500, log_every=100)
+    train_config = PolicyTrainConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=500,
+        batch_size=64,
+        learning_rate=1e-3,
+        lr_schedule="cosine",
+        ema_decay=0.0,
+        checkpoint_every=500,
+        log_every=100,
+    )
     PolicyTrainer(policy, windows, train_config, cache).train()
     trained = VideoPredictionPolicy.from_pretrained(tmp_path / "run" / "model").eval()
 
     predicted = mean_of_samples(trained, test_frames)
     mse = float(np.mean((predicted - test_actions) ** 2))
     blind = float(np.mean((train_actions.mean(axis=0) - test_actions) ** 2))
-    assert mse < MSE_FRACTION_OF_BLIND * blind, f"held-out MSE {mse:.4f} vs image-blind {blind:.4f} ({mse / blind:.2f}x)"
+    assert mse < MSE_FRACTION_OF_BLIND * blind, (
+        f"held-out MSE {mse:.4f} vs image-blind {blind:.4f} ({mse / blind:.2f}x)"
+    )
 
     # does it use its eyes: every frame swapped for the next one's
     swapped = np.roll(np.arange(len(test_frames)), 1)
     moved = np.sqrt(np.mean((predicted - predicted[swapped]) ** 2))
     truth = np.sqrt(np.mean((test_actions - test_actions[swapped]) ** 2))
-    assert moved > SWAP_FRACTION_OF_TRUTH * truth, f"a swapped frame moves the chunk by {moved / truth:.2f}x of the truth"
+    assert moved > SWAP_FRACTION_OF_TRUTH * truth, (
+        f"a swapped frame moves the chunk by {moved / truth:.2f}x of the truth"
+    )

@@ -40,7 +40,16 @@ class ConstantAction:
 def closed_loop(policy, seed=0):
     """One rollout from configuration 0 of the train split: the demonstration's own."""
     torch.manual_seed(seed)
-    result = evaluate_metaworld(policy, [TASK], episodes=1, cameras=["corner"], image_size=64, split="train", max_steps=150, progress=False)
+    result = evaluate_metaworld(
+        policy,
+        [TASK],
+        episodes=1,
+        cameras=["corner"],
+        image_size=64,
+        split="train",
+        max_steps=150,
+        progress=False,
+    )
     return result["episodes"][0]
 
 
@@ -51,12 +60,23 @@ def test_one_demonstration_overfit_and_replayed_from_its_training_configuration_
     [(task, demo)] = CollectionState.read(demos).episode_starts().values()
     assert task == TASK and demo.attempt == 0
 
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(demos)], ["corner"], chunk=CHUNK, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [LeRobotEpisodeSource(demos)], ["corner"], chunk=CHUNK, image_size=32, state_dim=4
+    )
     torch.manual_seed(0)
     tvp = TextGuidedVideoPredictor.from_preset("tiny")
     # as `vpp-policy train` builds it: fixed feature noise (the cache's), standardised features
-    config = VPPConfig(cameras=["corner"], action_dim=4, chunk=CHUNK, state_dim=4, feature_noise="fixed", standardize_features=True)
-    policy = VideoPredictionPolicy.build(tvp, config, windows.all_actions(), windows.all_states(), head_preset="tiny")
+    config = VPPConfig(
+        cameras=["corner"],
+        action_dim=4,
+        chunk=CHUNK,
+        state_dim=4,
+        feature_noise="fixed",
+        standardize_features=True,
+    )
+    policy = VideoPredictionPolicy.build(
+        tvp, config, windows.all_actions(), windows.all_states(), head_preset="tiny"
+    )
 
     # neither the untrained policy nor the demonstration's mean action presses the button
     untrained = closed_loop(policy.eval())
@@ -67,11 +87,19 @@ def test_one_demonstration_overfit_and_replayed_from_its_training_configuration_
     cache.build(windows, tvp, progress=False)
     policy.fit_feature_statistics(windows, cache, progress=False)
     train_config = PolicyTrainConfig(
-        output_dir=str(tmp_path / "run"), max_steps=600, batch_size=32, learning_rate=3e-3, lr_schedule="constant",
-        ema_decay=0.0, checkpoint_every=10_000, log_every=20,
+        output_dir=str(tmp_path / "run"),
+        max_steps=600,
+        batch_size=32,
+        learning_rate=3e-3,
+        lr_schedule="constant",
+        ema_decay=0.0,
+        checkpoint_every=10_000,
+        log_every=20,
     )
     PolicyTrainer(policy.train(), windows, train_config, cache).train()
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert np.mean(losses[-5:]) < 0.4 * np.mean(losses[:5])
 
     trained = VideoPredictionPolicy.from_pretrained(tmp_path / "run" / "model").eval()
@@ -81,4 +109,6 @@ def test_one_demonstration_overfit_and_replayed_from_its_training_configuration_
     replays = [closed_loop(trained, seed) for seed in range(3)]
     assert all(replay["rand_vec"] == demo.start for replay in replays)
     pressed = [replay["steps"] for replay in replays if replay["success"]]
-    assert len(pressed) >= 2, f"the overfit policy pressed the button in {len(pressed)} of 3 rollouts: {replays}"
+    assert len(pressed) >= 2, (
+        f"the overfit policy pressed the button in {len(pressed)} of 3 rollouts: {replays}"
+    )

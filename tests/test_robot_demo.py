@@ -38,7 +38,14 @@ SMALL = {
 def run_demo(out: Path) -> str:
     if not SCRIPT.is_file():
         pytest.skip(f"{SCRIPT} is not in this checkout (a sandbox without scripts/)")
-    result = subprocess.run(["bash", str(SCRIPT), str(out)], check=False, env={**os.environ, **SMALL}, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), str(out)],
+        check=False,
+        env={**os.environ, **SMALL},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -75,7 +82,9 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     rollout_starts = np.array([rollout["cube_start"] for rollout in grasps["rollouts"]])
     assert len(demo_starts) >= 2 and rollout_starts.shape == (2, 3)
     assert not any(np.allclose(start, demo) for start in rollout_starts for demo in demo_starts)
-    assert {rollout["seed"] for rollout in grasps["rollouts"]}.isdisjoint(attempt.seed for attempt in attempts)
+    assert {rollout["seed"] for rollout in grasps["rollouts"]}.isdisjoint(
+        attempt.seed for attempt in attempts
+    )
     # The 10 Hz rollout starts where the first grasp rollout does (read once the cube has settled
     # on the table: within a millimetre of its spawn point).
     np.testing.assert_allclose(report["sim_scene"]["object_start"], rollout_starts[0], rtol=0, atol=1e-3)

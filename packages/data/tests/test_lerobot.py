@@ -66,7 +66,9 @@ def write_dataset(root: Path, **writer_kwargs) -> list[dict[str, np.ndarray]]:
     return episodes
 
 
-def assert_episode_matches(dataset: LeRobotDataset, index: int, expected: dict[str, np.ndarray], task: str) -> None:
+def assert_episode_matches(
+    dataset: LeRobotDataset, index: int, expected: dict[str, np.ndarray], task: str
+) -> None:
     episode = dataset.episode(index)
     length = len(expected["action"])
     assert (episode.index, episode.length, episode.task, episode.tasks) == (index, length, task, (task,))
@@ -79,7 +81,9 @@ def assert_episode_matches(dataset: LeRobotDataset, index: int, expected: dict[s
         frames = episode.read_frames(key, wanted)
         for got, frame_index in zip(frames, wanted, strict=True):
             errors = [mean_abs_error(got, original) for original in expected[key]]
-            assert int(np.argmin(errors)) == frame_index, f"{key} frame {frame_index} of episode {index} came back as {np.argmin(errors)}"
+            assert int(np.argmin(errors)) == frame_index, (
+                f"{key} frame {frame_index} of episode {index} came back as {np.argmin(errors)}"
+            )
             assert errors[frame_index] < 6.0
 
 
@@ -129,9 +133,21 @@ def test_layout_and_metadata_follow_lerobot_v3(tmp_path):
     assert tasks.column("task").to_pylist() == [TASKS[0], TASKS[1]]
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
     data = pq.read_table(root / "data/chunk-000/file-000.parquet")
-    assert data.column_names == ["observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index"]
+    assert data.column_names == [
+        "observation.state",
+        "action",
+        "timestamp",
+        "frame_index",
+        "episode_index",
+        "index",
+        "task_index",
+    ]
     action_type = data.schema.field("action").type
-    assert pa.types.is_fixed_size_list(action_type) and action_type.list_size == 7 and action_type.value_type == pa.float32()
+    assert (
+        pa.types.is_fixed_size_list(action_type)
+        and action_type.list_size == 7
+        and action_type.value_type == pa.float32()
+    )
 
 
 def test_stats_are_exact_after_finalize(tmp_path):
@@ -169,8 +185,17 @@ def test_files_roll_over_by_size_and_chunks_by_count(tmp_path):
     root = tmp_path / "ds"
     episodes = write_dataset(root, chunks_size=2, data_files_size_in_mb=1e-6, video_files_size_in_mb=1e-6)
     expected = ["chunk-000/file-000", "chunk-000/file-001", "chunk-001/file-000"]
-    assert sorted(str(p.relative_to(root / "data"))[: -len(".parquet")] for p in root.glob("data/*/*.parquet")) == expected
-    assert sorted(str(p.relative_to(root / "videos" / TOP))[: -len(".mp4")] for p in root.glob(f"videos/{TOP}/*/*.mp4")) == expected
+    assert (
+        sorted(str(p.relative_to(root / "data"))[: -len(".parquet")] for p in root.glob("data/*/*.parquet"))
+        == expected
+    )
+    assert (
+        sorted(
+            str(p.relative_to(root / "videos" / TOP))[: -len(".mp4")]
+            for p in root.glob(f"videos/{TOP}/*/*.mp4")
+        )
+        == expected
+    )
     dataset = LeRobotDataset(root)
     assert [dataset.episode(i).from_timestamp(TOP) for i in range(3)] == [0.0, 0.0, 0.0]
     for index, (episode, task) in enumerate(zip(episodes, TASKS, strict=True)):
@@ -266,7 +291,9 @@ CHILD = textwrap.dedent(
 def test_killed_writer_leaves_a_readable_folder_and_resumes(tmp_path, mode, episodes_kept):
     root = tmp_path / "ds"
     script = CHILD.format(tests=str(Path(__file__).parent), root=str(root), mode=mode)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if mode == "between_episodes":
         assert child.stdout.readline().strip() == "two episodes written"
         os.kill(child.pid, signal.SIGKILL)
@@ -301,15 +328,42 @@ def _bad(**changes):
     ("frames", "task", "message"),
     [
         (_bad(action=np.zeros((4, 7), np.float32)), "t", r"different lengths .*'action': 4"),
-        (_bad(**{TOP: np.zeros((5, 48, 64, 3), np.float32)}), "t", r"'observation.images.top': got float32 \(5, 48, 64, 3\); expected uint8 \(T, 48, 64, 3\)"),
-        (_bad(**{WRIST: np.zeros((5, 48, 64, 3), np.uint8)}), "t", r"'observation.images.wrist': got uint8 \(5, 48, 64, 3\); expected uint8 \(T, 32, 32, 3\)"),
+        (
+            _bad(**{TOP: np.zeros((5, 48, 64, 3), np.float32)}),
+            "t",
+            r"'observation.images.top': got float32 \(5, 48, 64, 3\); expected uint8 \(T, 48, 64, 3\)",
+        ),
+        (
+            _bad(**{WRIST: np.zeros((5, 48, 64, 3), np.uint8)}),
+            "t",
+            r"'observation.images.wrist': got uint8 \(5, 48, 64, 3\); expected uint8 \(T, 32, 32, 3\)",
+        ),
         (_bad(action=np.zeros((5, 6), np.float32)), "t", r"'action': got shape \(5, 6\); expected \(T, 7\)"),
-        (_bad(action=np.zeros((5, 7), np.int64)), "t", r"'action': got dtype int64 \(5, 7\); expected floating point"),
-        (_bad(**{"observation.state": np.full((5, 4), np.nan, np.float32)}), "t", r"'observation.state': nan at frame 0, dim 0"),
+        (
+            _bad(action=np.zeros((5, 7), np.int64)),
+            "t",
+            r"'action': got dtype int64 \(5, 7\); expected floating point",
+        ),
+        (
+            _bad(**{"observation.state": np.full((5, 4), np.nan, np.float32)}),
+            "t",
+            r"'observation.state': nan at frame 0, dim 0",
+        ),
         (_bad(), "   ", "task='   '; expected a non-empty"),
         (_bad(action=None), "t", r"missing \['action'\]"),
         (_bad(reward=np.zeros(5, np.float32)), "t", r"unexpected \['reward'\]"),
-        (_bad(**{TOP: np.zeros((0, 48, 64, 3), np.uint8), WRIST: np.zeros((0, 32, 32, 3), np.uint8), "action": np.zeros((0, 7), np.float32), "observation.state": np.zeros((0, 4), np.float32)}), "t", "0 frames; expected at least 1"),
+        (
+            _bad(
+                **{
+                    TOP: np.zeros((0, 48, 64, 3), np.uint8),
+                    WRIST: np.zeros((0, 32, 32, 3), np.uint8),
+                    "action": np.zeros((0, 7), np.float32),
+                    "observation.state": np.zeros((0, 4), np.float32),
+                }
+            ),
+            "t",
+            "0 frames; expected at least 1",
+        ),
     ],
 )
 def test_bad_episodes_are_refused_and_leave_nothing(tmp_path, frames, task, message):
@@ -342,7 +396,9 @@ def test_v21_folder_is_refused_with_the_converter_named(tmp_path):
     (root / "meta").mkdir(parents=True)
     (root / "meta/info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {}}))
     (root / "meta/episodes.jsonl").write_text('{"episode_index": 0, "tasks": ["x"], "length": 3}\n')
-    with pytest.raises(LeRobotFormatError, match=r"LeRobot v2.1 dataset .*v3.0 only.*convert_dataset_v21_to_v30"):
+    with pytest.raises(
+        LeRobotFormatError, match=r"LeRobot v2.1 dataset .*v3.0 only.*convert_dataset_v21_to_v30"
+    ):
         LeRobotDataset(root)
     with pytest.raises(LeRobotFormatError, match="v2.1"):
         LeRobotDatasetWriter(root, 30, FEATURES)
@@ -357,7 +413,10 @@ def test_reader_errors_name_what_is_wrong(tmp_path):
     root = tmp_path / "ds"
     write_dataset(root)
     dataset = LeRobotDataset(root)
-    with pytest.raises(UnknownKeyError, match=r"no video key 'observation.images.side'; video keys are \['observation.images.top', 'observation.images.wrist'\]"):
+    with pytest.raises(
+        UnknownKeyError,
+        match=r"no video key 'observation.images.side'; video keys are \['observation.images.top', 'observation.images.wrist'\]",
+    ):
         dataset.episode(0).read_frames("observation.images.side", [0])
     with pytest.raises(UnknownKeyError, match=r"no column 'reward'; known columns are \['action', "):
         dataset.episode(0).column("reward")
@@ -368,4 +427,3 @@ def test_reader_errors_name_what_is_wrong(tmp_path):
     (root / f"videos/{WRIST}/chunk-000/file-000.mp4").unlink()
     with pytest.raises(FileNotFoundError, match=f"videos/{WRIST}/chunk-000/file-000.mp4 is missing"):
         dataset.episode(0).read_frames(WRIST, [0])
-

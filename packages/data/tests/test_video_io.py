@@ -137,7 +137,11 @@ def one_pixel_marker_frames(num_frames: int = 6, size: int = 64) -> np.ndarray:
 
 def test_full_chroma_keeps_a_one_pixel_colour_marker_that_420_loses(tmp_path):
     frames = one_pixel_marker_frames()
-    lossy = video_io.read_video(tmp_path / "420.mp4") if video_io.write_video(tmp_path / "420.mp4", frames, FPS) else None
+    lossy = (
+        video_io.read_video(tmp_path / "420.mp4")
+        if video_io.write_video(tmp_path / "420.mp4", frames, FPS)
+        else None
+    )
     video_io.write_video(tmp_path / "444.mp4", frames, FPS, codec="libx264", crf=0, pix_fmt="yuv444p")
     kept = video_io.read_video(tmp_path / "444.mp4")
     # 4:2:0 averages the marker's colour with its grey neighbours: its red channel lead collapses
@@ -151,7 +155,9 @@ def test_full_chroma_takes_odd_sizes_and_refuses_encoders_without_it(tmp_path):
     video_io.write_video(tmp_path / "odd.mp4", odd, FPS, codec="libx264", pix_fmt="yuv444p")
     assert video_io.read_video(tmp_path / "odd.mp4").shape == odd.shape
     with pytest.raises(ValueError, match="does not encode yuv444p"):
-        video_io.write_video(tmp_path / "av1.mp4", odd[:, :32, :32], FPS, codec="libsvtav1", pix_fmt="yuv444p")
+        video_io.write_video(
+            tmp_path / "av1.mp4", odd[:, :32, :32], FPS, codec="libsvtav1", pix_fmt="yuv444p"
+        )
     with pytest.raises(ValueError, match="pix_fmt='rgb48'"):
         video_io.write_video(tmp_path / "bad.mp4", odd[:, :32, :32], FPS, codec="libx264", pix_fmt="rgb48")
 

@@ -30,7 +30,9 @@ def tiny_policy(cameras=("corner", "wrist"), state_dim=3, **config):
     rng = np.random.default_rng(0)
     cfg = VPPConfig(cameras=list(cameras), action_dim=4, chunk=4, state_dim=state_dim, **config)
     states = rng.normal(size=(50, state_dim)) if state_dim is not None else None
-    return VideoPredictionPolicy.build(tvp, cfg, rng.normal(size=(50, 4)) * 3 + 1, states, head_preset="tiny").eval()
+    return VideoPredictionPolicy.build(
+        tvp, cfg, rng.normal(size=(50, 4)) * 3 + 1, states, head_preset="tiny"
+    ).eval()
 
 
 def observation(rng, state_dim=3):
@@ -54,7 +56,9 @@ def exported(tmp_path_factory):
 
 def torch_actions(policy, obs, instruction, noise):
     pixels, _ = policy.observation_tensors(obs)
-    return reference_actions(policy, pixels, instruction, obs.get("state"), noise.get("features"), noise["actions"])
+    return reference_actions(
+        policy, pixels, instruction, obs.get("state"), noise.get("features"), noise["actions"]
+    )
 
 
 def test_runtime_matches_torch_with_the_same_noise(exported):
@@ -72,7 +76,10 @@ def test_runtime_matches_torch_with_the_same_noise(exported):
     # fresh noise from the policy's own generator changes the chunk; the same seed repeats it
     a, b = runtime.act(obs, INSTRUCTIONS[0]), runtime.act(obs, INSTRUCTIONS[0])
     assert np.abs(a - b).max() > 1e-3
-    np.testing.assert_array_equal(Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]), Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]))
+    np.testing.assert_array_equal(
+        Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]),
+        Policy.load(folder, seed=5).act(obs, INSTRUCTIONS[0]),
+    )
 
 
 def test_act_hands_the_features_over_bound_and_equals_two_plain_runs(exported):
@@ -83,8 +90,12 @@ def test_act_hands_the_features_over_bound_and_equals_two_plain_runs(exported):
     noise = runtime.sample_noise(np.random.default_rng(4))
     pixels, state = runtime.preprocess(obs)
     hidden, pooled = runtime.text(INSTRUCTIONS[1])
-    features = runtime.feature_session.run(None, {"images": pixels, "text_hidden": hidden, "noise": noise["features"]})[0]
-    normalized = runtime.policy_session.run(None, {"features": features, "lang": pooled, "noise": noise["actions"], "state": state})[0]
+    features = runtime.feature_session.run(
+        None, {"images": pixels, "text_hidden": hidden, "noise": noise["features"]}
+    )[0]
+    normalized = runtime.policy_session.run(
+        None, {"features": features, "lang": pooled, "noise": noise["actions"], "state": state}
+    )[0]
     expected = runtime.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(runtime.act(obs, INSTRUCTIONS[1], noise=noise), expected)
 
@@ -92,9 +103,19 @@ def test_act_hands_the_features_over_bound_and_equals_two_plain_runs(exported):
 def test_manifest_records_shapes_hashes_and_parity(exported):
     policy, folder = exported
     manifest = Manifest.read(folder)
-    assert (folder / MANIFEST_SHA256).read_text() == f"{sha256_file(folder / 'manifest.json')}  manifest.json\n"
-    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("manifest.json")}
-    assert set(manifest.files) == on_disk >= {"features.onnx", "policy.onnx", "text/hidden.npy", "text/pooled.npy"}
+    assert (
+        folder / MANIFEST_SHA256
+    ).read_text() == f"{sha256_file(folder / 'manifest.json')}  manifest.json\n"
+    on_disk = {
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith("manifest.json")
+    }
+    assert (
+        set(manifest.files)
+        == on_disk
+        >= {"features.onnx", "policy.onnx", "text/hidden.npy", "text/pooled.npy"}
+    )
     assert all(sha256_file(folder / name) == digest for name, digest in manifest.files.items())
     assert manifest.cameras == ("corner", "wrist") and manifest.image_size == policy.tvp.config.image_size
     assert manifest.action.normalizer.low == tuple(policy.action_normalizer.low.tolist())
@@ -117,14 +138,23 @@ def test_manifest_records_shapes_hashes_and_parity(exported):
     attentions = [name for name, _ in policy.tvp.unet.named_modules() if name.endswith((".attn1", ".attn2"))]
     assert rewrites["multi_head_attention_nodes"] == len(attentions)
     graph = onnx.load(str(folder / "features.onnx")).graph
-    assert sum(node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in graph.node) == len(attentions)
+    assert sum(
+        node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft" for node in graph.node
+    ) == len(attentions)
     # every GroupNorm (VAE encoder and UNet) is one vpp.fused node, most with the SiLU after it
     norms = [node for node in graph.node if node.domain == "vpp.fused" and node.op_type == "GroupNorm"]
     assert norms and not any(node.op_type == "InstanceNormalization" for node in graph.node)
-    assert rewrites["fused_group_norms"] == len(norms) and 0 < rewrites["silu_folded_into_group_norm"] < len(norms)
+    assert rewrites["fused_group_norms"] == len(norms) and 0 < rewrites["silu_folded_into_group_norm"] < len(
+        norms
+    )
     assert rewrites["fused_geglu"] == 0  # opt-in (export_policy(fused_geglu=True)): no faster on the CPU
-    assert manifest.graphs.features.custom_ops.to_json_dict() == {"domain": "vpp.fused", "ops": {"GroupNorm": len(norms)}}
-    assert not [node.name for node in graph.node if node.op_type == "Softmax" and node.name.startswith("/unet/")]
+    assert manifest.graphs.features.custom_ops.to_json_dict() == {
+        "domain": "vpp.fused",
+        "ops": {"GroupNorm": len(norms)},
+    }
+    assert not [
+        node.name for node in graph.node if node.op_type == "Softmax" and node.name.startswith("/unet/")
+    ]
     parity = manifest.parity
     assert 0 <= parity.policy_max_abs <= parity.tolerance["normalized_actions"]
     assert 0 <= parity.end_to_end_normalized_max_abs <= parity.tolerance["normalized_actions"]
@@ -142,7 +172,10 @@ def test_fixed_feature_noise_without_state(tmp_path):
     noise = runtime.sample_noise(np.random.default_rng(4))
     expected = torch_actions(policy, obs, "push the button", noise)
     assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
-    with pytest.raises(UnknownInstructionError, match=r"'open the door' is not in .* no text encoder; it holds \['push the button'\]"):
+    with pytest.raises(
+        UnknownInstructionError,
+        match=r"'open the door' is not in .* no text encoder; it holds \['push the button'\]",
+    ):
         runtime.act(obs, "open the door")
 
 
@@ -150,16 +183,29 @@ def test_head_options_export_with_parity(tmp_path):
     # the position code is computed from the feature grid's shape; the null state token is a
     # training-only parameter that the exported sampler never reads; the feature statistics are
     # buffers the exported graph applies
-    policy = tiny_policy(cameras=("corner", "wrist"), feature_position_embedding=True, state_dropout=0.5, standardize_features=True)
+    policy = tiny_policy(
+        cameras=("corner", "wrist"),
+        feature_position_embedding=True,
+        state_dropout=0.5,
+        standardize_features=True,
+    )
     # statistics far from the identity, so that a graph without them could not match
     shape = policy.head.config.feature_shape
     generator = torch.Generator().manual_seed(0)
-    policy.head.set_feature_statistics(torch.randn(shape, generator=generator), torch.rand(shape, generator=generator) + 0.1)
+    policy.head.set_feature_statistics(
+        torch.randn(shape, generator=generator), torch.rand(shape, generator=generator) + 0.1
+    )
     export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
     runtime = Policy.load(tmp_path, threads=1)
     obs = observation(np.random.default_rng(0))
     noise = runtime.sample_noise(np.random.default_rng(4))
-    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
+    assert (
+        np.abs(
+            runtime.act(obs, "push the button", noise=noise)
+            - torch_actions(policy, obs, "push the button", noise)
+        ).max()
+        < 1e-4
+    )
 
 
 def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
@@ -171,7 +217,12 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
     # the UNet is not in this graph: no UNet rewrite is claimed
     rewrites = Manifest.read(tmp_path).graphs.features.rewrites
-    unet_rewrites = ("projected_before_broadcast", "geglu_split", "temporal_cross_attention_folded", "multi_head_attention_nodes")
+    unet_rewrites = (
+        "projected_before_broadcast",
+        "geglu_split",
+        "temporal_cross_attention_folded",
+        "multi_head_attention_nodes",
+    )
     unet_rewrites += ("fused_geglu",)
     assert {name: rewrites[name] for name in unet_rewrites} == dict.fromkeys(unet_rewrites, 0)
     # the VAE encoder's GroupNorms are fused kernels all the same
@@ -183,7 +234,9 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
 
 def test_standard_ops_only_artifact(tmp_path):
     policy = tiny_policy(cameras=("corner",), state_dim=None)
-    export_policy(policy, tmp_path, ["push the button"], text_encoder=False, attention_nodes=False, fused_kernels=False)
+    export_policy(
+        policy, tmp_path, ["push the button"], text_encoder=False, attention_nodes=False, fused_kernels=False
+    )
     graph = onnx.load(str(tmp_path / "features.onnx")).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
     features = Manifest.read(tmp_path).graphs.features
@@ -193,12 +246,23 @@ def test_standard_ops_only_artifact(tmp_path):
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     noise = runtime.sample_noise(np.random.default_rng(4))
-    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
+    assert (
+        np.abs(
+            runtime.act(obs, "push the button", noise=noise)
+            - torch_actions(policy, obs, "push the button", noise)
+        ).max()
+        < 1e-4
+    )
 
 
 def test_export_fails_loudly_above_tolerance(tmp_path):
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
-        export_policy(tiny_policy(cameras=("corner",), state_dim=None), tmp_path, ["x"], tolerance={"features_relative": 0.0, "normalized_actions": 0.0, "text": 0.0})
+        export_policy(
+            tiny_policy(cameras=("corner",), state_dim=None),
+            tmp_path,
+            ["x"],
+            tolerance={"features_relative": 0.0, "normalized_actions": 0.0, "text": 0.0},
+        )
     # no manifest: the folder is not an artifact the runtime would load
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / MANIFEST_SHA256).exists()
 
@@ -212,13 +276,26 @@ def test_a_manifest_that_disagrees_with_its_graphs_fails_at_load(exported, tmp_p
     for name in manifest.files:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes((folder / name).read_bytes())
-    with pytest.raises(ManifestGraphMismatchError, match=r"'action.chunk'.*policy.onnx's input 'noise' has shape \[1, 4, 4\]; the manifest implies \[1, 8, 4\]"):
+    with pytest.raises(
+        ManifestGraphMismatchError,
+        match=r"'action.chunk'.*policy.onnx's input 'noise' has shape \[1, 4, 4\]; the manifest implies \[1, 8, 4\]",
+    ):
         Policy.load(tmp_path)
 
 
 TOKENIZER_PROBES = [
-    "Open the drawer!", "  pick up  the RED block, then place it.", "it's 3 cups", "café naïve", "a_b-c", "x" * 40,
-    "-_-'s!'ll", "move 12.5cm\tleft\n", "Ünïcödé ÀB", "", "don't stop", "<|endoftext|> the end",
+    "Open the drawer!",
+    "  pick up  the RED block, then place it.",
+    "it's 3 cups",
+    "café naïve",
+    "a_b-c",
+    "x" * 40,
+    "-_-'s!'ll",
+    "move 12.5cm\tleft\n",
+    "Ünïcödé ÀB",
+    "",
+    "don't stop",
+    "<|endoftext|> the end",
 ]
 
 
@@ -230,7 +307,20 @@ def test_tokenizer_matches_transformers(tmp_path):
 
     # the tiny preset's merge-free byte vocabulary, and a vocabulary with merges as real CLIP has
     vocab = byte_vocabulary()
-    merges = ["t h", "th e</w>", "o p", "e n</w>", "op en</w>", "d r", "a w", "dr aw", "e r</w>", "draw er</w>", "c a", "ca f"]
+    merges = [
+        "t h",
+        "th e</w>",
+        "o p",
+        "e n</w>",
+        "op en</w>",
+        "d r",
+        "a w",
+        "dr aw",
+        "e r</w>",
+        "draw er</w>",
+        "c a",
+        "ca f",
+    ]
     for merge in merges:
         vocab[merge.replace(" ", "")] = len(vocab)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
@@ -245,23 +335,42 @@ def test_tokenizer_matches_transformers(tmp_path):
         ours = ClipTokenizer.load(path)
         for text in TOKENIZER_PROBES:
             assert ours(text) == policy.tvp.tokenize([text])[0].tolist(), text
-    assert len(data["merges"]) == len(merges) and ours("open the drawer")[1:4] == [vocab["open</w>"], vocab["the</w>"], vocab["drawer</w>"]]
+    assert len(data["merges"]) == len(merges) and ours("open the drawer")[1:4] == [
+        vocab["open</w>"],
+        vocab["the</w>"],
+        vocab["drawer</w>"],
+    ]
 
 
 def test_numpy_resize_matches_torch():
     rng = np.random.default_rng(0)
     for shape in [(2, 48, 64, 3), (1, 20, 20, 3), (1, 100, 70, 3), (1, 32, 32, 3)]:
         frames = rng.integers(0, 256, shape, dtype=np.uint8)
-        np.testing.assert_allclose(resize_frames(frames, 32), torch_resize_frames(frames, 32).numpy(), rtol=0, atol=2e-6)
+        np.testing.assert_allclose(
+            resize_frames(frames, 32), torch_resize_frames(frames, 32).numpy(), rtol=0, atol=2e-6
+        )
 
 
 def test_cli_export_round_trip(tmp_path):
     policy = tiny_policy(cameras=("corner",), state_dim=None)
     policy.save_pretrained(tmp_path / "policy")
     (tmp_path / "instructions.txt").write_text("lift the block\n\nopen the drawer\n")
-    export_cli([str(tmp_path / "policy"), "--out", str(tmp_path / "artifact"),
-                "--instructions", str(tmp_path / "instructions.txt"), "--instruction", "stack the cups"])
-    assert Policy.load(tmp_path / "artifact").instructions == ["stack the cups", "lift the block", "open the drawer"]
+    export_cli(
+        [
+            str(tmp_path / "policy"),
+            "--out",
+            str(tmp_path / "artifact"),
+            "--instructions",
+            str(tmp_path / "instructions.txt"),
+            "--instruction",
+            "stack the cups",
+        ]
+    )
+    assert Policy.load(tmp_path / "artifact").instructions == [
+        "stack the cups",
+        "lift the block",
+        "open the drawer",
+    ]
 
 
 @pytest.mark.slow
@@ -300,7 +409,9 @@ def test_fused_kernels_without_the_custom_op_library_fail_clearly(exported, monk
     from vpp.runtime import custom_ops
 
     monkeypatch.setattr(custom_ops, "ort_ops_library", lambda: None)
-    with pytest.raises(custom_ops.CustomOpsUnavailableError, match=r"vpp.fused custom ops \(GroupNorm\).*--standard-ops-only"):
+    with pytest.raises(
+        custom_ops.CustomOpsUnavailableError, match=r"vpp.fused custom ops \(GroupNorm\).*--standard-ops-only"
+    ):
         Policy.load(exported[1])
     # export looks the library up as the runtime does, before tracing anything
     policy = tiny_policy(cameras=("corner",), state_dim=None)
@@ -328,7 +439,13 @@ def test_fused_geglu_artifact(tmp_path):
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     noise = runtime.sample_noise(np.random.default_rng(4))
-    assert np.abs(runtime.act(obs, "push the button", noise=noise) - torch_actions(policy, obs, "push the button", noise)).max() < 1e-4
+    assert (
+        np.abs(
+            runtime.act(obs, "push the button", noise=noise)
+            - torch_actions(policy, obs, "push the button", noise)
+        ).max()
+        < 1e-4
+    )
 
 
 def test_a_cuda_provider_without_cuda_kernels_for_the_custom_ops_is_warned_about(exported, caplog):
@@ -339,4 +456,6 @@ def test_a_cuda_provider_without_cuda_kernels_for_the_custom_ops_is_warned_about
     with caplog.at_level("WARNING", logger="vpp.runtime.policy"):
         # onnxruntime without CUDA falls back to the CPU provider, with a warning of its own
         Policy.load(exported[1], providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
-    assert any("no CUDA kernel for vpp.fused ['GroupNorm']" in record.getMessage() for record in caplog.records)
+    assert any(
+        "no CUDA kernel for vpp.fused ['GroupNorm']" in record.getMessage() for record in caplog.records
+    )

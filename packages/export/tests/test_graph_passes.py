@@ -24,7 +24,10 @@ def _model(broadcast: str, reshape_to: list[int], extra_consumer: bool = False) 
         numpy_helper.from_array(np.asarray(reshape_to, dtype=np.int64), "reshape_to"),
         numpy_helper.from_array(np.asarray([1, 4, 1, 1], dtype=np.int64), "base"),
     ]
-    nodes = [helper.make_node("Shape", ["x"], ["x_shape"]), helper.make_node("Mul", ["x_shape", "base"], ["target"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Mul", ["x_shape", "base"], ["target"]),
+    ]
     if broadcast == "Expand":
         nodes.append(helper.make_node("Expand", ["x", "target"], ["wide"]))
     else:
@@ -42,18 +45,29 @@ def _model(broadcast: str, reshape_to: list[int], extra_consumer: bool = False) 
     if extra_consumer:
         nodes.append(helper.make_node("Relu", ["flat"], ["flat_relu"]))
         outputs.append(helper.make_tensor_value_info("flat_relu", TensorProto.FLOAT, list(flat_shape)))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 3, K])], outputs, initializers)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 3, K])],
+        outputs,
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
 
 
 def _matmul_rows(model: onnx.ModelProto, x: np.ndarray) -> list[int]:
     """Rows each MatMul multiplies (the product of its first input's leading dimensions)."""
     shapes = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    known = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(shapes.graph.value_info) + list(shapes.graph.input)}
+    known = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(shapes.graph.value_info) + list(shapes.graph.input)
+    }
     return [int(np.prod(known[n.input[0]][:-1])) for n in model.graph.node if n.op_type == "MatMul"]
 
 

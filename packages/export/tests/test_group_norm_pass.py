@@ -18,7 +18,9 @@ from vpp.export.graph_passes import FUSED_DOMAIN, fuse_geglu, fuse_group_norm_si
 from vpp.runtime import custom_ops
 
 LIBRARY = custom_ops.ort_ops_library()  # vpp-runtime's, found as export and the runtime find it
-needs_library = pytest.mark.skipif(LIBRARY is None, reason="vpp-runtime was built without its custom-op library")
+needs_library = pytest.mark.skipif(
+    LIBRARY is None, reason="vpp-runtime was built without its custom-op library"
+)
 
 
 class Block(nn.Module):
@@ -48,7 +50,9 @@ class Block(nn.Module):
 
 def exported(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    torch.onnx.export(module, (x,), buffer, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        module, (x,), buffer, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+    )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -57,7 +61,9 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     options.intra_op_num_threads = 1
     if any(node.domain == FUSED_DOMAIN for node in model.graph.node):
         options.register_custom_ops_library(str(LIBRARY))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +86,21 @@ def silu_attribute(node: onnx.NodeProto) -> int:
 def test_every_affine_group_norm_becomes_one_node_and_the_graph_computes_the_same(block):
     module, x, model = block
     fused, count = fuse_group_norms(model)
-    assert count == 3 and {node.name.split("/")[1] for node in fused_nodes(fused)} == {"norm1", "norm2", "temporal"}
-    assert [node.name for node in fused.graph.node if node.op_type == "InstanceNormalization"] == ["/plain/InstanceNormalization"]
+    assert count == 3 and {node.name.split("/")[1] for node in fused_nodes(fused)} == {
+        "norm1",
+        "norm2",
+        "temporal",
+    }
+    assert [node.name for node in fused.graph.node if node.op_type == "InstanceNormalization"] == [
+        "/plain/InstanceNormalization"
+    ]
     assert {opset.domain: opset.version for opset in fused.opset_import}[FUSED_DOMAIN] == 1
     with torch.no_grad():
         expected = module(x).numpy()
     np.testing.assert_allclose(run(fused, x.numpy()), expected, rtol=1e-5, atol=1e-5)
-    assert sum(node.op_type == "InstanceNormalization" for node in model.graph.node) == 4, "the input model is not modified"
+    assert sum(node.op_type == "InstanceNormalization" for node in model.graph.node) == 4, (
+        "the input model is not modified"
+    )
 
 
 @needs_library
@@ -130,12 +144,22 @@ def test_a_group_norm_that_is_a_graph_output_keeps_its_pieces_readable():
 
     x = torch.randn(1, 4, 3, 3)
     buffer = io.BytesIO()
-    torch.onnx.export(Leaky().eval(), (x,), buffer, input_names=["x"], output_names=["y", "n"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Leaky().eval(),
+        (x,),
+        buffer,
+        input_names=["x"],
+        output_names=["y", "n"],
+        opset_version=17,
+        dynamo=False,
+    )
     model = onnx.load_from_string(buffer.getvalue())
     rewritten, count = fuse_group_norms(model)
     assert count == 0
-    for before, after in zip(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()}),
-                             ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x.numpy()})):
+    for before, after in zip(
+        ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()}),
+        ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x.numpy()}),
+    ):
         np.testing.assert_array_equal(after, before)
 
 
@@ -161,7 +185,9 @@ def test_the_exact_geglu_becomes_one_node_and_the_tanh_one_stays():
     model = exported(module, x)
     fused, count = fuse_geglu(model)
     assert count == 1 and [node.op_type for node in fused_nodes(fused)] == ["GeGLU"]
-    assert "Erf" not in {node.op_type for node in fused.graph.node} and "Tanh" in {node.op_type for node in fused.graph.node}
+    assert "Erf" not in {node.op_type for node in fused.graph.node} and "Tanh" in {
+        node.op_type for node in fused.graph.node
+    }
     with torch.no_grad():
         expected = module(x).numpy()
     np.testing.assert_allclose(run(fused, x.numpy()), expected, rtol=1e-5, atol=1e-5)
@@ -177,6 +203,14 @@ def test_a_gelu_whose_inner_product_is_read_elsewhere_is_left_alone():
 
     value, gate = torch.randn(4, 6), torch.randn(4, 6)
     buffer = io.BytesIO()
-    torch.onnx.export(Leaky(), (value, gate), buffer, input_names=["value", "gate"], output_names=["y", "g"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Leaky(),
+        (value, gate),
+        buffer,
+        input_names=["value", "gate"],
+        output_names=["y", "g"],
+        opset_version=17,
+        dynamo=False,
+    )
     rewritten, count = fuse_geglu(onnx.load_from_string(buffer.getvalue()))
     assert count == 0 and not fused_nodes(rewritten)

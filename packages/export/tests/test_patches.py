@@ -47,9 +47,13 @@ def test_exported_graph_has_no_split_and_same_size(tmp_path):
     model = _FeedForward().eval()
     x = torch.randn(1, 9, 12)
     plain, split = tmp_path / "plain.onnx", tmp_path / "split.onnx"
-    torch.onnx.export(model, (x,), str(plain), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model, (x,), str(plain), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+    )
     with split_geglu(model):
-        torch.onnx.export(model, (x,), str(split), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model, (x,), str(split), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+        )
     ops = [node.op_type for node in onnx.load(str(split)).graph.node]
     assert "Split" not in ops and "Slice" not in ops
     assert any(node.op_type in ("Slice", "Split") for node in onnx.load(str(plain)).graph.node)
@@ -68,7 +72,9 @@ VIDEOS, FRAMES, SIDE, TEXT = 2, 3, 4, 5
 
 def _spatio_temporal() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
-    model = TransformerSpatioTemporalModel(num_attention_heads=2, attention_head_dim=16, in_channels=32, num_layers=2, cross_attention_dim=12).eval()
+    model = TransformerSpatioTemporalModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=32, num_layers=2, cross_attention_dim=12
+    ).eval()
     hidden = torch.randn(VIDEOS * FRAMES, 32, SIDE, SIDE)
     # different text per video, repeated over its frames, as the SVD UNet passes it
     text = torch.randn(VIDEOS, TEXT, 12).repeat_interleave(FRAMES, dim=0)
@@ -82,7 +88,9 @@ class _Call(nn.Module):
         self.model = model
 
     def forward(self, hidden, text, indicator):
-        return self.model(hidden, encoder_hidden_states=text, image_only_indicator=indicator, return_dict=False)[0]
+        return self.model(
+            hidden, encoder_hidden_states=text, image_only_indicator=indicator, return_dict=False
+        )[0]
 
 
 def test_folded_temporal_cross_attention_same_function_and_restored():
@@ -103,7 +111,12 @@ def test_folded_temporal_cross_attention_drops_the_per_pixel_broadcast(tmp_path)
     model, args = _spatio_temporal()
     wrapped = _Call(model).eval()
     plain, folded = tmp_path / "plain.onnx", tmp_path / "folded.onnx"
-    names = {"input_names": ["hidden", "text", "indicator"], "output_names": ["y"], "opset_version": 17, "dynamo": False}
+    names = {
+        "input_names": ["hidden", "text", "indicator"],
+        "output_names": ["y"],
+        "opset_version": 17,
+        "dynamo": False,
+    }
     torch.onnx.export(wrapped, args, str(plain), **names)
     with fold_temporal_cross_attention(wrapped):
         torch.onnx.export(wrapped, args, str(folded), **names)
@@ -113,10 +126,16 @@ def test_folded_temporal_cross_attention_drops_the_per_pixel_broadcast(tmp_path)
     def largest_key_rows(path) -> int:
         """rows of the widest input the temporal attn2 key projections multiply, as ORT runs them"""
         model = onnx.load(str(path))
-        nodes = [n for n in model.graph.node if "temporal_transformer_blocks" in n.name and "attn2/to_k" in n.name and n.op_type == "MatMul"]
+        nodes = [
+            n
+            for n in model.graph.node
+            if "temporal_transformer_blocks" in n.name and "attn2/to_k" in n.name and n.op_type == "MatMul"
+        ]
         assert nodes
         inputs = sorted({n.input[0] for n in nodes})
-        model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs)
+        model.graph.output.extend(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs
+        )
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(inputs, feed)
         return max(int(np.prod(v.shape[:-1])) for v in values)
@@ -159,7 +178,15 @@ def test_multi_head_attention_nodes_same_function_and_restored(tmp_path):
         with multi_head_attention_nodes(model) as patched:
             assert patched == 2
             during = model(x, text)
-            torch.onnx.export(model, (x, text), str(tmp_path / "mha.onnx"), input_names=["x", "text"], output_names=["y"], opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x, text),
+                str(tmp_path / "mha.onnx"),
+                input_names=["x", "text"],
+                output_names=["y"],
+                opset_version=17,
+                dynamo=False,
+            )
         after = model(x, text)
     torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
@@ -167,9 +194,13 @@ def test_multi_head_attention_nodes_same_function_and_restored(tmp_path):
     graph = onnx.load(str(tmp_path / "mha.onnx")).graph
     nodes = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
     assert len(nodes) == 2 and {n.domain for n in nodes} == {"com.microsoft"}
-    assert sorted(onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "num_heads") == [2, 4]
+    assert sorted(
+        onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "num_heads"
+    ) == [2, 4]
     assert not [n for n in graph.node if n.op_type == "Softmax"]
-    got = ort.InferenceSession(str(tmp_path / "mha.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy(), "text": text.numpy()})[0]
+    got = ort.InferenceSession(str(tmp_path / "mha.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy(), "text": text.numpy()}
+    )[0]
     np.testing.assert_allclose(got, before.numpy(), rtol=1e-4, atol=1e-5)
 
 

@@ -27,14 +27,34 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not
 
 
 def test_every_cuda_kernel_has_a_source():
-    assert {source.stem for source in CUDA_SOURCES} == {"group_norm_silu", "sampler_step", "attention", "geglu"}
+    assert {source.stem for source in CUDA_SOURCES} == {
+        "group_norm_silu",
+        "sampler_step",
+        "attention",
+        "geglu",
+    }
 
 
 @needs_nvcc
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda source: source.name)
 def test_cuda_source_compiles_for_sm90(source, tmp_path):
     object_file = tmp_path / f"{source.stem}.o"
-    command = [NVCC, "-std=c++17", "-O3", "-arch=sm_90", "-Werror", "all-warnings", "-I", str(KERNELS_CPP / "include"), "-I", str(RUNTIME_CPP / "include"), "-c", str(source), "-o", str(object_file)]
+    command = [
+        NVCC,
+        "-std=c++17",
+        "-O3",
+        "-arch=sm_90",
+        "-Werror",
+        "all-warnings",
+        "-I",
+        str(KERNELS_CPP / "include"),
+        "-I",
+        str(RUNTIME_CPP / "include"),
+        "-c",
+        str(source),
+        "-o",
+        str(object_file),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
     contents = object_file.read_bytes()
@@ -61,17 +81,28 @@ def cuda_extension_dir(tmp_path_factory) -> Path:
     build_dir = tmp_path_factory.mktemp("cuda-build")
     environment = {**os.environ, "CUDACXX": NVCC}
     configure = [
-        "cmake", "-S", str(KERNELS_CPP), "-B", str(build_dir), "-DVPP_WITH_CUDA=ON", "-DVPP_CUDA_ARCHITECTURES=90",
-        f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11_dir}",
+        "cmake",
+        "-S",
+        str(KERNELS_CPP),
+        "-B",
+        str(build_dir),
+        "-DVPP_WITH_CUDA=ON",
+        "-DVPP_CUDA_ARCHITECTURES=90",
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11_dir}",
     ]
     for command in (configure, ["cmake", "--build", str(build_dir), "--parallel", "2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
-        assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        assert result.returncode == 0, (
+            f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return build_dir
 
 
 def _run_with_extension(build_dir: Path, script: str) -> str:
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=build_dir)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=build_dir
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -87,7 +118,14 @@ def test_cmake_builds_the_extension_with_cuda_bindings(cuda_extension_dir):
     )
     device_count, names = output.split(" ", 1)
     assert int(device_count) >= 0
-    for kernel in ("cuda_group_norm_silu", "cuda_geglu", "cuda_ddim_step", "cuda_euler_step", "cuda_edm_denoise", "cuda_scaled_dot_product_attention"):
+    for kernel in (
+        "cuda_group_norm_silu",
+        "cuda_geglu",
+        "cuda_ddim_step",
+        "cuda_euler_step",
+        "cuda_edm_denoise",
+        "cuda_scaled_dot_product_attention",
+    ):
         assert kernel in names
 
 
@@ -99,12 +137,22 @@ def test_the_custom_op_library_of_a_cuda_build_has_cuda_kernels(tmp_path):
         pytest.skip("nvcc and cmake are needed to build the CUDA custom-op library")
     build_dir = tmp_path / "ort-ops-cuda"
     environment = {**os.environ, "CUDACXX": NVCC}
-    configure = ["cmake", "-S", str(RUNTIME_CPP), "-B", str(build_dir), "-DVPP_WITH_CUDA=ON", "-DVPP_CUDA_ARCHITECTURES=90"]
+    configure = [
+        "cmake",
+        "-S",
+        str(RUNTIME_CPP),
+        "-B",
+        str(build_dir),
+        "-DVPP_WITH_CUDA=ON",
+        "-DVPP_CUDA_ARCHITECTURES=90",
+    ]
     for command in (configure, ["cmake", "--build", str(build_dir), "--parallel", "2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
         if result.returncode != 0 and "onnxruntime_c_api.h not found" in result.stdout + result.stderr:
             pytest.skip("no ONNX Runtime C API header here (scripts/ort-headers.sh)")
-        assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        assert result.returncode == 0, (
+            f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     ops = custom_ops.library_ops(build_dir / custom_ops.library_name())
     assert all("CUDAExecutionProvider" in ops[name] for name in ("GroupNorm", "GeGLU")), ops
 
@@ -140,4 +188,6 @@ def test_available_says_no_cuda_without_a_cuda_build():
     if not _kernels.built_with_cuda:
         assert kernels.available()["cuda"] is False
         with pytest.raises(kernels.BackendUnavailableError, match="VPP_WITH_CUDA"):
-            kernels.ddim_step(np.zeros(3, np.float32), np.zeros(3, np.float32), 1.0, 0.5, sigma_data=0.5, backend="cuda")
+            kernels.ddim_step(
+                np.zeros(3, np.float32), np.zeros(3, np.float32), 1.0, 0.5, sigma_data=0.5, backend="cuda"
+            )

@@ -69,7 +69,9 @@ def test_group_norm_silu_matches_unfused_reference(rng, shape, num_groups):
     bias = random_float32(rng, shape[1])
     fused = kernels.group_norm_silu(x, weight, bias, num_groups, 1e-5)
     assert fused.dtype == np.float32 and fused.shape == x.shape
-    np.testing.assert_allclose(fused, reference_group_norm_silu(x, weight, bias, num_groups, 1e-5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fused, reference_group_norm_silu(x, weight, bias, num_groups, 1e-5), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 11), (4096, 256)], ids=["odd", "3-D", "threaded"])
@@ -84,7 +86,9 @@ def test_geglu_matches_the_exact_gelu_reference(rng, shape):
 def test_geglu_erf_is_accurate_across_its_ranges_and_far_into_both_tails():
     # the polynomial range |x| <= 1, the erfc range 1..4 and the tails beyond, in gate units
     # (x = gate / sqrt(2)), and the boundaries themselves
-    gate = np.concatenate([np.linspace(-12, 12, 200_001), np.sqrt(2) * np.array([-4, -1, 0, 1, 4])]).astype(np.float32)
+    gate = np.concatenate([np.linspace(-12, 12, 200_001), np.sqrt(2) * np.array([-4, -1, 0, 1, 4])]).astype(
+        np.float32
+    )
     value = np.ones_like(gate)
     fused, expected = kernels.geglu(value, gate), reference.geglu(*as64(value, gate))
     np.testing.assert_allclose(fused, expected, rtol=0, atol=1e-6)
@@ -96,14 +100,18 @@ def test_geglu_erf_is_accurate_across_its_ranges_and_far_into_both_tails():
 def test_group_norm_without_affine_or_silu(rng):
     x = random_float32(rng, (2, 16, 7, 3))
     fused = kernels.group_norm_silu(x, None, None, 4, 1e-6, silu=False)
-    np.testing.assert_allclose(fused, reference_group_norm_silu(x, None, None, 4, 1e-6, silu=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fused, reference_group_norm_silu(x, None, None, 4, 1e-6, silu=False), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_group_norm_keeps_precision_under_a_large_common_offset(rng):
     # A naive float32 E[x^2] - E[x]^2 loses every digit here; the variance must survive.
     x = random_float32(rng, (1, 8, 64, 64), scale=1.0, offset=3000.0)
     fused = kernels.group_norm_silu(x, None, None, 2, 1e-5, silu=False)
-    np.testing.assert_allclose(fused, reference_group_norm_silu(x, None, None, 2, 1e-5, silu=False), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        fused, reference_group_norm_silu(x, None, None, 2, 1e-5, silu=False), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_silu_is_accurate_far_into_both_tails(rng):
@@ -122,7 +130,9 @@ def test_nan_input_stays_visible_in_its_group_only(rng):
     x[0, 0, 3] = np.nan
     fused = kernels.group_norm_silu(x, None, None, 2)
     assert np.all(np.isnan(fused[0, :4])), "a NaN must poison its own group's statistics"
-    np.testing.assert_allclose(fused[0, 4:], reference_group_norm_silu(x, None, None, 2, 1e-5)[0, 4:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fused[0, 4:], reference_group_norm_silu(x, None, None, 2, 1e-5)[0, 4:], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_threaded_and_single_threaded_results_are_identical(rng):
@@ -156,16 +166,25 @@ def test_concurrent_callers_get_correct_results(rng):
 
 
 @pytest.mark.parametrize("parameterisation", ["edm", "v"])
-@pytest.mark.parametrize(("sigma", "sigma_next", "sigma_data"), [(80.0, 35.0, 0.5), (1.3, 0.7, 1.0), (0.2, 0.0, 0.5), (700.0, 500.0, 1.0)])
+@pytest.mark.parametrize(
+    ("sigma", "sigma_next", "sigma_data"),
+    [(80.0, 35.0, 0.5), (1.3, 0.7, 1.0), (0.2, 0.0, 0.5), (700.0, 500.0, 1.0)],
+)
 def test_sampler_updates_match_unfused_references(rng, parameterisation, sigma, sigma_next, sigma_data):
     x = random_float32(rng, (2, 10, 7), scale=sigma)
     f = random_float32(rng, (2, 10, 7))
     options = {"sigma_data": sigma_data, "parameterisation": parameterisation}
     magnitude = max(1.0, sigma)
     np.testing.assert_allclose(
-        kernels.edm_denoise(x, f, sigma, **options), reference_denoised(x, f, sigma, sigma_data, parameterisation), rtol=1e-5, atol=1e-6 * magnitude
+        kernels.edm_denoise(x, f, sigma, **options),
+        reference_denoised(x, f, sigma, sigma_data, parameterisation),
+        rtol=1e-5,
+        atol=1e-6 * magnitude,
     )
-    for fused_step, reference_step in ((kernels.ddim_step, reference_ddim_step), (kernels.euler_step, reference_euler_step)):
+    for fused_step, reference_step in (
+        (kernels.ddim_step, reference_ddim_step),
+        (kernels.euler_step, reference_euler_step),
+    ):
         np.testing.assert_allclose(
             fused_step(x, f, sigma, sigma_next, **options),
             reference_step(x, f, sigma, sigma_next, sigma_data, parameterisation),
@@ -178,7 +197,9 @@ def test_preconditioning_matches_the_reference_formulas():
     c_skip, c_out = kernels.preconditioning(2.0, sigma_data=0.5)
     assert c_skip == pytest.approx(0.25 / 4.25)
     assert c_out == pytest.approx(1.0 / np.sqrt(4.25))
-    assert kernels.preconditioning(2.0, sigma_data=0.5, parameterisation="v") == pytest.approx((c_skip, -c_out))
+    assert kernels.preconditioning(2.0, sigma_data=0.5, parameterisation="v") == pytest.approx(
+        (c_skip, -c_out)
+    )
 
 
 def test_sampler_step_updates_in_place_and_threads_large_arrays(rng):
@@ -210,7 +231,9 @@ def test_attention_matches_unfused_softmax(rng, q_shape, lk, dv):
     q = random_float32(rng, q_shape)
     k = random_float32(rng, (batch, heads, lk, d))
     v = random_float32(rng, (batch, heads, lk, dv))
-    np.testing.assert_allclose(kernels.scaled_dot_product_attention(q, k, v), reference_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        kernels.scaled_dot_product_attention(q, k, v), reference_attention(q, k, v), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_attention_masks_causal_and_custom_scale(rng):
@@ -218,7 +241,12 @@ def test_attention_masks_causal_and_custom_scale(rng):
     key_padding = rng.random((2, 1, 1, 20)) > 0.3
     key_padding[..., 0] = True
     square = rng.random((20, 20)) > 0.5
-    for mask, causal, scale in ((key_padding, False, None), (square, False, 0.3), (None, True, None), (key_padding, True, 2.0)):
+    for mask, causal, scale in (
+        (key_padding, False, None),
+        (square, False, 0.3),
+        (None, True, None),
+        (key_padding, True, 2.0),
+    ):
         np.testing.assert_allclose(
             kernels.scaled_dot_product_attention(q, k, v, mask, causal=causal, scale=scale),
             reference_attention(q, k, v, mask, causal, scale),
@@ -242,8 +270,12 @@ def test_attention_is_stable_for_huge_scores_and_zero_for_fully_masked_rows(rng)
 def test_attention_matches_torch_sdpa(rng):
     torch = pytest.importorskip("torch")
     q, k, v = (random_float32(rng, (2, 4, 16, 32)) for _ in range(3))
-    expected = torch.nn.functional.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v)), is_causal=True)
-    np.testing.assert_allclose(kernels.scaled_dot_product_attention(q, k, v, causal=True), expected.numpy(), rtol=1e-5, atol=1e-5)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(a) for a in (q, k, v)), is_causal=True
+    )
+    np.testing.assert_allclose(
+        kernels.scaled_dot_product_attention(q, k, v, causal=True), expected.numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_group_norm_reference_matches_torch(rng):
@@ -251,9 +283,13 @@ def test_group_norm_reference_matches_torch(rng):
     x = random_float32(rng, (2, 64, 4, 8))
     weight, bias = random_float32(rng, 64), random_float32(rng, 64)
     expected = torch.nn.functional.silu(
-        torch.nn.functional.group_norm(torch.from_numpy(x), 32, torch.from_numpy(weight), torch.from_numpy(bias), 1e-5)
+        torch.nn.functional.group_norm(
+            torch.from_numpy(x), 32, torch.from_numpy(weight), torch.from_numpy(bias), 1e-5
+        )
     )
-    np.testing.assert_allclose(kernels.group_norm_silu(x, weight, bias, 32, 1e-5), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        kernels.group_norm_silu(x, weight, bias, 32, 1e-5), expected.numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def bad_group_norm_calls(rng):
@@ -262,7 +298,10 @@ def bad_group_norm_calls(rng):
     return [
         (lambda: kernels.group_norm_silu(x.astype(np.float64), w, w, 32), "float32, got float64"),
         (lambda: kernels.group_norm_silu(x.transpose(0, 1, 3, 2), w, w, 32), "C-contiguous"),
-        (lambda: kernels.group_norm_silu(x, w, w, 24), r"channels \(64\) must be divisible by num_groups \(24\)"),
+        (
+            lambda: kernels.group_norm_silu(x, w, w, 24),
+            r"channels \(64\) must be divisible by num_groups \(24\)",
+        ),
         (lambda: kernels.group_norm_silu(x, w[:32], w, 32), r"weight has shape \(32,\), expected \(64,\)"),
         (lambda: kernels.group_norm_silu(x, w, w.astype(np.float16), 32), "bias must be float32"),
         (lambda: kernels.group_norm_silu(x[0, 0, 0], None, None, 1), "shape"),
@@ -275,13 +314,22 @@ def bad_sampler_calls(rng):
     x = random_float32(rng, (2, 10, 7))
     f = random_float32(rng, (2, 10, 7))
     return [
-        (lambda: kernels.ddim_step(x, f[:1], 1.0, 0.5, sigma_data=0.5), r"f has shape \(1, 10, 7\), expected the shape of x \(2, 10, 7\)"),
+        (
+            lambda: kernels.ddim_step(x, f[:1], 1.0, 0.5, sigma_data=0.5),
+            r"f has shape \(1, 10, 7\), expected the shape of x \(2, 10, 7\)",
+        ),
         (lambda: kernels.euler_step(x, f.astype(np.float64), 1.0, 0.5, sigma_data=0.5), "f must be float32"),
         (lambda: kernels.edm_denoise(x[:, ::2], f[:, ::2], 1.0, sigma_data=0.5), "C-contiguous"),
         (lambda: kernels.ddim_step(x, f, 0.0, 0.5, sigma_data=0.5), "sigma must be finite and > 0"),
         (lambda: kernels.ddim_step(x, f, 1.0, -0.5, sigma_data=0.5), "sigma_next must be"),
-        (lambda: kernels.ddim_step(x, f, 1.0, 0.5, sigma_data=0.5, parameterisation="eps"), "'edm' or 'v', got 'eps'"),
-        (lambda: kernels.ddim_step(x, f, 1.0, 0.5, sigma_data=0.5, out=np.zeros((3,), np.float32)), "out has shape"),
+        (
+            lambda: kernels.ddim_step(x, f, 1.0, 0.5, sigma_data=0.5, parameterisation="eps"),
+            "'edm' or 'v', got 'eps'",
+        ),
+        (
+            lambda: kernels.ddim_step(x, f, 1.0, 0.5, sigma_data=0.5, out=np.zeros((3,), np.float32)),
+            "out has shape",
+        ),
         (lambda: kernels.ddim_step(x, f, 1.0, 0.5, sigma_data=0.5, backend="tpu"), "backend must be"),
     ]
 
@@ -290,11 +338,23 @@ def bad_attention_calls(rng):
     q = random_float32(rng, (1, 2, 5, 8))
     k = random_float32(rng, (1, 2, 6, 8))
     return [
-        (lambda: kernels.scaled_dot_product_attention(q, np.ascontiguousarray(k[..., :4]), k), r"k has shape \(1, 2, 6, 4\)"),
-        (lambda: kernels.scaled_dot_product_attention(q, k, np.ascontiguousarray(k[:, :, :3])), r"v has shape \(1, 2, 3, 8\)"),
+        (
+            lambda: kernels.scaled_dot_product_attention(q, np.ascontiguousarray(k[..., :4]), k),
+            r"k has shape \(1, 2, 6, 4\)",
+        ),
+        (
+            lambda: kernels.scaled_dot_product_attention(q, k, np.ascontiguousarray(k[:, :, :3])),
+            r"v has shape \(1, 2, 3, 8\)",
+        ),
         (lambda: kernels.scaled_dot_product_attention(q[0], k, k), "must be 4-D"),
-        (lambda: kernels.scaled_dot_product_attention(q, k, k, np.ones((5, 6), np.float32)), "mask must be a numpy bool array"),
-        (lambda: kernels.scaled_dot_product_attention(q, k, k, np.ones((5, 7), bool)), r"does not broadcast to \(1, 2, 5, 6\)"),
+        (
+            lambda: kernels.scaled_dot_product_attention(q, k, k, np.ones((5, 6), np.float32)),
+            "mask must be a numpy bool array",
+        ),
+        (
+            lambda: kernels.scaled_dot_product_attention(q, k, k, np.ones((5, 7), bool)),
+            r"does not broadcast to \(1, 2, 5, 6\)",
+        ),
         (lambda: kernels.scaled_dot_product_attention(q.astype(np.float64), k, k), "q must be float32"),
     ]
 
@@ -302,13 +362,18 @@ def bad_attention_calls(rng):
 def bad_geglu_calls(rng):
     value = random_float32(rng, (3, 4))
     return [
-        (lambda: kernels.geglu(value, value[:2]), r"gate has shape \(2, 4\), expected the shape of value \(3, 4\)"),
+        (
+            lambda: kernels.geglu(value, value[:2]),
+            r"gate has shape \(2, 4\), expected the shape of value \(3, 4\)",
+        ),
         (lambda: kernels.geglu(value.astype(np.float64), value), "value must be float32"),
         (lambda: kernels.geglu(value, np.asfortranarray(value)), "gate must be C-contiguous"),
     ]
 
 
-@pytest.mark.parametrize("make_calls", [bad_group_norm_calls, bad_sampler_calls, bad_attention_calls, bad_geglu_calls])
+@pytest.mark.parametrize(
+    "make_calls", [bad_group_norm_calls, bad_sampler_calls, bad_attention_calls, bad_geglu_calls]
+)
 def test_bad_input_raises_value_error_naming_the_problem(rng, make_calls):
     for call, message in make_calls(rng):
         with pytest.raises(ValueError, match=message):

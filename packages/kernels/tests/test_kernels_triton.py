@@ -30,7 +30,9 @@ def triton_kernels():
         yield importlib.import_module(MODULE), torch.device("cuda")
         return
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported earlier in this process without TRITON_INTERPRET=1 and there is no GPU")
+        pytest.skip(
+            "triton was imported earlier in this process without TRITON_INTERPRET=1 and there is no GPU"
+        )
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -88,7 +90,9 @@ def test_triton_group_norm_silu_matches_reference(triton_kernels, rng, shape, nu
 
 @pytest.mark.parametrize("parameterisation", ["edm", "v"])
 @pytest.mark.parametrize(("sigma", "sigma_next", "sigma_data"), [(80.0, 35.0, 0.5), (1.3, 0.0, 1.0)])
-def test_triton_sampler_updates_match_reference(triton_kernels, rng, parameterisation, sigma, sigma_next, sigma_data):
+def test_triton_sampler_updates_match_reference(
+    triton_kernels, rng, parameterisation, sigma, sigma_next, sigma_data
+):
     module, device = triton_kernels
     x = (rng.standard_normal((3, 10, 70)) * sigma).astype(np.float32)  # 2100 elements: 3 blocks, last masked
     f = rng.standard_normal(x.shape).astype(np.float32)
@@ -113,7 +117,9 @@ def test_triton_geglu_matches_reference(triton_kernels, rng):
     value = rng.standard_normal((3, 700)).astype(np.float32)  # 2,100 values: three blocks, one masked
     gate = (rng.standard_normal((3, 700)) * 4).astype(np.float32)
     result = module.geglu(to_tensor(value, device), to_tensor(gate, device)).cpu().numpy()
-    np.testing.assert_allclose(result, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        result, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="expected the shape of value"):
         module.geglu(to_tensor(value, device), to_tensor(gate[:1], device))
 

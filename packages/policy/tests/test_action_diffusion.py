@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from vpp.policy.action_diffusion import ActionDiffusion, exponential_sigmas, karras_scalings, sample_log_logistic
+from vpp.policy.action_diffusion import (
+    ActionDiffusion,
+    exponential_sigmas,
+    karras_scalings,
+    sample_log_logistic,
+)
 from vpp.policy.config import ConfigError, DiffusionConfig
 
 
@@ -55,7 +60,11 @@ def test_denoiser_is_exact_as_sigma_goes_to_zero():
     x = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     network = random_network()
     for sigma, tolerance in [(1e-4, 1e-3), (1e-7, 1e-6), (1e-10, 1e-9)]:
-        denoised = diffusion.denoise(lambda a, c: network(a.float(), c.float()).double(), x, torch.full((3,), sigma, dtype=torch.float64))
+        denoised = diffusion.denoise(
+            lambda a, c: network(a.float(), c.float()).double(),
+            x,
+            torch.full((3,), sigma, dtype=torch.float64),
+        )
         assert (denoised - x).abs().max().item() < tolerance
     far = diffusion.denoise(network, x.float(), torch.full((3,), 1.0))
     assert (far - x.float()).abs().max().item() > 0.1
@@ -85,7 +94,11 @@ def test_log_logistic_truncation_holds_for_tight_bounds():
 def test_exponential_schedule():
     sigmas = exponential_sigmas(10, 0.001, 80.0)
     assert sigmas.shape == (11,)
-    assert sigmas[0].item() == pytest.approx(80.0) and sigmas[9].item() == pytest.approx(0.001) and sigmas[10].item() == 0
+    assert (
+        sigmas[0].item() == pytest.approx(80.0)
+        and sigmas[9].item() == pytest.approx(0.001)
+        and sigmas[10].item() == 0
+    )
     ratios = sigmas[1:10] / sigmas[:9]
     torch.testing.assert_close(ratios, torch.full_like(ratios, (0.001 / 80) ** (1 / 9)))
     diffusion = ActionDiffusion(DiffusionConfig(eval_sigma_min=1.0))

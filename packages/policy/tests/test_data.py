@@ -5,7 +5,9 @@ import torch
 from vpp.policy.data import ArrayEpisodeSource, NoValidEpisodes, PolicyWindowDataset, collate_windows
 
 
-def episode(length=12, cameras=("static", "wrist"), action_dim=4, state_dim=3, instruction="open the drawer", seed=0):
+def episode(
+    length=12, cameras=("static", "wrist"), action_dim=4, state_dim=3, instruction="open the drawer", seed=0
+):
     rng = np.random.default_rng(seed)
     return {
         "frames": {c: rng.integers(0, 256, (length, 24, 24, 3), dtype=np.uint8) for c in cameras},
@@ -17,7 +19,9 @@ def episode(length=12, cameras=("static", "wrist"), action_dim=4, state_dim=3, i
 
 def test_windows_pair_the_current_frames_with_the_next_chunk():
     data = episode()
-    dataset = PolicyWindowDataset([ArrayEpisodeSource([data])], ["static", "wrist"], chunk=4, image_size=16, state_dim=3)
+    dataset = PolicyWindowDataset(
+        [ArrayEpisodeSource([data])], ["static", "wrist"], chunk=4, image_size=16, state_dim=3
+    )
     assert len(dataset) == 12 - 4 + 1
     item = dataset[5]
     assert item["images"].shape == (2, 3, 16, 16)

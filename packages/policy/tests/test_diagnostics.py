@@ -17,12 +17,14 @@ def noisy_demos(tasks=2, per_task=25, length=40, seed=0):
     for k in range(per_task):
         for task in range(tasks):
             goal = rng.uniform(-1, 1, 4).astype(np.float32)
-            out.append({
-                "frames": {"corner": rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8)},
-                "actions": goal + NOISE * rng.normal(size=(length, 4)).astype(np.float32),
-                "state": np.repeat(goal[None], length, axis=0),
-                "instruction": f"task {task}",
-            })
+            out.append(
+                {
+                    "frames": {"corner": rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8)},
+                    "actions": goal + NOISE * rng.normal(size=(length, 4)).astype(np.float32),
+                    "state": np.repeat(goal[None], length, axis=0),
+                    "instruction": f"task {task}",
+                }
+            )
     source = ArrayEpisodeSource(out)
     return [source.episode(i) for i in range(len(source))]
 
@@ -44,7 +46,9 @@ def test_offline_error_of_a_perfect_sampler_is_the_noise_floor_not_twice_it():
     assert len(train) == 10 and len(held_out) == 40
     floor = NOISE**2
     perfect = offline_action_error(GoalSampler(), train, held_out, ["corner"], CHUNK, samples=4, stride=2)
-    mean_predictor = offline_action_error(GoalSampler(noise=0.0), train, held_out, ["corner"], CHUNK, samples=4, stride=2)
+    mean_predictor = offline_action_error(
+        GoalSampler(noise=0.0), train, held_out, ["corner"], CHUNK, samples=4, stride=2
+    )
     mse = perfect["action_chunk_mse"]
     assert perfect["windows"] == 40 * 19
     # one sample scores about twice the floor: the bias of the old single-sample metric
@@ -63,7 +67,9 @@ def test_offline_error_of_a_perfect_sampler_is_the_noise_floor_not_twice_it():
 
 def test_offline_error_sees_a_biased_sampler():
     train, held_out = split_by_task(noisy_demos(), train_per_task=5, held_out_per_task=20)
-    biased = offline_action_error(GoalSampler(bias=0.2), train, held_out, ["corner"], CHUNK, samples=4, stride=2)
+    biased = offline_action_error(
+        GoalSampler(bias=0.2), train, held_out, ["corner"], CHUNK, samples=4, stride=2
+    )
     assert biased["action_chunk_mse"]["policy_mean"] / (NOISE**2 + 0.2**2) == pytest.approx(1.0, rel=0.1)
     with pytest.raises(ValueError, match="samples=1"):
         offline_action_error(GoalSampler(), train, held_out, ["corner"], CHUNK, samples=1)
@@ -83,7 +89,10 @@ class FrameReader:
                 self.lookup[frames[t].tobytes()] = episode.actions[t : t + CHUNK].astype(np.float64)
 
     def predict_action_chunk(self, observation, instruction, generator=None):
-        return self.lookup[observation["corner"].tobytes()] + NOISE * torch.randn(CHUNK, 4, generator=generator, dtype=torch.float64).numpy()
+        return (
+            self.lookup[observation["corner"].tobytes()]
+            + NOISE * torch.randn(CHUNK, 4, generator=generator, dtype=torch.float64).numpy()
+        )
 
 
 def test_image_sensitivity_tells_a_blind_policy_from_one_that_reads_the_image():

@@ -19,7 +19,9 @@ def randomise_modulation(head: DiTActionHead, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for linear in (head.noise_embedding.mlp[0], head.noise_embedding.mlp[2]):
-            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) / linear.weight.shape[1] ** 0.5)
+            linear.weight.copy_(
+                torch.randn(linear.weight.shape, generator=generator) / linear.weight.shape[1] ** 0.5
+            )
         for block in head.decoder_blocks:
             linear = block.modulation[1]
             linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.3)
@@ -72,7 +74,9 @@ def test_encoding_once_and_decoding_twice_equals_forward():
 def test_noise_level_conditions_the_decoder():
     head = make_head()
     condition, actions, c_noise = inputs(head)
-    assert (head(condition, actions, c_noise) - head(condition, actions, c_noise + 1.0)).abs().max().item() > 1e-3
+    assert (
+        head(condition, actions, c_noise) - head(condition, actions, c_noise + 1.0)
+    ).abs().max().item() > 1e-3
 
 
 def test_adaln_zero_starts_with_closed_gates():
@@ -91,9 +95,13 @@ def test_action_tokens_know_their_position():
     assert (out[:, 0] - out[:, 1]).abs().max().item() > 1e-3
 
 
-def cross_attention_outputs(head: DiTActionHead, context: torch.Tensor, actions: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+def cross_attention_outputs(
+    head: DiTActionHead, context: torch.Tensor, actions: torch.Tensor, c_noise: torch.Tensor
+) -> torch.Tensor:
     captured = []
-    hook = head.decoder_blocks[0].cross_attention.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    hook = head.decoder_blocks[0].cross_attention.register_forward_hook(
+        lambda _m, _i, out: captured.append(out)
+    )
     try:
         head.decode(context, actions, c_noise)
     finally:

@@ -32,7 +32,9 @@ def test_min_max_maps_extremes_to_unit_interval_and_round_trips(actions):
     normed = normalizer.normalize(actions)
     np.testing.assert_allclose(normed.min(0), -1.0, atol=1e-12)
     np.testing.assert_allclose(normed.max(0), 1.0, atol=1e-12)
-    np.testing.assert_allclose(normalizer.denormalize(normed), actions, rtol=0, atol=1e-12 * np.abs(actions).max())
+    np.testing.assert_allclose(
+        normalizer.denormalize(normed), actions, rtol=0, atol=1e-12 * np.abs(actions).max()
+    )
 
 
 def test_torch_round_trip_keeps_dtype_and_matches_numpy(actions):
@@ -40,7 +42,9 @@ def test_torch_round_trip_keeps_dtype_and_matches_numpy(actions):
     chunk = torch.from_numpy(actions[:30]).float().reshape(3, 10, 4)
     normed = normalizer.normalize(chunk)
     assert normed.dtype == torch.float32 and normed.shape == (3, 10, 4)
-    np.testing.assert_allclose(normed.numpy(), normalizer.normalize(actions[:30]).reshape(3, 10, 4), atol=1e-5)
+    np.testing.assert_allclose(
+        normed.numpy(), normalizer.normalize(actions[:30]).reshape(3, 10, 4), atol=1e-5
+    )
     restored = normalizer.denormalize(normed)
     torch.testing.assert_close(restored, chunk, rtol=1e-5, atol=1e-5 * float(chunk.abs().max()))
 
@@ -101,14 +105,33 @@ def test_explicit_bounds_without_a_range_are_rejected_with_their_index():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda a: ActionNormalizer.from_actions(np.where(np.arange(4) == 1, np.nan, a)), r"NaN in dims \[1\]"),
+        (
+            lambda a: ActionNormalizer.from_actions(np.where(np.arange(4) == 1, np.nan, a)),
+            r"NaN in dims \[1\]",
+        ),
         (lambda a: ActionNormalizer.from_actions(a, method="zscore"), "method='zscore'"),
-        (lambda a: ActionNormalizer.from_actions(a, method="percentile", percentiles=(99, 1)), r"percentiles=\(99, 1\)"),
+        (
+            lambda a: ActionNormalizer.from_actions(a, method="percentile", percentiles=(99, 1)),
+            r"percentiles=\(99, 1\)",
+        ),
         (lambda a: ActionNormalizer.from_actions(np.zeros((0, 4))), r"shape \(0, 4\)"),
-        (lambda a: ActionNormalizer.from_stats({"action": {"min": [0.0, np.nan], "max": [1.0, 1.0]}}), r"non-finite bounds in dims \[1\]"),
-        (lambda a: ActionNormalizer.from_stats({"action": {"min": [0.0], "max": [1.0]}}, method="percentile"), r"no \['q01', 'q99'\]"),
+        (
+            lambda a: ActionNormalizer.from_stats({"action": {"min": [0.0, np.nan], "max": [1.0, 1.0]}}),
+            r"non-finite bounds in dims \[1\]",
+        ),
+        (
+            lambda a: ActionNormalizer.from_stats(
+                {"action": {"min": [0.0], "max": [1.0]}}, method="percentile"
+            ),
+            r"no \['q01', 'q99'\]",
+        ),
         (lambda a: ActionNormalizer(np.zeros(3), np.ones(2)), r"low \(3,\) and high \(2,\)"),
-        (lambda a: ActionNormalizer.from_dict({"format_version": 99, "low": [0], "high": [1], "method": "min_max"}), "format_version=99"),
+        (
+            lambda a: ActionNormalizer.from_dict(
+                {"format_version": 99, "low": [0], "high": [1], "method": "min_max"}
+            ),
+            "format_version=99",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(actions, make, message):

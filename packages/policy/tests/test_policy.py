@@ -22,22 +22,28 @@ def episodes(count=2, length=10, seed=0):
     for i in range(count):
         pattern = np.array([[0.8, -0.5, 0.3, 1.0], [-0.6, 0.7, -0.2, -1.0]][i % 2], dtype=np.float32)
         ramp = np.linspace(0.5, 1.0, length, dtype=np.float32)[:, None]
-        out.append({
-            "frames": {"corner": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8)},
-            "actions": pattern * ramp,
-            "state": rng.normal(size=(length, 4)).astype(np.float32),
-            "instruction": ["open the drawer", "close the window"][i % 2],
-        })
+        out.append(
+            {
+                "frames": {"corner": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8)},
+                "actions": pattern * ramp,
+                "state": rng.normal(size=(length, 4)).astype(np.float32),
+                "instruction": ["open the drawer", "close the window"][i % 2],
+            }
+        )
     return out
 
 
 def make_policy(tvp, windows, **config):
     cfg = VPPConfig(cameras=["corner"], action_dim=4, chunk=4, state_dim=4, **config)
-    return VideoPredictionPolicy.build(tvp, cfg, windows.all_actions(), windows.all_states(), head_preset="tiny")
+    return VideoPredictionPolicy.build(
+        tvp, cfg, windows.all_actions(), windows.all_states(), head_preset="tiny"
+    )
 
 
 def test_save_load_round_trip_gives_identical_actions(tmp_path, tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     policy = make_policy(tvp, windows).eval()
     policy.save_pretrained(tmp_path / "policy")
     loaded = VideoPredictionPolicy.from_pretrained(tmp_path / "policy").eval()
@@ -56,7 +62,10 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path, tvp):
     saved = json.loads((tmp_path / "policy" / "config.json").read_text())
     assert saved["policy"]["encoder"] == "tvp" and saved["tvp"]["preset_name"] == "tiny"
     assert saved["action_normalizer"] == policy.action_normalizer.to_dict()
-    assert loaded.action_normalizer == policy.action_normalizer and loaded.state_normalizer == policy.state_normalizer
+    assert (
+        loaded.action_normalizer == policy.action_normalizer
+        and loaded.state_normalizer == policy.state_normalizer
+    )
     # the frozen TVP stays frozen, the head trains
     assert not any(p.requires_grad for p in loaded.tvp.parameters())
     assert all(p.requires_grad for p in loaded.head.parameters())
@@ -88,9 +97,13 @@ def write_old_layout(policy: VideoPredictionPolicy, folder: Path) -> None:
 
 
 def test_an_old_five_file_folder_still_loads_and_converts(tmp_path, tvp, caplog):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     policy = make_policy(tvp, windows, standardize_features=True).eval()
-    policy.head.set_feature_statistics(torch.rand(policy.head.config.feature_shape) - 0.5, torch.rand(policy.head.config.feature_shape) + 0.5)
+    policy.head.set_feature_statistics(
+        torch.rand(policy.head.config.feature_shape) - 0.5, torch.rand(policy.head.config.feature_shape) + 0.5
+    )
     write_old_layout(policy, tmp_path / "old")
     with caplog.at_level(logging.WARNING):
         old = VideoPredictionPolicy.from_pretrained(tmp_path / "old")
@@ -102,7 +115,10 @@ def test_an_old_five_file_folder_still_loads_and_converts(tmp_path, tvp, caplog)
     for loaded in (old, new):
         assert loaded.config == policy.config and loaded.head.config == policy.head.config
         assert loaded.tvp.config == policy.tvp.config
-        assert loaded.action_normalizer == policy.action_normalizer and loaded.state_normalizer == policy.state_normalizer
+        assert (
+            loaded.action_normalizer == policy.action_normalizer
+            and loaded.state_normalizer == policy.state_normalizer
+        )
         state = loaded.state_dict()
         assert state.keys() == expected.keys()
         assert all(torch.equal(state[k], expected[k]) for k in expected)
@@ -113,13 +129,18 @@ def test_an_old_five_file_folder_still_loads_and_converts(tmp_path, tvp, caplog)
 
 
 def test_a_saved_policy_config_is_checked_on_load(tmp_path, tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     make_policy(tvp, windows).save_pretrained(tmp_path / "policy")
     path = tmp_path / "policy" / "config.json"
     saved = json.loads(path.read_text())
     for change, message in (
         ({"policy": {**saved["policy"], "cameras": "corner"}}, "VPPConfig.cameras='corner'; expected a list"),
-        ({"head": {**saved["head"], "dit": {**saved["head"]["dit"], "rope": True}}}, "unknown key 'rope' for DiTHeadConfig"),
+        (
+            {"head": {**saved["head"], "dit": {**saved["head"]["dit"], "rope": True}}},
+            "unknown key 'rope' for DiTHeadConfig",
+        ),
         ({"state_normalizer": None}, "state_normalizer absent"),
         ({"format_version": 3}, "format_version=3; expected 2"),
     ):
@@ -129,7 +150,9 @@ def test_a_saved_policy_config_is_checked_on_load(tmp_path, tvp):
 
 
 def test_bad_observations_are_refused(tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     policy = make_policy(tvp, windows).eval()
     image = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ObservationError, match="no camera 'corner'"):
@@ -141,7 +164,9 @@ def test_bad_observations_are_refused(tvp):
 
 
 def test_policy_train_config_checks_the_loop_and_its_optimiser():
-    assert PolicyTrainConfig(output_dir="run").max_steps == 10000  # the loop's default, changed for the policy
+    assert (
+        PolicyTrainConfig(output_dir="run").max_steps == 10000
+    )  # the loop's default, changed for the policy
     with pytest.raises(ConfigError, match="batch_size=0; expected >= 1"):
         PolicyTrainConfig(output_dir="run", batch_size=0)
     with pytest.raises(ConfigError, match=r"hold_fraction=0\.9; expected both >= 0 with a sum of at most 1"):
@@ -161,14 +186,24 @@ def test_tristage_schedule():
 
 @pytest.mark.slow
 def test_tiny_policy_overfits_and_resumes(tmp_path, tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     assert cache.build(windows, tvp, progress=False) == 2
     assert cache.build(windows, tvp, progress=False) == 0
     # annealed: at a constant 2e-3 (AdamW betas 0.9/0.9) the loss spikes now and then, and whether
     # a spike falls inside the last EMA window decided the result
-    config = PolicyTrainConfig(output_dir=str(tmp_path / "run"), max_steps=600, batch_size=8, learning_rate=2e-3,
-                               lr_schedule="cosine", ema_decay=0.99, checkpoint_every=300, log_every=50)
+    config = PolicyTrainConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=600,
+        batch_size=8,
+        learning_rate=2e-3,
+        lr_schedule="cosine",
+        ema_decay=0.99,
+        checkpoint_every=300,
+        log_every=50,
+    )
     torch.manual_seed(0)
     trainer = PolicyTrainer(make_policy(tvp, windows, feature_noise="fixed"), windows, config, cache)
     trainer.train(stop_after=300)
@@ -182,7 +217,9 @@ def test_tiny_policy_overfits_and_resumes(tmp_path, tvp):
         for e, episode in enumerate(windows.episodes):
             for t in (0, 3, 6):
                 obs = {"corner": episodes()[e]["frames"]["corner"][t], "state": episode.state[t]}
-                predicted = policy.predict_action_chunk(obs, episode.instruction, torch.Generator().manual_seed(t))
+                predicted = policy.predict_action_chunk(
+                    obs, episode.instruction, torch.Generator().manual_seed(t)
+                )
                 errors.append(np.mean((predicted - episode.actions[t : t + 4]) ** 2))
         return float(np.mean(errors))
 
@@ -194,8 +231,12 @@ def test_tiny_policy_overfits_and_resumes(tmp_path, tvp):
 def test_feature_cache_of_every_kth_window_reads_each_kept_window(tmp_path, tvp):
     from vpp.policy.cli import keep_every_kth_window
 
-    full = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
-    strided = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    full = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
+    strided = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     keep_every_kth_window(strided, 3)
     assert [t for e, t in strided.windows if e == 0] == [0, 3, 6]
     full_cache = FeatureCache(tmp_path / "full", tvp, ["corner"], seed=0)
@@ -216,9 +257,14 @@ def test_feature_cache_of_every_kth_window_reads_each_kept_window(tmp_path, tvp)
 def test_feature_cache_skips_episodes_without_kept_windows(tmp_path, tvp):
     from vpp.policy.cli import keep_first_episodes_per_task
 
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     keep_first_episodes_per_task(windows, 1)
-    assert sorted({e for e, _ in windows.windows}) == [0, 1]  # the first episode of each of the two instructions
+    assert sorted({e for e, _ in windows.windows}) == [
+        0,
+        1,
+    ]  # the first episode of each of the two instructions
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     assert cache.build(windows, tvp, progress=False) == 2
     with pytest.raises(ValueError, match="--episodes-per-task 0"):
@@ -226,7 +272,9 @@ def test_feature_cache_skips_episodes_without_kept_windows(tmp_path, tvp):
 
 
 def test_language_embeddings_are_encoded_once_per_instruction(tvp, monkeypatch):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     policy = make_policy(tvp, windows)
     texts = ["open the drawer", "close the window", "open the drawer"]
     expected = tvp.encode_text(texts)[1]
@@ -239,7 +287,9 @@ def test_language_embeddings_are_encoded_once_per_instruction(tvp, monkeypatch):
 
 
 def test_vae_feature_cache_holds_the_latents_the_vae_policy_encodes(tmp_path, tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     policy = make_policy(tvp, windows, encoder="vae")
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0, encoder="vae")
     assert cache.build(windows, tvp, progress=False) == 2
@@ -250,25 +300,49 @@ def test_vae_feature_cache_holds_the_latents_the_vae_policy_encodes(tmp_path, tv
         item = windows[index]
         features, _ = policy.encode(item["images"][None], [item["instruction"]])
         cached = cache.features_for(windows, index)
-        assert cached.shape == features.shape[1:] == (1, 1, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
+        assert (
+            cached.shape
+            == features.shape[1:]
+            == (1, 1, tvp.config.latent_channels, tvp.config.latent_size, tvp.config.latent_size)
+        )
         torch.testing.assert_close(cached, features[0], atol=2e-3, rtol=1e-2)
     # a training batch from the cache gives the loss of one encoded from the images
     batch = {key: value for key, value in windows[0].items() if key != "images"}
-    batch = {"features": cache.features_for(windows, 0)[None], "instruction": [batch["instruction"]],
-             "actions": batch["actions"][None], "state": batch["state"][None]}
-    with_images = {"images": windows[0]["images"][None], **{k: v for k, v in batch.items() if k != "features"}}
-    torch.testing.assert_close(policy(batch, torch.Generator().manual_seed(1)), policy(with_images, torch.Generator().manual_seed(1)), atol=1e-3, rtol=1e-3)
+    batch = {
+        "features": cache.features_for(windows, 0)[None],
+        "instruction": [batch["instruction"]],
+        "actions": batch["actions"][None],
+        "state": batch["state"][None],
+    }
+    with_images = {
+        "images": windows[0]["images"][None],
+        **{k: v for k, v in batch.items() if k != "features"},
+    }
+    torch.testing.assert_close(
+        policy(batch, torch.Generator().manual_seed(1)),
+        policy(with_images, torch.Generator().manual_seed(1)),
+        atol=1e-3,
+        rtol=1e-3,
+    )
     with pytest.raises(ValueError, match="encoder 'clip'"):
         FeatureCache(tmp_path / "features", tvp, ["corner"], encoder="clip")
 
 
 def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_path, tvp):
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4)
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes(count=4))], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     cache.build(windows, tvp, progress=False)
     policy = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
     head = policy.head
-    assert head.config.feature_shape == [1, tvp.config.num_frames, tvp.config.feature_channels, tvp.config.feature_size, tvp.config.feature_size]
+    assert head.config.feature_shape == [
+        1,
+        tvp.config.num_frames,
+        tvp.config.feature_channels,
+        tvp.config.feature_size,
+        tvp.config.feature_size,
+    ]
     assert policy.fit_feature_statistics(windows, cache, progress=False) == len(windows)
 
     features = torch.stack([cache.features_for(windows, i) for i in range(len(windows))]).double()
@@ -280,7 +354,9 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     moving = std > floor
     assert moving.float().mean() > 0.5
     assert standardized.mean(0)[moving].abs().max() < 1e-3
-    torch.testing.assert_close(standardized.std(0, correction=0)[moving], torch.ones_like(std[moving]), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        standardized.std(0, correction=0)[moving], torch.ones_like(std[moving]), atol=1e-3, rtol=1e-3
+    )
 
     # the cache holds the fixed-noise features the policy computes itself: the same statistics
     direct = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
@@ -296,8 +372,12 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("feature_")})
     lang = torch.randn(2, head.config.lang_dim)
     state = torch.randn(2, 4)
-    torch.testing.assert_close(head.eval().condition_tokens(features[:2].float(), lang, state),
-                               plain.condition_tokens(standardized[:2].float(), lang, state), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        head.eval().condition_tokens(features[:2].float(), lang, state),
+        plain.condition_tokens(standardized[:2].float(), lang, state),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="without feature_shape"):
         plain.set_feature_statistics(mean.float(), std.float())
 
@@ -315,8 +395,12 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
 
 def test_feature_cache_files_follow_the_episode_content_not_only_its_folder_name(tmp_path, tvp):
     # two datasets whose folders share a name ("demos") index their episodes alike: demos/0, demos/1
-    first = PolicyWindowDataset([ArrayEpisodeSource(episodes(seed=0), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4)
-    second = PolicyWindowDataset([ArrayEpisodeSource(episodes(seed=1), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4)
+    first = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes(seed=0), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
+    second = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes(seed=1), name="demos")], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
     assert [e.key for e in first.episodes] == [e.key for e in second.episodes]
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     assert cache.build(first, tvp, progress=False) == 2

@@ -13,7 +13,9 @@ def batch_for(config: PolicyHeadConfig, batch: int = 2, views: int = 2, size: in
     generator = torch.Generator().manual_seed(seed)
     vf = config.video_former
     items = {
-        "features": torch.randn(batch, views, vf.num_frames, vf.input_channels, size, size, generator=generator),
+        "features": torch.randn(
+            batch, views, vf.num_frames, vf.input_channels, size, size, generator=generator
+        ),
         "lang": torch.randn(batch, config.lang_dim, generator=generator),
         "actions": torch.rand(batch, config.dit.chunk, config.dit.action_dim, generator=generator) * 2 - 1,
     }
@@ -32,11 +34,18 @@ def open_adaln(head: PolicyHead) -> None:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for block in head.dit.decoder_blocks:
-            block.modulation[1].weight.copy_(torch.randn(block.modulation[1].weight.shape, generator=generator) * 0.3)
+            block.modulation[1].weight.copy_(
+                torch.randn(block.modulation[1].weight.shape, generator=generator) * 0.3
+            )
 
 
 def sample(head: PolicyHead, items: dict, seed: int = 0) -> torch.Tensor:
-    return head.sample(items["features"], items["lang"], state=items.get("state"), generator=torch.Generator().manual_seed(seed))
+    return head.sample(
+        items["features"],
+        items["lang"],
+        state=items.get("state"),
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -46,14 +55,26 @@ def test_loss_and_sample_shapes(preset, state_dim):
     torch.manual_seed(0)
     head = PolicyHead(config).eval()
     items = batch_for(config)
-    assert head.condition_tokens(items["features"], items["lang"], items.get("state")).shape == (2, config.num_condition_tokens, config.dit.dim)
-    loss = head.loss(items["features"], items["lang"], items["actions"], state=items.get("state"), generator=torch.Generator().manual_seed(0))
+    assert head.condition_tokens(items["features"], items["lang"], items.get("state")).shape == (
+        2,
+        config.num_condition_tokens,
+        config.dit.dim,
+    )
+    loss = head.loss(
+        items["features"],
+        items["lang"],
+        items["actions"],
+        state=items.get("state"),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert sample(head, items).shape == (2, 10, 7)
 
 
 def test_metaworld_sized_head():
-    config = PolicyHeadConfig.preset("small", dit={"action_dim": 4, "chunk": 4}, video_former={"queries_per_frame": 28})
+    config = PolicyHeadConfig.preset(
+        "small", dit={"action_dim": 4, "chunk": 4}, video_former={"queries_per_frame": 28}
+    )
     head = PolicyHead(config).eval()
     items = batch_for(config)
     assert sample(head, items).shape == (2, 4, 4)
@@ -197,7 +218,11 @@ def test_presets_default_to_the_papers_reading():
         config = PolicyHeadConfig.preset(name)
         assert not config.dit.decoder_causal_cross_attention and not config.dit.decoder_causal_self_attention
         assert config.diffusion.eval_sigma_min == config.diffusion.sigma_min == 0.001
-        assert config.diffusion.num_steps == 10 and config.diffusion.sigma_max == 80.0 and config.diffusion.sigma_data == 0.5
+        assert (
+            config.diffusion.num_steps == 10
+            and config.diffusion.sigma_max == 80.0
+            and config.diffusion.sigma_data == 0.5
+        )
 
 
 def test_every_parameter_learns_within_a_few_steps():
@@ -210,7 +235,9 @@ def test_every_parameter_learns_within_a_few_steps():
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
     noise = torch.Generator().manual_seed(0)
     for _ in range(3):
-        loss = head.loss(items["features"], items["lang"], items["actions"], state=items["state"], generator=noise)
+        loss = head.loss(
+            items["features"], items["lang"], items["actions"], state=items["state"], generator=noise
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -222,27 +249,41 @@ def test_state_dropout_replaces_whole_state_tokens_in_training_only():
     torch.manual_seed(0)
     head = PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3, state_dropout=0.4)).train()
     items = batch_for(head.config, batch=500, views=1, size=2)
-    tokens = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    tokens = head.condition_tokens(
+        items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1)
+    )
     state_tokens = tokens[:, -1]
     is_null = (state_tokens == head.null_state).all(dim=1)
     assert 0.33 < is_null.float().mean() < 0.47
     # a kept sample's token is its own projected state, untouched
     kept = ~is_null
     torch.testing.assert_close(state_tokens[kept], head.state_projection(items["state"][kept]))
-    again = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    again = head.condition_tokens(
+        items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1)
+    )
     assert torch.equal(again, tokens)  # the mask is drawn from the loss's generator
     head.eval()
-    evaluated = head.condition_tokens(items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1))
+    evaluated = head.condition_tokens(
+        items["features"], items["lang"], items["state"], torch.Generator().manual_seed(1)
+    )
     assert not (evaluated[:, -1] == head.null_state).all(dim=1).any()
     # the null token learns
     head.train()
-    head.loss(items["features"][:8], items["lang"][:8], items["actions"][:8], items["state"][:8], torch.Generator().manual_seed(2)).backward()
+    head.loss(
+        items["features"][:8],
+        items["lang"][:8],
+        items["actions"][:8],
+        items["state"][:8],
+        torch.Generator().manual_seed(2),
+    ).backward()
     assert head.null_state.grad is not None and head.null_state.grad.abs().sum() > 0
 
 
 def test_state_dropout_is_off_by_default_and_validated():
     assert PolicyHeadConfig.preset("tiny", state_dim=3).state_dropout == 0.0
-    assert PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3)).null_state is None  # saved heads keep their keys
+    assert (
+        PolicyHead(PolicyHeadConfig.preset("tiny", state_dim=3)).null_state is None
+    )  # saved heads keep their keys
     with pytest.raises(ConfigError, match=r"state_dropout=1\.0"):
         PolicyHeadConfig.preset("tiny", state_dim=3, state_dropout=1.0)
     with pytest.raises(ConfigError, match="no state token to drop"):

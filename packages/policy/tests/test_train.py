@@ -67,7 +67,19 @@ def zero_frames(path: Path) -> None:
 
 
 def train_cli(data: list[Path], output: Path, *extra: str) -> None:
-    args = ["train", "--camera", "corner", "--chunk", "2", "--head-preset", "tiny", "--batch-size", "3", "--output", str(output)]
+    args = [
+        "train",
+        "--camera",
+        "corner",
+        "--chunk",
+        "2",
+        "--head-preset",
+        "tiny",
+        "--batch-size",
+        "3",
+        "--output",
+        str(output),
+    ]
     for path in data:
         args += ["--data", str(path)]
     policy_cli(args + list(extra))
@@ -88,8 +100,20 @@ def test_same_seed_with_a_trained_tvp_gives_identical_runs(tmp_path, tvp):
         # what two fresh processes differ in: the global RNG state when the head is built
         torch.manual_seed(global_seed)
         # the small head has dropout, which draws from the global RNG during training
-        train_cli([data], tmp_path / name, "--tvp", str(tmp_path / "tvp"), "--head-preset", "small", "--steps", "12",
-                  "--seed", "5", "--feature-cache", str(tmp_path / "features"))
+        train_cli(
+            [data],
+            tmp_path / name,
+            "--tvp",
+            str(tmp_path / "tvp"),
+            "--head-preset",
+            "small",
+            "--steps",
+            "12",
+            "--seed",
+            "5",
+            "--feature-cache",
+            str(tmp_path / "features"),
+        )
         runs.append(tmp_path / name)
     assert logged_losses(runs[0]) == logged_losses(runs[1])
     assert len(logged_losses(runs[0])) == 2  # steps 10 and 12
@@ -101,23 +125,43 @@ def test_same_seed_with_a_trained_tvp_gives_identical_runs(tmp_path, tvp):
 
 
 def test_weight_decay_only_on_linear_weight_matrices(tmp_path, tvp):
-    episodes = [{"frames": {"corner": np.zeros((6, 32, 32, 3), np.uint8)}, "actions": np.linspace(0, 1, 12).reshape(6, 2), "state": np.linspace(0, 1, 18).reshape(6, 3),
-                 "instruction": "reach"}]
-    windows = PolicyWindowDataset([ArrayEpisodeSource(episodes)], ["corner"], chunk=2, image_size=32, state_dim=3)
+    episodes = [
+        {
+            "frames": {"corner": np.zeros((6, 32, 32, 3), np.uint8)},
+            "actions": np.linspace(0, 1, 12).reshape(6, 2),
+            "state": np.linspace(0, 1, 18).reshape(6, 3),
+            "instruction": "reach",
+        }
+    ]
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes)], ["corner"], chunk=2, image_size=32, state_dim=3
+    )
     config = VPPConfig(cameras=["corner"], action_dim=2, chunk=2, state_dim=3, state_dropout=0.3)
-    policy = VideoPredictionPolicy.build(tvp, config, windows.all_actions(), windows.all_states(), head_preset="tiny", seed=0)
-    trainer = PolicyTrainer(policy, windows, PolicyTrainConfig(output_dir=str(tmp_path / "run"), weight_decay=0.07))
-    decay_of = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    policy = VideoPredictionPolicy.build(
+        tvp, config, windows.all_actions(), windows.all_states(), head_preset="tiny", seed=0
+    )
+    trainer = PolicyTrainer(
+        policy, windows, PolicyTrainConfig(output_dir=str(tmp_path / "run"), weight_decay=0.07)
+    )
+    decay_of = {
+        id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]
+    }
     names = dict(policy.head.named_parameters())
     assert set(decay_of) == {id(p) for p in names.values()}
     decayed = {name for name, p in names.items() if decay_of[id(p)] == 0.07}
-    linear_weights = {f"{module}.weight" for module, m in policy.head.named_modules() if isinstance(m, torch.nn.Linear)}
+    linear_weights = {
+        f"{module}.weight" for module, m in policy.head.named_modules() if isinstance(m, torch.nn.Linear)
+    }
     assert decayed == linear_weights
     # what is left undecayed: biases, norms, and the learnt tokens and embeddings
     assert "video_former.queries" not in decayed and "video_former.time_embedding" not in decayed
     assert "dit.action_position" not in decayed and "null_state" not in decayed
     assert not any(name.endswith(".bias") for name in decayed)
-    norms = {f"{module}.weight" for module, m in policy.head.named_modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
+    norms = {
+        f"{module}.weight"
+        for module, m in policy.head.named_modules()
+        if isinstance(m, torch.nn.LayerNorm) and m.weight is not None
+    }
     assert norms and not norms & decayed
     # attention projections are linear layers, so they are decayed
     assert "dit.encoder_blocks.0.attention.to_q.weight" in decayed
@@ -125,8 +169,21 @@ def test_weight_decay_only_on_linear_weight_matrices(tmp_path, tvp):
 
 def test_cli_passes_optimiser_and_head_options(tmp_path, tvp):
     data = write_dataset(tmp_path / "data", ["reach the goal", "press the button"])
-    train_cli([data], tmp_path / "run", "--steps", "2", "--weight-decay", "0.01", "--ema-decay", "0.5", "--warmup-fraction", "0.2",
-              "--state-dropout", "0.25", "--feature-position-embedding")
+    train_cli(
+        [data],
+        tmp_path / "run",
+        "--steps",
+        "2",
+        "--weight-decay",
+        "0.01",
+        "--ema-decay",
+        "0.5",
+        "--warmup-fraction",
+        "0.2",
+        "--state-dropout",
+        "0.25",
+        "--feature-position-embedding",
+    )
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert (saved["weight_decay"], saved["ema_decay"], saved["warmup_fraction"]) == (0.01, 0.5, 0.2)
     head = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["head"]
@@ -155,9 +212,20 @@ def test_episodes_per_task_counts_tasks_not_instruction_texts(tmp_path):
 
 def test_episodes_per_task_uses_the_task_of_in_memory_episodes():
     def episode(instruction, task):
-        return {"frames": {"corner": np.zeros((4, 8, 8, 3), np.uint8)}, "actions": np.zeros((4, 2)), "instruction": instruction, "task": task}
+        return {
+            "frames": {"corner": np.zeros((4, 8, 8, 3), np.uint8)},
+            "actions": np.zeros((4, 2)),
+            "instruction": instruction,
+            "task": task,
+        }
 
-    source = ArrayEpisodeSource([episode("open it", "drawer-open"), episode("open it", "window-open"), episode("open it", "drawer-open")])
+    source = ArrayEpisodeSource(
+        [
+            episode("open it", "drawer-open"),
+            episode("open it", "window-open"),
+            episode("open it", "drawer-open"),
+        ]
+    )
     windows = PolicyWindowDataset([source], ["corner"], chunk=2, image_size=8)
     keep_first_episodes_per_task(windows, 1)
     assert sorted({e for e, _ in windows.windows}) == [0, 1]
@@ -169,7 +237,9 @@ def test_episodes_per_task_uses_the_task_of_in_memory_episodes():
 def test_a_truncated_video_is_rejected_when_indexed_naming_its_file(tmp_path):
     data = write_dataset(tmp_path / "data", ["a", "b", "c"])
     truncate(video_of(data, 1))
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3)
+    windows = PolicyWindowDataset(
+        [LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3
+    )
     assert [e.key for e in windows.episodes] == ["data/0", "data/2"]
     assert len(windows.report.rejected) == 1
     assert str(video_of(data, 1)) in windows.report.rejected[0] and "data/1" in windows.report.rejected[0]
@@ -186,14 +256,18 @@ def test_training_goes_on_without_a_broken_episode(tmp_path, caplog, cache, dama
         train_cli([data], tmp_path / "run", "--steps", "6", *extra)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert len(logged_losses(tmp_path / "run")) == 1 and np.isfinite(logged_losses(tmp_path / "run")).all()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "data/1" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "data/1" in r.getMessage()
+    ]
     assert warnings and str(broken) in warnings[0]
 
 
 def test_undecodable_episode_is_skipped_and_counted_when_first_read(tmp_path, tvp):
     data = write_dataset(tmp_path / "data", ["a", "b", "c"])
     zero_frames(video_of(data, 1))
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3)
+    windows = PolicyWindowDataset(
+        [LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3
+    )
     assert len(windows.episodes) == 3  # the file opens: nothing to see before decoding
     from vpp.policy.train import SampledWindows
 
@@ -209,7 +283,9 @@ def test_nothing_readable_is_a_clear_error(tmp_path, tvp, cache):
     data = write_dataset(tmp_path / "data", ["a", "b"])
     for episode in (0, 1):
         zero_frames(video_of(data, episode))
-    windows = PolicyWindowDataset([LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3)
+    windows = PolicyWindowDataset(
+        [LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3
+    )
     with pytest.raises(NoValidEpisodes, match="no episode with training windows is readable") as error:
         if cache:
             FeatureCache(tmp_path / "features", tvp, ["corner"]).build(windows, tvp, progress=False)
@@ -221,4 +297,6 @@ def test_nothing_readable_is_a_clear_error(tmp_path, tvp, cache):
     truncated = write_dataset(tmp_path / "truncated", ["a"])
     truncate(video_of(truncated, 0))
     with pytest.raises(NoValidEpisodes, match="does not open"):
-        PolicyWindowDataset([LeRobotEpisodeSource(truncated)], ["corner"], chunk=2, image_size=32, state_dim=3)
+        PolicyWindowDataset(
+            [LeRobotEpisodeSource(truncated)], ["corner"], chunk=2, image_size=32, state_dim=3
+        )

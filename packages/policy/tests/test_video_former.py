@@ -13,9 +13,13 @@ def tiny_former(seed: int = 0) -> tuple[VideoFormer, VideoFormerConfig]:
     return VideoFormer(config).eval(), config
 
 
-def features_for(config: VideoFormerConfig, batch: int = 2, views: int = 2, size: int = 4, seed: int = 0) -> torch.Tensor:
+def features_for(
+    config: VideoFormerConfig, batch: int = 2, views: int = 2, size: int = 4, seed: int = 0
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, views, config.num_frames, config.input_channels, size, size, generator=generator)
+    return torch.randn(
+        batch, views, config.num_frames, config.input_channels, size, size, generator=generator
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -34,7 +38,13 @@ def test_paper_shape_on_meta_device():
         former = VideoFormer(config)
         out = former(torch.empty(2, 2, 16, config.input_channels, 16, 16))
     assert out.shape == (2, 224, 384)
-    assert (config.num_frames, config.queries_per_frame, config.depth, config.heads, config.head_dim) == (16, 14, 6, 8, 64)
+    assert (config.num_frames, config.queries_per_frame, config.depth, config.heads, config.head_dim) == (
+        16,
+        14,
+        6,
+        8,
+        64,
+    )
 
 
 def test_any_number_of_views_and_grid_sizes():
@@ -116,7 +126,10 @@ def test_gradients_reach_every_parameter():
 def swap_two_positions(features: torch.Tensor) -> torch.Tensor:
     """The same feature vectors with those at two grid positions of view 0 exchanged."""
     swapped = features.clone()
-    swapped[:, 0, :, :, 0, 0], swapped[:, 0, :, :, 2, 3] = features[:, 0, :, :, 2, 3], features[:, 0, :, :, 0, 0]
+    swapped[:, 0, :, :, 0, 0], swapped[:, 0, :, :, 2, 3] = (
+        features[:, 0, :, :, 2, 3],
+        features[:, 0, :, :, 0, 0],
+    )
     return swapped
 
 

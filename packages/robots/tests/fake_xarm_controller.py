@@ -173,7 +173,10 @@ class FakeXArmController:
             if protocol_id not in (2, 3):
                 continue  # heartbeats (protocol 1) need no answer
             status, answer = self._handle(function_code, payload)
-            reply = struct.pack(">HHHBB", transaction_id, protocol_id, len(answer) + 2, function_code, status) + answer
+            reply = (
+                struct.pack(">HHHBB", transaction_id, protocol_id, len(answer) + 2, function_code, status)
+                + answer
+            )
             try:
                 connection.sendall(reply)
             except OSError:
@@ -249,7 +252,12 @@ class FakeXArmController:
             return self._status(), answer
 
     def _move(self, kind: str, values: tuple[float, ...]) -> None:
-        executable = self.enabled and not self.error_code and self.mode == 1 and self.state in (STATE_MOVING, STATE_READY)
+        executable = (
+            self.enabled
+            and not self.error_code
+            and self.mode == 1
+            and self.state in (STATE_MOVING, STATE_READY)
+        )
         self.received.append(ReceivedMotion(kind, tuple(values), executable))
         if not executable:
             return

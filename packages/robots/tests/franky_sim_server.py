@@ -18,7 +18,9 @@ import types
 
 LOOPBACK = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
 if not ipaddress.ip_address(LOOPBACK).is_loopback:
-    raise SystemExit(f"franky_sim_server: {LOOPBACK!r} is not a loopback address; the tests serve on 127.0.0.0/8 only")
+    raise SystemExit(
+        f"franky_sim_server: {LOOPBACK!r} is not a loopback address; the tests serve on 127.0.0.0/8 only"
+    )
 
 
 class _LoopbackSocket(socket.socket):
@@ -57,7 +59,12 @@ def _install_reflex_injection() -> list:
             if self.reflex_requested.is_set() and not self.in_reflex:
                 self.in_reflex = True
                 if self.current_motion_id:
-                    BaseCommand.send_response(self._tcp_socket, RobotCommand.kMove, self.current_motion_id, MoveStatus.kReflexAborted)
+                    BaseCommand.send_response(
+                        self._tcp_socket,
+                        RobotCommand.kMove,
+                        self.current_motion_id,
+                        MoveStatus.kReflexAborted,
+                    )
                     self.stop_motion(send_preemption_signal=False)
                     self.reset_current_motion_id()
 

@@ -13,7 +13,21 @@ from vpp.robots.policies import ArtifactRuntimeUnavailableError, TorchPolicyUnav
 
 def test_run_sim_panda_with_the_sine_policy_writes_video_report_and_episode(tmp_path):
     code = main(
-        ["run", "--robot", "sim-panda", "--policy", "sine", "--instruction", "draw a circle", "--seconds", "2", "--out", str(tmp_path), "--image-size", "48"]
+        [
+            "run",
+            "--robot",
+            "sim-panda",
+            "--policy",
+            "sine",
+            "--instruction",
+            "draw a circle",
+            "--seconds",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--image-size",
+            "48",
+        ]
     )
     assert code == 0
     report = json.loads((tmp_path / "latency_report.json").read_text())
@@ -31,7 +45,9 @@ def test_run_sim_panda_with_the_sine_policy_writes_video_report_and_episode(tmp_
 def test_an_artifact_folder_without_the_runtime_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vpp.runtime", None)
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(ArtifactRuntimeUnavailableError, match=r"artifact runtime vpp\.runtime is not available"):
+    with pytest.raises(
+        ArtifactRuntimeUnavailableError, match=r"artifact runtime vpp\.runtime is not available"
+    ):
         load_policy(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither a built-in"):
         load_policy(str(tmp_path / "missing"))
@@ -39,7 +55,9 @@ def test_an_artifact_folder_without_the_runtime_gives_a_clear_error(tmp_path, mo
 
 def test_a_folder_without_a_manifest_is_loaded_as_a_torch_policy_through_vpp_policy(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vpp.policy.policy", None)
-    with pytest.raises(TorchPolicyUnavailableError, match=r"no manifest\.json, so it is not an exported artifact"):
+    with pytest.raises(
+        TorchPolicyUnavailableError, match=r"no manifest\.json, so it is not an exported artifact"
+    ):
         load_policy(str(tmp_path))
 
 

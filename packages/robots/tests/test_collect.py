@@ -26,7 +26,13 @@ from vpp.robots.sim_loop import PolicyOutputError, SimulatedTimeConfig, Simulate
 
 @pytest.fixture
 def arm():
-    robot = build_sim_arm("sim-panda", SimConfig(realtime=False, image_height=32, image_width=32, start_tcp_position="ready", object_jitter_m=0.1), 100.0)
+    robot = build_sim_arm(
+        "sim-panda",
+        SimConfig(
+            realtime=False, image_height=32, image_width=32, start_tcp_position="ready", object_jitter_m=0.1
+        ),
+        100.0,
+    )
     robot.connect()
     yield robot
     robot.close()
@@ -35,7 +41,13 @@ def arm():
 def run_expert(arm, seed: int, recorder: RolloutRecorder | None = None):
     arm.reset(seed)
     expert = GraspCubeExpert(arm)
-    loop = SimulatedTimeLoop(arm, arm.cameras() if recorder is not None else [], expert, SimulatedTimeConfig(execute_steps=None), recorder=recorder)
+    loop = SimulatedTimeLoop(
+        arm,
+        arm.cameras() if recorder is not None else [],
+        expert,
+        SimulatedTimeConfig(execute_steps=None),
+        recorder=recorder,
+    )
     return expert, loop.run(GRASP_INSTRUCTION, max_ticks=150, until=expert.done)
 
 
@@ -47,7 +59,9 @@ def test_the_expert_grasps_and_lifts_the_cube_from_the_ready_pose(arm, seed):
     assert not arm.object_grasped() and arm.object_lift_m() == pytest.approx(0.0, abs=1e-6)
     expert, report = run_expert(arm, seed)
     final = arm.observe()
-    assert report.finished, f"tcp {final.ee_position.round(3)} cube {arm.object_position().round(3)} gripper {final.gripper_opening:.2f}"
+    assert report.finished, (
+        f"tcp {final.ee_position.round(3)} cube {arm.object_position().round(3)} gripper {final.gripper_opening:.2f}"
+    )
     assert report.simulated_s < 8.0
     assert arm.object_grasped(lift_m=expert.lift_m) and arm.object_held()
     # It closed on the cube instead of shoving it aside, and the fingers did not shut on nothing.
@@ -68,14 +82,18 @@ def test_the_grasp_test_needs_the_cube_both_lifted_and_between_the_fingers(arm):
     arm._mujoco.mj_forward(arm.model, arm.data)
     assert arm.object_lift_m() > GRASP_LIFT_M and not arm.object_held() and not arm.object_grasped()
     arm.advance(1.0)
-    assert arm.object_lift_m() == pytest.approx(0.0, abs=2e-3), "the unsupported cube falls back onto the table"
+    assert arm.object_lift_m() == pytest.approx(0.0, abs=2e-3), (
+        "the unsupported cube falls back onto the table"
+    )
 
 
 def test_closing_on_the_cube_without_lifting_it_is_not_a_grasp(arm):
     arm.reset(7)
     expert = GraspCubeExpert(arm, lift_m=0.0)
     # lift_m=0: the expert stops as soon as it holds the cube, still resting on the table.
-    SimulatedTimeLoop(arm, [], expert, SimulatedTimeConfig(execute_steps=None)).run(GRASP_INSTRUCTION, 150, until=lambda _: expert.holding(arm.observe().gripper_opening))
+    SimulatedTimeLoop(arm, [], expert, SimulatedTimeConfig(execute_steps=None)).run(
+        GRASP_INSTRUCTION, 150, until=lambda _: expert.holding(arm.observe().gripper_opening)
+    )
     arm.advance(0.3)
     assert arm.object_held()
     assert arm.object_lift_m() < GRASP_LIFT_M and not arm.object_grasped()
@@ -92,7 +110,9 @@ def test_the_simulated_time_loop_records_steps_that_replay_the_commanded_waypoin
     replayed = chunk_to_waypoints(actions, states[0, :3], states[0, 3:7])
     assert np.linalg.norm(replayed[-1, :3] - arm.observe().ee_position) < 0.01
     # Steps, not gaps to a lagging arm: while it travels, a recorded move is the expert's per-tick step.
-    assert np.median(np.linalg.norm(actions[:, :3], axis=1)) == pytest.approx(GraspCubeExpert.speed_m_s * 0.1, abs=1e-6)
+    assert np.median(np.linalg.norm(actions[:, :3], axis=1)) == pytest.approx(
+        GraspCubeExpert.speed_m_s * 0.1, abs=1e-6
+    )
     assert actions[0, 6] == 1.0 and actions[-1, 6] == 0.0
     assert recorder.images["scene"][0].shape == (32, 32, 3)
 
@@ -144,7 +164,11 @@ def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
     assert actions[0, 6] == 1.0 and actions[-1, 6] == 0.0
     first_length = episode.length
     progress = CollectionState.read(tmp_path).tasks[GRASP_TASK]
-    assert progress.next_attempt == 1 and progress.attempts[0].seed == config.seed and len(progress.attempts[0].start) == 3
+    assert (
+        progress.next_attempt == 1
+        and progress.attempts[0].seed == config.seed
+        and len(progress.attempts[0].start) == 3
+    )
 
     more = collect_sim_demos(tmp_path, replace(config, episodes=2), progress=False).tasks[GRASP_TASK]
     assert more.kept == 2
@@ -163,6 +187,13 @@ def test_collect_writes_expert_episodes_that_read_back_and_resumes(tmp_path):
 
 
 def test_a_state_of_the_previous_sim_arm_collector_is_refused_with_the_way_out(tmp_path):
-    (tmp_path / STATE_FILE).write_text(json.dumps({"settings": {"seed": 0}, "progress": {"next_attempt": 1, "kept": 1, "dropped": 0, "cube_starts": [[0.5, 0.0, 0.025]]}}))
+    (tmp_path / STATE_FILE).write_text(
+        json.dumps(
+            {
+                "settings": {"seed": 0},
+                "progress": {"next_attempt": 1, "kept": 1, "dropped": 0, "cube_starts": [[0.5, 0.0, 0.025]]},
+            }
+        )
+    )
     with pytest.raises(OldCollectionError, match=r"old sim-arm collector.*collect into a new folder"):
         collect_sim_demos(tmp_path, CollectConfig(episodes=1), progress=False)

@@ -45,7 +45,9 @@ class IdealArm(Robot):
 
     def observe(self) -> RobotState:
         with self.lock:
-            return RobotState(np.zeros(7), self.position.copy(), self.quaternion.copy(), self.gripper, time.monotonic())
+            return RobotState(
+                np.zeros(7), self.position.copy(), self.quaternion.copy(), self.gripper, time.monotonic()
+            )
 
     def _send_filtered(self, command) -> None:
         if self.fail_after is not None and len(self.received) >= self.fail_after:
@@ -96,7 +98,12 @@ class SlowPolicy:
 
 def make_loop(policy, rate=20.0, servo=200.0, fail_after=None, **config):
     arm = IdealArm(SafetyLimits(control_period_s=1.0 / servo), fail_after=fail_after)
-    loop = ControlLoop(arm, [NoiseCamera("scene")], policy, ControlLoopConfig(policy_rate_hz=rate, servo_rate_hz=servo, **config))
+    loop = ControlLoop(
+        arm,
+        [NoiseCamera("scene")],
+        policy,
+        ControlLoopConfig(policy_rate_hz=rate, servo_rate_hz=servo, **config),
+    )
     return arm, loop
 
 
@@ -167,7 +174,10 @@ def test_nothing_outside_the_safety_limits_reaches_the_driver():
         assert np.all(command.position >= np.array(limits.workspace_min) - 1e-9)
         assert np.all(command.position <= np.array(limits.workspace_max) + 1e-9)
         assert np.linalg.norm(command.position - previous_position) <= limits.position_step_limit_m + 1e-9
-        assert rotation_angle_between(previous_quaternion, command.quaternion) <= limits.rotation_step_limit_rad + 1e-6
+        assert (
+            rotation_angle_between(previous_quaternion, command.quaternion)
+            <= limits.rotation_step_limit_rad + 1e-6
+        )
         assert limits.gripper_min <= command.gripper <= limits.gripper_max
         previous_position, previous_quaternion = command.position, command.quaternion
     assert commands[-1].position[2] > START[2], "the clamped motion still went the way the policy asked"
@@ -207,7 +217,12 @@ def test_chunk_deltas_accumulate_from_the_observed_pose():
 
 
 def test_temporal_ensembling_runs_and_moves_smoothly():
-    arm, loop = make_loop(SlowPolicy(delay_s=0.0, chunk=6), execute_steps=6, temporal_ensemble_decay=0.1, replan_when_remaining=None)
+    arm, loop = make_loop(
+        SlowPolicy(delay_s=0.0, chunk=6),
+        execute_steps=6,
+        temporal_ensemble_decay=0.1,
+        replan_when_remaining=None,
+    )
     report = loop.run("push", seconds=0.6)
     assert report.stop_reason is None and report.chunks >= 5
     assert arm.position[0] > START[0] + 0.003
@@ -247,7 +262,10 @@ class LaggingArm(IdealArm):
 
 def test_waypoint_steps_invert_chunk_to_waypoints():
     rng = np.random.default_rng(0)
-    chunk = np.concatenate([rng.uniform(-0.01, 0.01, (5, 3)), rng.uniform(-0.05, 0.05, (5, 3)), rng.uniform(0, 1, (5, 1))], axis=1)
+    chunk = np.concatenate(
+        [rng.uniform(-0.01, 0.01, (5, 3)), rng.uniform(-0.05, 0.05, (5, 3)), rng.uniform(0, 1, (5, 1))],
+        axis=1,
+    )
     waypoints = chunk_to_waypoints(chunk, START, DOWN)
     previous = np.concatenate([START, DOWN, [1.0]])
     steps = []
@@ -265,7 +283,13 @@ def test_recorded_actions_are_the_commanded_steps_not_the_arms_tracking_lag():
     arm = LaggingArm(SafetyLimits(control_period_s=0.01), follow=0.1)
     recorder = RolloutRecorder(["scene"])
     policy = SlowPolicy(delay_s=0.0, chunk=8, step_m=step)
-    loop = ControlLoop(arm, [NoiseCamera("scene")], policy, ControlLoopConfig(policy_rate_hz=20.0, servo_rate_hz=100.0, execute_steps=8), recorder=recorder)
+    loop = ControlLoop(
+        arm,
+        [NoiseCamera("scene")],
+        policy,
+        ControlLoopConfig(policy_rate_hz=20.0, servo_rate_hz=100.0, execute_steps=8),
+        recorder=recorder,
+    )
     report = loop.run("push", max_ticks=20)
     assert report.stop_reason is None and report.chunks >= 2
     actions = np.stack(recorder.actions)
@@ -280,7 +304,13 @@ def test_recorded_actions_are_the_commanded_steps_not_the_arms_tracking_lag():
 def test_until_ends_the_run_at_the_first_tick_it_holds_and_that_tick_is_not_recorded():
     arm = IdealArm(SafetyLimits(control_period_s=0.01))
     recorder = RolloutRecorder(["scene"])
-    loop = ControlLoop(arm, [NoiseCamera("scene")], SlowPolicy(delay_s=0.0, step_m=0.002), ControlLoopConfig(policy_rate_hz=20.0), recorder=recorder)
+    loop = ControlLoop(
+        arm,
+        [NoiseCamera("scene")],
+        SlowPolicy(delay_s=0.0, step_m=0.002),
+        ControlLoopConfig(policy_rate_hz=20.0),
+        recorder=recorder,
+    )
     report = loop.run("push", seconds=5.0, until=lambda state: state.ee_position[0] > START[0] + 0.01)
     assert report.stop_reason is None and report.duration_s < 3.0
     assert len(recorder) == report.ticks
@@ -311,6 +341,8 @@ def test_a_model_slower_than_a_tick_misses_no_deadline_and_its_first_chunk_is_re
     assert report.missed_deadlines == 0 and report.rate_held
     assert seconds_until_the_arm_moves(arm) < 0.1
     # Started cold, the arm waits out the model's first call after the clock has started.
-    cold_arm, cold = make_loop(SlowPolicy(delay_s=0.2, chunk=10), rate=20.0, execute_steps=None, warmup_inference=False)
+    cold_arm, cold = make_loop(
+        SlowPolicy(delay_s=0.2, chunk=10), rate=20.0, execute_steps=None, warmup_inference=False
+    )
     cold.run("push", seconds=1.0)
     assert seconds_until_the_arm_moves(cold_arm) > 0.2

@@ -46,7 +46,8 @@ def simulator():
 @pytest.fixture(scope="module")
 def robot(simulator):
     arm = FrankaRobot(
-        FrankaConfig(simulator.host, enforce_realtime=False, relative_dynamics_factor=0.3), SafetyFilter(LIMITS)
+        FrankaConfig(simulator.host, enforce_realtime=False, relative_dynamics_factor=0.3),
+        SafetyFilter(LIMITS),
     )
     arm.connect()
     yield arm

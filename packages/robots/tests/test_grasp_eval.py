@@ -21,8 +21,29 @@ def demos(tmp_path_factory):
 
 @pytest.mark.slow
 def test_rollouts_start_from_cube_positions_the_demonstrations_never_used(demos, tmp_path, capsys):
-    assert main(["eval", "grasp", "--policy", "hold", "--instruction", "grasp the red cube", "--episodes", "3", "--image-size", "32",
-                 "--max-seconds", "1", "--demos", str(demos), "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "grasp",
+                "--policy",
+                "hold",
+                "--instruction",
+                "grasp the red cube",
+                "--episodes",
+                "3",
+                "--image-size",
+                "32",
+                "--max-seconds",
+                "1",
+                "--demos",
+                str(demos),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "grasped 0/3" in capsys.readouterr().out
     result = json.loads((tmp_path / "grasp_eval.json").read_text())
     assert result["grasped"] == 0 and result["episodes"] == 3
@@ -35,7 +56,9 @@ def test_rollouts_start_from_cube_positions_the_demonstrations_never_used(demos,
     assert distances.min() > 1e-3
     assert {rollout["seed"] for rollout in result["rollouts"]}.isdisjoint(range(state.next_attempt))
     # Held still, the arm never gets near the cube, and the video shows every tick of every rollout.
-    assert all(rollout["final_cube_lift_m"] < 0.01 and rollout["ticks"] == 10 for rollout in result["rollouts"])
+    assert all(
+        rollout["final_cube_lift_m"] < 0.01 and rollout["ticks"] == 10 for rollout in result["rollouts"]
+    )
     assert read_video(tmp_path / "grasps.mp4").shape == (30, 32, 64, 3)
 
 

@@ -101,10 +101,29 @@ class StillPolicy:
 
 
 def test_evaluation_writes_table_json_and_videos(tmp_path):
-    results = evaluate_metaworld("oracle", ["reach"], episodes=2, cameras=["corner"], image_size=32, output=tmp_path / "oracle", videos_per_task=2)
+    results = evaluate_metaworld(
+        "oracle",
+        ["reach"],
+        episodes=2,
+        cameras=["corner"],
+        image_size=32,
+        output=tmp_path / "oracle",
+        videos_per_task=2,
+    )
     assert results["per_task"]["reach"]["success"] == 1.0 and results["per_task"]["reach"]["episodes"] == 2
-    still = evaluate_metaworld(StillPolicy(), ["reach"], episodes=1, cameras=["corner"], image_size=32, output=tmp_path / "still", max_steps=20)
-    assert still["per_task"]["reach"]["success"] == 0.0 and still["per_task"]["reach"]["mean_episode_length"] == 20
+    still = evaluate_metaworld(
+        StillPolicy(),
+        ["reach"],
+        episodes=1,
+        cameras=["corner"],
+        image_size=32,
+        output=tmp_path / "still",
+        max_steps=20,
+    )
+    assert (
+        still["per_task"]["reach"]["success"] == 0.0
+        and still["per_task"]["reach"]["mean_episode_length"] == 20
+    )
     saved = json.loads((tmp_path / "oracle" / "results.json").read_text())
     assert saved["easy"]["success"] == 1.0 and saved["easy"]["ci95"] == pytest.approx([0.342, 1.0], abs=1e-3)
     assert saved["middle"] is None and saved["average"]["tasks"] == 1 and saved["split"] == "eval"
@@ -118,7 +137,16 @@ def test_evaluation_writes_table_json_and_videos(tmp_path):
 def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
     out = tmp_path / "still"
     first = StillPolicy()
-    evaluate_metaworld(first, ["reach"], episodes=2, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    evaluate_metaworld(
+        first,
+        ["reach"],
+        episodes=2,
+        cameras=["corner"],
+        image_size=32,
+        output=out,
+        max_steps=10,
+        progress=False,
+    )
     assert first.calls == 4  # two 5-action chunks per 10-step episode
     # a run killed while writing a line leaves it half-written; the resumed run ignores it
     with (out / "episodes.jsonl").open("a") as f:
@@ -126,14 +154,36 @@ def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
     lines = (out / "episodes.jsonl").read_text().splitlines()
     (out / "episodes.jsonl").write_text("\n".join(lines[:1] + lines[2:]))
     resumed = StillPolicy()
-    results = evaluate_metaworld(resumed, ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    results = evaluate_metaworld(
+        resumed,
+        ["reach"],
+        episodes=3,
+        cameras=["corner"],
+        image_size=32,
+        output=out,
+        max_steps=10,
+        progress=False,
+    )
     assert resumed.calls == 4  # episodes 1 and 2 only
-    assert [e["index"] for e in results["episodes"]] == [0, 1, 2] and results["per_task"]["reach"]["episodes"] == 3
+    assert [e["index"] for e in results["episodes"]] == [0, 1, 2] and results["per_task"]["reach"][
+        "episodes"
+    ] == 3
     again = StillPolicy()
-    evaluate_metaworld(again, ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=10, progress=False)
+    evaluate_metaworld(
+        again,
+        ["reach"],
+        episodes=3,
+        cameras=["corner"],
+        image_size=32,
+        output=out,
+        max_steps=10,
+        progress=False,
+    )
     assert again.calls == 0 and len((out / "episodes.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="holds an evaluation with"):
-        evaluate_metaworld(StillPolicy(), ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=20)
+        evaluate_metaworld(
+            StillPolicy(), ["reach"], episodes=3, cameras=["corner"], image_size=32, output=out, max_steps=20
+        )
 
 
 def test_wilson_intervals():
@@ -146,9 +196,17 @@ def test_wilson_intervals():
 
 def test_group_scores_follow_the_paper_groups_and_pool_episodes():
     scores = group_scores({"reach": (10, 10), "door-open": (5, 10), "hammer": (2, 8), "assembly": (0, 8)})
-    assert scores["easy"]["success"] == 0.75 and scores["easy"]["ci95"] == pytest.approx(wilson_interval(15, 20))
+    assert scores["easy"]["success"] == 0.75 and scores["easy"]["ci95"] == pytest.approx(
+        wilson_interval(15, 20)
+    )
     assert scores["middle"]["success"] == 0.25 and scores["hard"]["tasks"] == 1
-    assert scores["average"] == {"success": 17 / 36, "successes": 17, "episodes": 36, "ci95": list(wilson_interval(17, 36)), "tasks": 4}
+    assert scores["average"] == {
+        "success": 17 / 36,
+        "successes": 17,
+        "episodes": 36,
+        "ci95": list(wilson_interval(17, 36)),
+        "tasks": 4,
+    }
 
 
 def test_task_selection_by_benchmark_group_or_names():
@@ -159,9 +217,42 @@ def test_task_selection_by_benchmark_group_or_names():
 def test_cli_collects_and_evaluates_the_oracle(tmp_path, capsys):
     from vpp.robots.cli import main
 
-    assert main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--image-size", "32", "--out", str(tmp_path / "demos")]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "metaworld",
+                "--tasks",
+                "reach",
+                "--episodes",
+                "1",
+                "--image-size",
+                "32",
+                "--out",
+                str(tmp_path / "demos"),
+            ]
+        )
+        == 0
+    )
     assert "1 expert episodes kept, 0 unsuccessful attempts dropped" in capsys.readouterr().out
-    assert main(["eval", "metaworld", "--policy", "oracle", "--tasks", "reach", "--episodes", "1", "--image-size", "32",
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "metaworld",
+                "--policy",
+                "oracle",
+                "--tasks",
+                "reach",
+                "--episodes",
+                "1",
+                "--image-size",
+                "32",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| MetaWorld oracle (1 tasks)" in table and "1.000" in table

@@ -36,7 +36,9 @@ class ManualClock:
 
 
 def make_state(position=(0.5, 0.0, 0.3), joints=(0.0,) * 7, quaternion=DOWN) -> RobotState:
-    return RobotState(np.array(joints), np.array(position), np.array(quaternion), gripper_opening=0.5, timestamp=0.0)
+    return RobotState(
+        np.array(joints), np.array(position), np.array(quaternion), gripper_opening=0.5, timestamp=0.0
+    )
 
 
 def follow(safety, clock, command, state, steps):
@@ -63,7 +65,9 @@ def test_nonfinite_actions_raise_with_the_offending_field():
 
 def test_nonfinite_actions_hold_position_when_configured():
     state = make_state()
-    held = SafetyFilter(SafetyLimits(on_nonfinite="hold")).filter(EndEffectorDelta([math.nan, 0, 0], [0, 0, 0]), state)
+    held = SafetyFilter(SafetyLimits(on_nonfinite="hold")).filter(
+        EndEffectorDelta([math.nan, 0, 0], [0, 0, 0]), state
+    )
     np.testing.assert_array_equal(held.position, state.ee_position)
     assert rotation_angle_between(held.quaternion, state.ee_quaternion) < 1e-9
 
@@ -138,7 +142,9 @@ def test_joint_targets_clamp_to_limits_and_keep_their_direction():
 
 
 def test_forward_kinematics_keeps_joint_targets_in_the_workspace():
-    limits = SafetyLimits(max_joint_step_rad=1.0, max_joint_velocity_rad_s=100.0, max_joint_acceleration_rad_s2=1e4)
+    limits = SafetyLimits(
+        max_joint_step_rad=1.0, max_joint_velocity_rad_s=100.0, max_joint_acceleration_rad_s2=1e4
+    )
 
     def toy_kinematics(joints):
         return np.array([0.5, 0.0, 0.3]) + np.array([joints[0], 0.0, 0.0])
@@ -181,5 +187,7 @@ def test_robot_modules_do_not_import_ml_frameworks():
         " vpp.robots.experts, vpp.robots.collect, vpp.robots.evaluate, vpp.robots.envs.metaworld;"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -16,7 +16,9 @@ ARMS = [
     SimPanda,
     pytest.param(
         SimXArm,
-        marks=pytest.mark.skipif(importlib.util.find_spec("gym_xarm") is None, reason="gym-xarm (xArm7 model) not installed"),
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("gym_xarm") is None, reason="gym-xarm (xArm7 model) not installed"
+        ),
     ),
 ]
 SERVO_PERIOD_S = 0.01

@@ -58,7 +58,11 @@ def fake_controller():
         patch.setattr(
             ReportDataStructure,
             "create",
-            classmethod(lambda cls, port, **kw: original_create(cls, 30001 if port == fake.report_port else port, **kw)),
+            classmethod(
+                lambda cls, port, **kw: original_create(
+                    cls, 30001 if port == fake.report_port else port, **kw
+                )
+            ),
         )
         yield fake
     fake.stop()
@@ -102,9 +106,9 @@ def test_connect_enables_servo_mode_over_loopback_tcp(fake_controller, robot):
 
 def test_wild_cartesian_actions_never_leave_the_limits(fake_controller, robot):
     rng = np.random.default_rng(0)
-    actions = [
-        EndEffectorDelta(rng.uniform(-0.5, 0.5, 3), rng.uniform(-1.0, 1.0, 3)) for _ in range(40)
-    ] + [EndEffectorPose([2.0, -3.0, -1.0], [0, 0, 0, 1])] * 20
+    actions = [EndEffectorDelta(rng.uniform(-0.5, 0.5, 3), rng.uniform(-1.0, 1.0, 3)) for _ in range(40)] + [
+        EndEffectorPose([2.0, -3.0, -1.0], [0, 0, 0, 1])
+    ] * 20
     stream(robot, actions)
 
     received = [m for m in fake_controller.received if m.kind == "servo_cartesian"]

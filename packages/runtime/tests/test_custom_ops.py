@@ -12,21 +12,43 @@ from vpp.runtime import custom_ops
 from vpp.kernels import reference
 
 LIBRARY = custom_ops.ort_ops_library()
-pytestmark = pytest.mark.skipif(LIBRARY is None, reason="vpp-runtime was built without its custom-op library (no ORT headers)")
+pytestmark = pytest.mark.skipif(
+    LIBRARY is None, reason="vpp-runtime was built without its custom-op library (no ORT headers)"
+)
 
 
-def group_norm_model(channels: int, rank: int, num_groups: int, silu: int, epsilon: float = 1e-5, parameter_dims: list | None = None) -> bytes:
+def group_norm_model(
+    channels: int,
+    rank: int,
+    num_groups: int,
+    silu: int,
+    epsilon: float = 1e-5,
+    parameter_dims: list | None = None,
+) -> bytes:
     dims = ["n", channels] + [f"d{i}" for i in range(rank - 2)]
     parameter_dims = [channels] if parameter_dims is None else parameter_dims
-    node = helper.make_node("GroupNorm", ["x", "scale", "bias"], ["y"], domain=custom_ops.DOMAIN, num_groups=num_groups, epsilon=epsilon, silu=silu)
+    node = helper.make_node(
+        "GroupNorm",
+        ["x", "scale", "bias"],
+        ["y"],
+        domain=custom_ops.DOMAIN,
+        num_groups=num_groups,
+        epsilon=epsilon,
+        silu=silu,
+    )
     graph = helper.make_graph(
-        [node], "group_norm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT, parameter_dims),
-         helper.make_tensor_value_info("bias", TensorProto.FLOAT, parameter_dims)],
+        [node],
+        "group_norm",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, parameter_dims),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, parameter_dims),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)]
+    )
     return model.SerializeToString()
 
 
@@ -46,7 +68,14 @@ def test_the_library_is_found_and_reports_its_ops():
 
 @pytest.mark.parametrize(
     "shape, num_groups",
-    [((2, 6), 3), ((3, 8, 17), 4), ((2, 64, 16, 16), 32), ((2, 64, 8, 16, 16), 32), ((1, 32, 5, 7), 1), ((1, 12, 9, 9), 12)],
+    [
+        ((2, 6), 3),
+        ((3, 8, 17), 4),
+        ((2, 64, 16, 16), 32),
+        ((2, 64, 8, 16, 16), 32),
+        ((1, 32, 5, 7), 1),
+        ((1, 12, 9, 9), 12),
+    ],
     ids=["NC", "NCL", "NCHW", "NCTHW", "one-group", "instance-norm"],
 )
 @pytest.mark.parametrize("silu", [0, 1])
@@ -54,8 +83,12 @@ def test_group_norm_matches_the_unfused_reference(shape, num_groups, silu):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
     scale, bias = (rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2))
-    y = session(group_norm_model(shape[1], len(shape), num_groups, silu)).run(None, {"x": x, "scale": scale, "bias": bias})[0]
-    expected = reference.group_norm_silu(x.astype(np.float64), scale.astype(np.float64), bias.astype(np.float64), num_groups, 1e-5, bool(silu))
+    y = session(group_norm_model(shape[1], len(shape), num_groups, silu)).run(
+        None, {"x": x, "scale": scale, "bias": bias}
+    )[0]
+    expected = reference.group_norm_silu(
+        x.astype(np.float64), scale.astype(np.float64), bias.astype(np.float64), num_groups, 1e-5, bool(silu)
+    )
     assert y.shape == shape and y.dtype == np.float32
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
@@ -86,54 +119,86 @@ def test_unknown_input_dimensions_stay_unknown_for_the_nodes_after():
     not come out as literal -1 sizes, which clash with the real ones further down the graph."""
     nodes = [
         helper.make_node("Reshape", ["x", "shape"], ["x_dynamic"]),  # rank 4, sizes unknown
-        helper.make_node("GroupNorm", ["x_dynamic", "scale", "bias"], ["y"], domain=custom_ops.DOMAIN, num_groups=2, epsilon=1e-5, silu=1),
+        helper.make_node(
+            "GroupNorm",
+            ["x_dynamic", "scale", "bias"],
+            ["y"],
+            domain=custom_ops.DOMAIN,
+            num_groups=2,
+            epsilon=1e-5,
+            silu=1,
+        ),
         helper.make_node("Add", ["y", "x"], ["z"]),  # x's sizes are known: (2, 4, 3, 3)
     ]
     graph = helper.make_graph(
-        nodes, "dynamic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3, 3]),
-         helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [4]),
-         helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4])],
+        nodes,
+        "dynamic",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3, 3]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4]),
+        ],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)]
+    )
     x = np.random.default_rng(3).standard_normal((2, 4, 3, 3)).astype(np.float32)
     ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
-    z = session(model.SerializeToString()).run(None, {"x": x, "shape": np.array([2, 4, 3, 3]), "scale": ones, "bias": zeros})[0]
-    np.testing.assert_allclose(z, reference.group_norm_silu(x.astype(np.float64), None, None, 2, 1e-5, True) + x, atol=1e-5)
+    z = session(model.SerializeToString()).run(
+        None, {"x": x, "shape": np.array([2, 4, 3, 3]), "scale": ones, "bias": zeros}
+    )[0]
+    np.testing.assert_allclose(
+        z, reference.group_norm_silu(x.astype(np.float64), None, None, 2, 1e-5, True) + x, atol=1e-5
+    )
 
 
 def geglu_model(dims: list) -> bytes:
     node = helper.make_node("GeGLU", ["value", "gate"], ["y"], domain=custom_ops.DOMAIN)
     graph = helper.make_graph(
-        [node], "geglu",
-        [helper.make_tensor_value_info("value", TensorProto.FLOAT, dims), helper.make_tensor_value_info("gate", TensorProto.FLOAT, dims)],
+        [node],
+        "geglu",
+        [
+            helper.make_tensor_value_info("value", TensorProto.FLOAT, dims),
+            helper.make_tensor_value_info("gate", TensorProto.FLOAT, dims),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)]).SerializeToString()
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)]
+    ).SerializeToString()
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 7), (16, 256, 256)], ids=["small", "3-D", "threaded"])
 def test_geglu_matches_the_reference_on_one_and_two_threads(shape):
     rng = np.random.default_rng(4)
-    value, gate = rng.standard_normal(shape).astype(np.float32), (rng.standard_normal(shape) * 3).astype(np.float32)
+    value, gate = (
+        rng.standard_normal(shape).astype(np.float32),
+        (rng.standard_normal(shape) * 3).astype(np.float32),
+    )
     model = geglu_model([f"d{i}" for i in range(len(shape))])
     one = session(model, threads=1).run(None, {"value": value, "gate": gate})[0]
     two = session(model, threads=2).run(None, {"value": value, "gate": gate})[0]
     np.testing.assert_array_equal(one, two)
-    np.testing.assert_allclose(one, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        one, reference.geglu(value.astype(np.float64), gate.astype(np.float64)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_geglu_refuses_operands_of_two_shapes():
     with pytest.raises(Exception, match="value and gate must have one shape"):
-        session(geglu_model(["a", "b"])).run(None, {"value": np.zeros((2, 3), np.float32), "gate": np.zeros((3, 2), np.float32)})
+        session(geglu_model(["a", "b"])).run(
+            None, {"value": np.zeros((2, 3), np.float32), "gate": np.zeros((3, 2), np.float32)}
+        )
 
 
 def test_bad_input_gives_an_error_naming_the_problem():
     x = np.zeros((2, 6, 4), np.float32)
     with pytest.raises(Exception, match="6 channels do not split into 4 groups"):
-        session(group_norm_model(6, 3, 4, 1)).run(None, {"x": x, "scale": np.ones(6, np.float32), "bias": np.zeros(6, np.float32)})
+        session(group_norm_model(6, 3, 4, 1)).run(
+            None, {"x": x, "scale": np.ones(6, np.float32), "bias": np.zeros(6, np.float32)}
+        )
     model = group_norm_model(6, 3, 3, 1, parameter_dims=["c"])
     with pytest.raises(Exception, match="scale and bias need 6 values"):
         session(model).run(None, {"x": x, "scale": np.ones(5, np.float32), "bias": np.zeros(6, np.float32)})
@@ -161,7 +226,11 @@ def test_the_library_is_a_plain_shared_object_without_python():
     """C++ deployments register the same file: it must not need libpython's symbols."""
     import subprocess
 
-    symbols = subprocess.run(["nm", "-D", "--undefined-only", str(LIBRARY)], capture_output=True, text=True, check=True).stdout
+    symbols = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(LIBRARY)], capture_output=True, text=True, check=True
+    ).stdout
     assert "Py" not in {line.split()[-1][:2] for line in symbols.splitlines() if line.strip()}
-    exported = subprocess.run(["nm", "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True).stdout
+    exported = subprocess.run(
+        ["nm", "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True
+    ).stdout
     assert "RegisterCustomOps" in exported

@@ -116,17 +116,8 @@ def test_a_build_without_the_ort_header_stops_and_says_how_to_fix_it(distributio
     (source,) = tmp_path.glob("vpp_runtime-*")
     environment = {key: value for key, value in os.environ.items() if key != "VPP_ORT_INCLUDE_DIR"}
     out = str(tmp_path / "out")
-    wheel = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-build-isolation",
-        "--no-deps",
-        "-w",
-        out,
-        str(source),
-    ]
+    # `build`, not `pip wheel`: the interpreter Pants gives tests has no pip.
+    wheel = [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", out, str(source)]
     result = run(wheel, env=environment)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-4000:]

@@ -77,7 +77,9 @@ def test_arrays_travel_with_dtype_shape_and_byte_order():
         "flag": np.array(True),
         "complex": np.array([1 + 2j], np.complex64),
     }
-    message = protocol.unpack(protocol.pack({"type": "t", **arrays, "scalar": np.float32(2.5), "list": [1.0, 2.0]}))
+    message = protocol.unpack(
+        protocol.pack({"type": "t", **arrays, "scalar": np.float32(2.5), "list": [1.0, 2.0]})
+    )
     for name, array in arrays.items():
         assert message[name].dtype == array.dtype and message[name].flags.writeable
         np.testing.assert_array_equal(message[name], array)
@@ -94,8 +96,14 @@ def test_arrays_travel_with_dtype_shape_and_byte_order():
         (b"\xc1 not msgpack", "not a msgpack message"),
         (msgpack.packb([1, 2]), "not a map with a 'type'"),
         ("text", "text frame"),
-        (msgpack.packb({"type": "t", "a": msgpack.ExtType(1, msgpack.packb(["|O", [1], b"\0" * 8]))}), "dtype '|O'"),
-        (msgpack.packb({"type": "t", "a": msgpack.ExtType(1, msgpack.packb(["<f4", [2, 2], b"\0" * 15]))}), "needs 16 bytes; got 15"),
+        (
+            msgpack.packb({"type": "t", "a": msgpack.ExtType(1, msgpack.packb(["|O", [1], b"\0" * 8]))}),
+            "dtype '|O'",
+        ),
+        (
+            msgpack.packb({"type": "t", "a": msgpack.ExtType(1, msgpack.packb(["<f4", [2, 2], b"\0" * 15]))}),
+            "needs 16 bytes; got 15",
+        ),
         (msgpack.packb({"type": "t", "a": msgpack.ExtType(9, b"")}), "extension type 9"),
     ],
 )
@@ -105,11 +113,25 @@ def test_malformed_frames_raise_protocol_errors(frame, message):
 
 
 def test_client_acts_as_the_local_policy(server, client, policy):
-    assert {k: client.metadata[k] for k in ("cameras", "image_size", "action_dim", "chunk", "state_dim", "instructions")} == {
-        "cameras": ["corner", "wrist"], "image_size": policy.image_size, "action_dim": 4, "chunk": 4, "state_dim": 3, "instructions": INSTRUCTIONS,
+    assert {
+        k: client.metadata[k]
+        for k in ("cameras", "image_size", "action_dim", "chunk", "state_dim", "instructions")
+    } == {
+        "cameras": ["corner", "wrist"],
+        "image_size": policy.image_size,
+        "action_dim": 4,
+        "chunk": 4,
+        "state_dim": 3,
+        "instructions": INSTRUCTIONS,
     }
-    assert client.metadata["protocol_version"] == protocol.PROTOCOL_VERSION and client.metadata["format_version"] == FORMAT_VERSION
-    assert client.metadata["noise_shapes"] == {"features": list(policy.feature_noise_shape), "actions": [1, 4, 4]}
+    assert (
+        client.metadata["protocol_version"] == protocol.PROTOCOL_VERSION
+        and client.metadata["format_version"] == FORMAT_VERSION
+    )
+    assert client.metadata["noise_shapes"] == {
+        "features": list(policy.feature_noise_shape),
+        "actions": [1, 4, 4],
+    }
     assert client.metadata["text_encoder"] is False and client.chunk == 4 and client.cameras == policy.cameras
     obs = observation(1)
     obs["state"] = obs["state"].tolist()  # plain lists travel as they are, as a local call takes them
@@ -139,12 +161,19 @@ def test_bad_input_raises_what_the_local_policy_raises_and_the_connection_stays_
         assert type(remote.value) is type(local.value) and str(remote.value) == str(local.value)
         assert remote.value.__notes__ == [f"raised by the policy server at {client.url}"]
         assert client.last_timing.server_total_ms > 0
-    with pytest.raises(ProtocolError, match=r"noise\['actions'\] is float32 \(1, 3, 4\); this policy takes float32 \(1, 4, 4\)"):
-        client.act(good, INSTRUCTIONS[0], noise=dict(policy.sample_noise(), actions=np.zeros((1, 3, 4), np.float32)))
+    with pytest.raises(
+        ProtocolError,
+        match=r"noise\['actions'\] is float32 \(1, 3, 4\); this policy takes float32 \(1, 4, 4\)",
+    ):
+        client.act(
+            good, INSTRUCTIONS[0], noise=dict(policy.sample_noise(), actions=np.zeros((1, 3, 4), np.float32))
+        )
     with pytest.raises(ProtocolError, match="dtype object"):  # refused before it is sent
         client.act(dict(good, state=np.array([0.0, None, 1.0], dtype=object)), INSTRUCTIONS[0])
     noise = policy.sample_noise(np.random.default_rng(3))
-    np.testing.assert_array_equal(client.act(good, INSTRUCTIONS[0], noise=noise), policy.act(good, INSTRUCTIONS[0], noise=noise))
+    np.testing.assert_array_equal(
+        client.act(good, INSTRUCTIONS[0], noise=noise), policy.act(good, INSTRUCTIONS[0], noise=noise)
+    )
 
 
 def test_malformed_messages_get_error_replies_on_an_open_connection(server, client):
@@ -154,12 +183,24 @@ def test_malformed_messages_get_error_replies_on_an_open_connection(server, clie
             (b"\xc1 garbage", "ProtocolError", None),
             ("a text frame", "ProtocolError", None),
             (protocol.pack({"type": "reset", "id": 7}), "ProtocolError", 7),
-            (protocol.pack({"type": "act", "id": 8, "observation": [], "instruction": "x"}), "ProtocolError", 8),
-            (protocol.pack({"type": "act", "id": 9, "observation": {}, "instruction": "x", "noise": None}), "ObservationError", 9),
+            (
+                protocol.pack({"type": "act", "id": 8, "observation": [], "instruction": "x"}),
+                "ProtocolError",
+                8,
+            ),
+            (
+                protocol.pack({"type": "act", "id": 9, "observation": {}, "instruction": "x", "noise": None}),
+                "ObservationError",
+                9,
+            ),
         ]:
             raw.send(frame)
             reply = protocol.unpack(raw.recv(timeout=30))
-            assert (reply["type"], reply["error"]["type"], reply["id"]) == ("error", error_type, request_id), reply
+            assert (reply["type"], reply["error"]["type"], reply["id"]) == (
+                "error",
+                error_type,
+                request_id,
+            ), reply
         # a client gone in the middle of a request does not disturb the server
         raw.send(protocol.act_request(10, observation(), INSTRUCTIONS[0], None))
     assert client.act(observation(), INSTRUCTIONS[0]).shape == (4, 4)
@@ -180,7 +221,9 @@ def test_request_timeout_skips_the_late_reply(server, policy, monkeypatch):
             client.act(obs, INSTRUCTIONS[0], noise=first)
         monkeypatch.undo()
         client.request_timeout = 60
-        np.testing.assert_array_equal(client.act(obs, INSTRUCTIONS[0], noise=second), policy.act(obs, INSTRUCTIONS[0], noise=second))
+        np.testing.assert_array_equal(
+            client.act(obs, INSTRUCTIONS[0], noise=second), policy.act(obs, INSTRUCTIONS[0], noise=second)
+        )
 
 
 def free_port():
@@ -191,7 +234,9 @@ def free_port():
 
 def test_unreachable_server_is_a_clear_connection_error():
     port = free_port()
-    with pytest.raises(PolicyConnectionError, match=f"cannot reach a policy server at ws://127.0.0.1:{port}.*Connect"):
+    with pytest.raises(
+        PolicyConnectionError, match=f"cannot reach a policy server at ws://127.0.0.1:{port}.*Connect"
+    ):
         PolicyClient(f"ws://127.0.0.1:{port}", connect_timeout=2)
     # a socket that accepts TCP but never answers the WebSocket handshake: the timeout bounds the wait
     with socket.create_server(("127.0.0.1", 0)) as silent:
@@ -230,22 +275,55 @@ def test_client_needs_only_numpy_msgpack_and_websockets(server, policy, tmp_path
     np.savez(tmp_path / "obs.npz", **obs)
     np.savez(tmp_path / "noise.npz", **noise)
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT_WITHOUT_ONNXRUNTIME, server.url, tmp_path / "obs.npz", tmp_path / "actions.npy", tmp_path / "noise.npz"],
-        check=True, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            CLIENT_WITHOUT_ONNXRUNTIME,
+            server.url,
+            tmp_path / "obs.npz",
+            tmp_path / "actions.npy",
+            tmp_path / "noise.npz",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert "ObservationError: observation has no camera 'wrist'" in result.stdout
-    np.testing.assert_array_equal(np.load(tmp_path / "actions.npy"), policy.act(obs, "open the drawer", noise=noise))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "actions.npy"), policy.act(obs, "open the drawer", noise=noise)
+    )
 
 
 def test_cli_info_describes_the_artifact(artifact, capsys):
     runtime_cli(["info", str(artifact)])
     out = capsys.readouterr().out
-    assert "corner, wrist" in out and "chunk 4 x 4" in out and "'close the window'" in out and "no text encoder" in out
+    assert (
+        "corner, wrist" in out
+        and "chunk 4 x 4" in out
+        and "'close the window'" in out
+        and "no text encoder" in out
+    )
 
 
 def test_cli_serve_answers_and_stops_on_sigterm(artifact, policy):
-    command = [sys.executable, "-m", "vpp.runtime.cli", "serve", str(artifact), "--port", "0", "--threads", "1", "--seed", "0"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = [
+        sys.executable,
+        "-m",
+        "vpp.runtime.cli",
+        "serve",
+        str(artifact),
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        "--seed",
+        "0",
+    ]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
     log = []
@@ -258,7 +336,9 @@ def test_cli_serve_answers_and_stops_on_sigterm(artifact, policy):
         obs = observation(8)
         noise = policy.sample_noise(np.random.default_rng(8))
         with PolicyClient(url) as client:
-            np.testing.assert_array_equal(client.act(obs, INSTRUCTIONS[0], noise=noise), policy.act(obs, INSTRUCTIONS[0], noise=noise))
+            np.testing.assert_array_equal(
+                client.act(obs, INSTRUCTIONS[0], noise=noise), policy.act(obs, INSTRUCTIONS[0], noise=noise)
+            )
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
     finally:
@@ -278,19 +358,47 @@ def test_client_runs_in_a_clean_venv_with_the_oldest_websockets(server, policy, 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "msgpack", "websockets==15.0"], check=True, timeout=600)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "vpp_source.pth").write_text(f"{REPO / 'packages/runtime/src'}\n{REPO / 'packages/data/src'}\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "numpy", "msgpack", "websockets==15.0"],
+        check=True,
+        timeout=600,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "vpp_source.pth").write_text(
+        f"{REPO / 'packages/runtime/src'}\n{REPO / 'packages/data/src'}\n"
+    )
     obs = observation(9)
     noise = policy.sample_noise(np.random.default_rng(9))
     np.savez(tmp_path / "obs.npz", **obs)
     np.savez(tmp_path / "noise.npz", **noise)
-    script = "import importlib.util\nassert importlib.util.find_spec('onnxruntime') is None\n" + CLIENT_WITHOUT_ONNXRUNTIME
+    script = (
+        "import importlib.util\nassert importlib.util.find_spec('onnxruntime') is None\n"
+        + CLIENT_WITHOUT_ONNXRUNTIME
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
-        [str(python), "-c", script, server.url, tmp_path / "obs.npz", tmp_path / "actions.npy", tmp_path / "noise.npz"],
-        check=True, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+        [
+            str(python),
+            "-c",
+            script,
+            server.url,
+            tmp_path / "obs.npz",
+            tmp_path / "actions.npy",
+            tmp_path / "noise.npz",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
     assert "ObservationError: observation has no camera 'wrist'" in result.stdout
-    np.testing.assert_array_equal(np.load(tmp_path / "actions.npy"), policy.act(obs, "open the drawer", noise=noise))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "actions.npy"), policy.act(obs, "open the drawer", noise=noise)
+    )

@@ -16,5 +16,6 @@ def tiny_model() -> TextGuidedVideoPredictor:
 @pytest.fixture
 def squares_dataset() -> MixtureClipDataset:
     videos, instructions = moving_squares(num_frames=12, size=32)
-    return MixtureClipDataset([ArrayClipSource(videos, instructions, name="squares")], num_frames=8, image_size=32)
-
+    return MixtureClipDataset(
+        [ArrayClipSource(videos, instructions, name="squares")], num_frames=8, image_size=32
+    )

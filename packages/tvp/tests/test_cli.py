@@ -20,10 +20,38 @@ def test_demo_then_generate_and_features_from_its_model(tmp_path):
     first = tmp_path / "first.png"
     iio.imwrite(first, np.full((48, 64, 3), 200, dtype=np.uint8))
     model = str(out / "run" / "model")
-    main(["generate", "--model", model, "--image", str(first), "--instruction", "move the red square up", "--steps", "2", "--out", str(tmp_path / "gen")])
+    main(
+        [
+            "generate",
+            "--model",
+            model,
+            "--image",
+            str(first),
+            "--instruction",
+            "move the red square up",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "gen"),
+        ]
+    )
     assert iio.imread(tmp_path / "gen.png").shape == (32, 8 * 32, 3)
 
-    main(["features", "--model", model, "--image", str(first), "--image", str(first), "--instruction", "push", "--out", str(tmp_path / "f.safetensors")])
+    main(
+        [
+            "features",
+            "--model",
+            model,
+            "--image",
+            str(first),
+            "--image",
+            str(first),
+            "--instruction",
+            "push",
+            "--out",
+            str(tmp_path / "f.safetensors"),
+        ]
+    )
     assert tuple(load_file(tmp_path / "f.safetensors")["features"].shape) == (1, 2, 8, 96, 8, 8)
 
 
@@ -33,7 +61,11 @@ def test_unknown_data_source_is_refused(tmp_path):
 
 
 def vae_weights(folder):
-    return {k.removeprefix("vae."): v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("vae.")}
+    return {
+        k.removeprefix("vae."): v
+        for k, v in load_file(folder / "model.safetensors").items()
+        if k.startswith("vae.")
+    }
 
 
 @pytest.mark.slow
@@ -42,8 +74,23 @@ def test_a_run_killed_before_its_first_checkpoint_trains_the_fitted_vae(tmp_path
     from vpp.tvp.model import TextGuidedVideoPredictor
     from vpp.tvp.train import TVPTrainer
 
-    train = ["train", "--preset", "tiny", "--data", "builtin:squares", "--fit-vae-steps", "2", "--steps", "1",
-             "--batch-size", "1", "--checkpoint-every", "1", "--lr", "1e-3"]
+    train = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        "builtin:squares",
+        "--fit-vae-steps",
+        "2",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1e-3",
+    ]
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

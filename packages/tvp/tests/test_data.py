@@ -50,9 +50,13 @@ def test_bad_clips_are_skipped_and_reported():
     def broken_reader(_indices):
         raise OSError("moov atom not found")
 
-    good = ArrayClipSource([random_video(10), random_video(3), random_video(10)], ["push", "pull", " "], name="robot")
+    good = ArrayClipSource(
+        [random_video(10), random_video(3), random_video(10)], ["push", "pull", " "], name="robot"
+    )
     broken = ArrayClipSource([random_video(10)], ["grasp"], name="broken")
-    broken.episode = lambda i, base=broken.episode: base(i).__class__(**{**base(i).__dict__, "reader": broken_reader})
+    broken.episode = lambda i, base=broken.episode: base(i).__class__(
+        **{**base(i).__dict__, "reader": broken_reader}
+    )
     dataset = MixtureClipDataset([good, broken], num_frames=8, image_size=16)
     assert dataset.report.accepted == {"robot": 1, "broken": 1}
     assert dataset.report.rejected[("robot", "too short")] == 1

@@ -13,7 +13,9 @@ def test_preconditioning_matches_svd_formulas(sigma):
     assert c_out.item() == pytest.approx(-sigma / math.sqrt(sigma**2 + 1))
     assert c_skip.item() == pytest.approx(1 / (sigma**2 + 1))
     assert c_noise.item() == pytest.approx(math.log(sigma) / 4)
-    assert edm.loss_weight(torch.tensor(sigma, dtype=torch.float64)).item() == pytest.approx((sigma**2 + 1) / sigma**2)
+    assert edm.loss_weight(torch.tensor(sigma, dtype=torch.float64)).item() == pytest.approx(
+        (sigma**2 + 1) / sigma**2
+    )
 
 
 def test_preconditioning_gives_unit_variance_input_and_target():

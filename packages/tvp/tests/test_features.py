@@ -44,6 +44,10 @@ def test_feature_noise_level_is_the_first_step_of_the_schedule(tiny_model):
 def test_precomputed_text_matches_instructions(tiny_model):
     images = torch.rand(1, 1, 3, 32, 32) * 2 - 1
     hidden, _ = tiny_model.encode_text(["stack the blocks"])
-    a = predictive_features(tiny_model, images, ["stack the blocks"], generator=torch.Generator().manual_seed(0))
-    b = predictive_features(tiny_model, images, text_hidden=hidden, generator=torch.Generator().manual_seed(0))
+    a = predictive_features(
+        tiny_model, images, ["stack the blocks"], generator=torch.Generator().manual_seed(0)
+    )
+    b = predictive_features(
+        tiny_model, images, text_hidden=hidden, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(a, b)

@@ -58,7 +58,14 @@ def test_generation_is_seeded_and_guided(tiny_model):
     first = torch.rand(1, 3, 32, 32) * 2 - 1
 
     def run(seed, guidance=True):
-        return generate_video(tiny_model, first, ["move left"], num_steps=3, generator=torch.Generator().manual_seed(seed), guidance=guidance)
+        return generate_video(
+            tiny_model,
+            first,
+            ["move left"],
+            num_steps=3,
+            generator=torch.Generator().manual_seed(seed),
+            guidance=guidance,
+        )
 
     a = run(0)
     assert a.shape == (1, 8, 3, 32, 32)

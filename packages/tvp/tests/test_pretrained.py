@@ -35,15 +35,23 @@ def test_loads_a_diffusers_svd_folder_and_a_clip_folder_and_saves_it_as_a_tvp(tm
     unet, vae, text = save_svd_and_clip(tmp_path)
     assert list((tmp_path / "svd" / "unet").glob("*.safetensors"))
 
-    model = TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=32, num_frames=8)
+    model = TextGuidedVideoPredictor.from_svd(
+        tmp_path / "svd", tmp_path / "clip", image_size=32, num_frames=8
+    )
     for name, tensor in unet.state_dict().items():
         assert torch.equal(model.unet.state_dict()[name], tensor), name
     assert model.config.cross_attention_dim == 32
     ids = model.tokenize(["pick up the cup"])
-    assert torch.equal(model.text_encoder(input_ids=ids).last_hidden_state, text(input_ids=ids).last_hidden_state)
+    assert torch.equal(
+        model.text_encoder(input_ids=ids).last_hidden_state, text(input_ids=ids).last_hidden_state
+    )
 
     model.save_pretrained(tmp_path / "tvp")
-    assert sorted(p.name for p in (tmp_path / "tvp").iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in (tmp_path / "tvp").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer",
+    ]
     assert "_name_or_path" not in json.loads((tmp_path / "tvp" / "config.json").read_text())["unet"]
     loaded = TextGuidedVideoPredictor.from_pretrained(tmp_path / "tvp")
     assert loaded.config == model.config
@@ -65,7 +73,9 @@ def test_the_fp16_variant_loads_as_float32(tmp_path):
 
 def test_svd_sizes_are_checked_against_the_vae_and_unet(tmp_path):
     save_svd_and_clip(tmp_path)
-    model = TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=64, num_frames=4)
+    model = TextGuidedVideoPredictor.from_svd(
+        tmp_path / "svd", tmp_path / "clip", image_size=64, num_frames=4
+    )
     assert (model.config.image_size, model.config.num_frames, model.config.latent_size) == (64, 4, 32)
     with pytest.raises(ConfigError, match="not divisible by the VAE"):
         TextGuidedVideoPredictor.from_svd(tmp_path / "svd", tmp_path / "clip", image_size=33)
@@ -81,11 +91,31 @@ def test_the_cli_trains_from_svd_and_clip_folders(tmp_path):
         main(["train", "--svd", svd, "--clip", str(tmp_path / "no-clip"), "--output", str(out)])
     with pytest.raises(SystemExit, match="--preset small and --svd exclude each other"):
         main(["train", "--svd", svd, "--clip", clip, "--preset", "small", "--output", str(out)])
-    main([
-        "train", "--svd", svd, "--clip", clip, "--variant", "fp16", "--image-size", "32", "--num-frames", "4",
-        "--data", "builtin:squares", "--steps", "2", "--batch-size", "1", "--checkpoint-every", "1",
-        "--output", str(out),
-    ])
+    main(
+        [
+            "train",
+            "--svd",
+            svd,
+            "--clip",
+            clip,
+            "--variant",
+            "fp16",
+            "--image-size",
+            "32",
+            "--num-frames",
+            "4",
+            "--data",
+            "builtin:squares",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--output",
+            str(out),
+        ]
+    )
     config = TVPConfig.load(out / "model" / CONFIG_NAME)
     assert config == TVPConfig.load(out / "base" / CONFIG_NAME)
     assert (config.image_size, config.num_frames, config.tokenizer) == (32, 4, clip)
@@ -103,7 +133,9 @@ def test_save_and_load_give_identical_features(tmp_path, tiny_model):
     loaded = TextGuidedVideoPredictor.from_pretrained(tmp_path / "tvp").eval()
     assert loaded.config == tiny_model.config
     images = torch.rand(1, 2, 3, 32, 32) * 2 - 1
-    a = predictive_features(tiny_model, images, ["open the drawer"], generator=torch.Generator().manual_seed(0))
+    a = predictive_features(
+        tiny_model, images, ["open the drawer"], generator=torch.Generator().manual_seed(0)
+    )
     b = predictive_features(loaded, images, ["open the drawer"], generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
 

@@ -13,7 +13,14 @@ from vpp.tvp.train import TrainConfig, TVPTrainer, fit_vae
 def make_trainer(output, dataset, steps=6, lr=1e-3, every=3, model=None):
     torch.manual_seed(0)
     model = model if model is not None else TextGuidedVideoPredictor.from_preset("tiny")
-    config = TrainConfig(output_dir=str(output), max_steps=steps, batch_size=2, learning_rate=lr, checkpoint_every=every, log_every=1)
+    config = TrainConfig(
+        output_dir=str(output),
+        max_steps=steps,
+        batch_size=2,
+        learning_rate=lr,
+        checkpoint_every=every,
+        log_every=1,
+    )
     return TVPTrainer(model, dataset, config)
 
 
@@ -40,7 +47,14 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, squares_dataset):
 
 
 def train_unet(output, model, dataset, steps=3):
-    config = TrainConfig(output_dir=str(output), max_steps=steps, batch_size=2, learning_rate=1e-3, checkpoint_every=100, log_every=1)
+    config = TrainConfig(
+        output_dir=str(output),
+        max_steps=steps,
+        batch_size=2,
+        learning_rate=1e-3,
+        checkpoint_every=100,
+        log_every=1,
+    )
     trainer = TVPTrainer(model, dataset, config)
     losses = trainer.train()
     return losses, {k: v.clone() for k, v in trainer.unwrapped.unet.state_dict().items()}
@@ -73,7 +87,9 @@ def test_fit_vae_leaves_no_gradients_and_a_resumed_run_repeats_the_straight_one(
     assert [n for n, p in model.named_parameters() if p.grad is not None] == []
     assert not any(p.requires_grad for p in model.vae.parameters())
     straight = make_trainer(tmp_path / "straight", squares_dataset, model=model, steps=4, every=2).train()
-    first = make_trainer(tmp_path / "resumed", squares_dataset, model=fitted_model(), steps=4, every=1).train(stop_after=1)
+    first = make_trainer(tmp_path / "resumed", squares_dataset, model=fitted_model(), steps=4, every=1).train(
+        stop_after=1
+    )
     # the resumed process rebuilds the model from base/, where no fitting gradients exist
     rest = make_trainer(tmp_path / "resumed", squares_dataset, steps=4, every=1).train()
     assert first + rest == pytest.approx(straight, rel=1e-5, abs=1e-7)
@@ -93,7 +109,13 @@ def test_tiny_model_overfits_a_fixed_clip_set(tmp_path, squares_dataset):
         with torch.no_grad():
             latents = model.encode_video(video)
             hidden = model.encode_text(instructions)[0]
-            return sum(model.training_loss(latents, hidden, torch.Generator().manual_seed(s)).item() for s in range(4)) / 4
+            return (
+                sum(
+                    model.training_loss(latents, hidden, torch.Generator().manual_seed(s)).item()
+                    for s in range(4)
+                )
+                / 4
+            )
 
     before = eval_loss()
     trainer.train()
@@ -105,11 +127,18 @@ def test_mixed_precision_and_gradient_checkpointing_train(tmp_path, squares_data
     torch.manual_seed(0)
     model = TextGuidedVideoPredictor.from_preset("tiny")
     config = TrainConfig(
-        output_dir=str(tmp_path), max_steps=2, batch_size=2, learning_rate=1e-3,
-        mixed_precision="bf16", gradient_checkpointing=True, checkpoint_every=2,
+        output_dir=str(tmp_path),
+        max_steps=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        checkpoint_every=2,
     )
     trainer = TVPTrainer(model, squares_dataset, config)
-    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).unet.state_dict().items()}
+    before = {
+        k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).unet.state_dict().items()
+    }
     losses = trainer.train()
     after = trainer.accelerator.unwrap_model(trainer.model).unet.state_dict()
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
@@ -125,8 +154,26 @@ def test_the_same_entry_point_runs_distributed_under_torchrun(tmp_path):
 
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
-        str(torchrun), "--nproc_per_node", "2", "-m", "vpp.tvp.cli", "train", "--preset", "tiny", "--data", "builtin:squares",
-        "--steps", "2", "--batch-size", "1", "--lr", "1e-3", "--checkpoint-every", "2", "--output", str(tmp_path),
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vpp.tvp.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        "builtin:squares",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "2",
+        "--output",
+        str(tmp_path),
     ]
     subprocess.run(command, check=True, timeout=300, capture_output=True)
     state = json.loads((tmp_path / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
@@ -140,8 +187,14 @@ def test_the_lr_schedule_counts_optimizer_steps_whatever_the_number_of_processes
 
     torch.manual_seed(0)
     config = TrainConfig(
-        output_dir=str(tmp_path), max_steps=4, batch_size=1, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=1,
-        checkpoint_every=100, log_every=1,
+        output_dir=str(tmp_path),
+        max_steps=4,
+        batch_size=1,
+        learning_rate=1e-3,
+        lr_schedule="cosine",
+        warmup_steps=1,
+        checkpoint_every=100,
+        log_every=1,
     )
     trainer = TVPTrainer(TextGuidedVideoPredictor.from_preset("tiny"), squares_dataset, config)
     # this process as rank 0 of two, as accelerate's state reports it under torchrun

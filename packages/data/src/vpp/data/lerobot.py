@@ -68,7 +68,13 @@ DEFAULT_FEATURES: dict[str, dict] = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
-VECTOR_DTYPES = {"float32": pa.float32(), "float64": pa.float64(), "int32": pa.int32(), "int64": pa.int64(), "bool": pa.bool_()}
+VECTOR_DTYPES = {
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+}
 VIDEO_NAMES = ["height", "width", "channels"]
 # Image statistics are estimated on a subsample, as LeRobot does: enough frames and pixels for
 # per-channel mean/std/quantiles without touching every pixel of a long episode.
@@ -122,7 +128,9 @@ def _roll_forward(root: Path) -> None:
             os.replace(root / tmp, root / final)
             applied += 1
     journal.unlink()
-    logger.warning("%s: completed an interrupted commit (%d of %d renames were pending)", root, applied, len(renames))
+    logger.warning(
+        "%s: completed an interrupted commit (%d of %d renames were pending)", root, applied, len(renames)
+    )
 
 
 def _arrow_column(values: np.ndarray, feature: dict) -> pa.Array:
@@ -137,7 +145,11 @@ def _arrow_column(values: np.ndarray, feature: dict) -> pa.Array:
 def _column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Arrow column (scalars, fixed-size lists or equal-length lists) -> numpy (N, ...) array."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_fixed_size_list(array.type) or pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+    if (
+        pa.types.is_fixed_size_list(array.type)
+        or pa.types.is_list(array.type)
+        or pa.types.is_large_list(array.type)
+    ):
         rows = len(array)
         inner = _column_to_numpy(array.flatten())
         return inner.reshape(rows, -1, *inner.shape[1:]) if rows else inner.reshape(0, *inner.shape[1:])
@@ -145,11 +157,17 @@ def _column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _stats_to_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
-    return {key: {name: np.asarray(value).tolist() for name, value in values.items()} for key, values in stats.items()}
+    return {
+        key: {name: np.asarray(value).tolist() for name, value in values.items()}
+        for key, values in stats.items()
+    }
 
 
 def _stats_from_json(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
-    return {key: {name: np.atleast_1d(np.asarray(value)) for name, value in values.items()} for key, values in stats.items()}
+    return {
+        key: {name: np.atleast_1d(np.asarray(value)) for name, value in values.items()}
+        for key, values in stats.items()
+    }
 
 
 def vector_stats(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -180,7 +198,9 @@ def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+def aggregate_stats(
+    per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+) -> dict[str, dict[str, np.ndarray]]:
     """Dataset statistics from per-episode ones: exact min/max/mean/std; quantiles combined as LeRobot
     does (lowest q01..q50 and highest q90/q99 over episodes), an approximation that
     ``LeRobotDatasetWriter.finalize`` replaces with exact quantiles for vector features."""
@@ -218,7 +238,9 @@ def load_info(root: Path) -> dict:
     path = root / INFO_PATH
     if not path.is_file():
         if (root / "meta" / "episodes.jsonl").is_file() or (root / "meta" / "tasks.jsonl").is_file():
-            raise LeRobotFormatError(f"{root} looks like a LeRobot v2.x dataset without meta/info.json; expected v3.0. {CONVERTER_HINT}")
+            raise LeRobotFormatError(
+                f"{root} looks like a LeRobot v2.x dataset without meta/info.json; expected v3.0. {CONVERTER_HINT}"
+            )
         raise FileNotFoundError(f"{root} is not a LeRobot dataset: {path} does not exist")
     try:
         info = _read_json(path)
@@ -244,13 +266,38 @@ def load_info(root: Path) -> dict:
 def _task_table(tasks: Sequence[str]) -> pa.Table:
     """tasks.parquet as pandas writes LeRobot's DataFrame (column task_index, index named "task"),
     so LeRobot's ``pd.read_parquet`` gets the task strings back as the index."""
-    table = pa.table({"task_index": pa.array(range(len(tasks)), type=pa.int64()), "task": pa.array(list(tasks), type=pa.string())})
+    table = pa.table(
+        {
+            "task_index": pa.array(range(len(tasks)), type=pa.int64()),
+            "task": pa.array(list(tasks), type=pa.string()),
+        }
+    )
     pandas_metadata = {
         "index_columns": ["task"],
-        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
         "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": "task",
+                "field_name": "task",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
         ],
         "creator": {"library": "pyarrow", "version": pa.__version__},
         "pandas_version": "2.2.3",
@@ -262,12 +309,18 @@ def _read_tasks(path: Path) -> list[str]:
     table = pq.read_table(path)
     names = table.column_names
     # pandas stores an unnamed index as __index_level_0__; LeRobot names it "task".
-    text_column = "task" if "task" in names else next((n for n in names if n.startswith("__index_level_")), None)
+    text_column = (
+        "task" if "task" in names else next((n for n in names if n.startswith("__index_level_")), None)
+    )
     if text_column is None or "task_index" not in names:
         raise LeRobotFormatError(f"{path}: columns {names}; expected 'task_index' and 'task'")
-    by_index = dict(zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist(), strict=True))
+    by_index = dict(
+        zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist(), strict=True)
+    )
     if sorted(by_index) != list(range(len(by_index))):
-        raise LeRobotFormatError(f"{path}: task_index values {sorted(by_index)}; expected 0..{len(by_index) - 1}")
+        raise LeRobotFormatError(
+            f"{path}: task_index values {sorted(by_index)}; expected 0..{len(by_index) - 1}"
+        )
     return [by_index[i] for i in range(len(by_index))]
 
 
@@ -287,7 +340,9 @@ def _read_episode_rows(root: Path, pending: Mapping[str, Path], with_stats: bool
     rows.sort(key=lambda row: row["episode_index"])
     indices = [row["episode_index"] for row in rows]
     if indices != list(range(len(rows))):
-        raise LeRobotFormatError(f"{root}/meta/episodes: episode_index values {indices[:10]}...; expected 0..{len(rows) - 1} without gaps")
+        raise LeRobotFormatError(
+            f"{root}/meta/episodes: episode_index values {indices[:10]}...; expected 0..{len(rows) - 1} without gaps"
+        )
     return rows
 
 
@@ -332,7 +387,9 @@ class LeRobotEpisode:
         indices = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= self.length):
             bad = int(indices.min() if indices.min() < 0 else indices.max())
-            raise IndexError(f"episode {self.index}: frame index {bad} out of range; the episode has {self.length} frames")
+            raise IndexError(
+                f"episode {self.index}: frame index {bad} out of range; the episode has {self.length} frames"
+            )
         path = self.video_path(video_key)
         fps = self.dataset.fps
         timestamps = self.from_timestamp(video_key) + indices / fps
@@ -345,10 +402,16 @@ class LeRobotEpisode:
             known = sorted(k for k, f in features.items() if f.get("dtype") not in ("video", "image"))
             raise UnknownKeyError(f"{self.dataset.root}: no column {name!r}; known columns are {known}")
         template = self.dataset.info["data_path"]
-        relative = template.format(chunk_index=self.metadata["data/chunk_index"], file_index=self.metadata["data/file_index"])
+        relative = template.format(
+            chunk_index=self.metadata["data/chunk_index"], file_index=self.metadata["data/file_index"]
+        )
         path = self.dataset._resolve(relative)
         start, stop = self.dataset_from_index, int(self.metadata["dataset_to_index"])
-        table = pq.read_table(path, columns=list(dict.fromkeys([name, "index"])), filters=[("index", ">=", start), ("index", "<", stop)])
+        table = pq.read_table(
+            path,
+            columns=list(dict.fromkeys([name, "index"])),
+            filters=[("index", ">=", start), ("index", "<", stop)],
+        )
         if table.num_rows != self.length:
             raise LeRobotFormatError(
                 f"{path}: {table.num_rows} rows with index in [{start}, {stop}) for episode {self.index}; expected {self.length}"
@@ -387,7 +450,9 @@ class LeRobotDataset:
 
     def _check_video_key(self, video_key: str) -> None:
         if video_key not in self.video_keys:
-            raise UnknownKeyError(f"{self.root}: no video key {video_key!r}; video keys are {self.video_keys}")
+            raise UnknownKeyError(
+                f"{self.root}: no video key {video_key!r}; video keys are {self.video_keys}"
+            )
 
     @property
     def fps(self) -> int:
@@ -428,9 +493,17 @@ class LeRobotDataset:
 
     def episode(self, index: int) -> LeRobotEpisode:
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_episodes:
-            raise IndexError(f"{self.root}: episode index {index!r} out of range; the dataset has {self.num_episodes} episodes")
+            raise IndexError(
+                f"{self.root}: episode index {index!r} out of range; the dataset has {self.num_episodes} episodes"
+            )
         row = self._episodes[int(index)]
-        return LeRobotEpisode(dataset=self, index=int(index), length=int(row["length"]), tasks=tuple(row.get("tasks") or ()), metadata=row)
+        return LeRobotEpisode(
+            dataset=self,
+            index=int(index),
+            length=int(row["length"]),
+            tasks=tuple(row.get("tasks") or ()),
+            metadata=row,
+        )
 
     def episodes(self) -> Iterator[LeRobotEpisode]:
         return (self.episode(i) for i in range(self.num_episodes))
@@ -451,14 +524,18 @@ def _normalise_features(features: Mapping[str, Mapping[str, Any]]) -> dict[str, 
         shape = [int(s) for s in spec.get("shape", ())]
         if dtype == "video":
             if len(shape) != 3 or shape[2] != 3 or shape[0] % 2 or shape[1] % 2:
-                raise ValueError(f"feature {key!r}: video shape {shape}; expected (height, width, 3) with even height and width")
+                raise ValueError(
+                    f"feature {key!r}: video shape {shape}; expected (height, width, 3) with even height and width"
+                )
             result[key] = {"dtype": "video", "shape": shape, "names": list(spec.get("names") or VIDEO_NAMES)}
         elif dtype in VECTOR_DTYPES:
             if len(shape) != 1 or shape[0] < 1:
                 raise ValueError(f"feature {key!r}: shape {shape}; expected (D,) with D >= 1")
             result[key] = {"dtype": dtype, "shape": shape, "names": spec.get("names")}
         else:
-            raise ValueError(f"feature {key!r}: dtype {dtype!r}; expected 'video' or one of {sorted(VECTOR_DTYPES)}")
+            raise ValueError(
+                f"feature {key!r}: dtype {dtype!r}; expected 'video' or one of {sorted(VECTOR_DTYPES)}"
+            )
     return result
 
 
@@ -470,7 +547,10 @@ def _same_schema(existing: Mapping[str, dict], wanted: Mapping[str, dict]) -> li
             differences.append(f"{key!r} is new")
         elif key not in wanted:
             differences.append(f"{key!r} is missing")
-        elif (existing_user[key]["dtype"], list(existing_user[key]["shape"])) != (wanted[key]["dtype"], wanted[key]["shape"]):
+        elif (existing_user[key]["dtype"], list(existing_user[key]["shape"])) != (
+            wanted[key]["dtype"],
+            wanted[key]["shape"],
+        ):
             differences.append(
                 f"{key!r} is {wanted[key]['dtype']} {wanted[key]['shape']}, the folder has {existing_user[key]['dtype']} {list(existing_user[key]['shape'])}"
             )
@@ -542,7 +622,11 @@ class LeRobotDatasetWriter:
     ) -> None:
         if not isinstance(fps, (int, np.integer)) or fps <= 0:
             raise ValueError(f"fps={fps!r}; expected a positive integer (LeRobot stores fps as int)")
-        for name, value in (("chunks_size", chunks_size), ("data_files_size_in_mb", data_files_size_in_mb), ("video_files_size_in_mb", video_files_size_in_mb)):
+        for name, value in (
+            ("chunks_size", chunks_size),
+            ("data_files_size_in_mb", data_files_size_in_mb),
+            ("video_files_size_in_mb", video_files_size_in_mb),
+        ):
             if value <= 0:
                 raise ValueError(f"{name}={value}; expected > 0")
         self.root = Path(root)
@@ -573,7 +657,9 @@ class LeRobotDatasetWriter:
         except OSError as error:
             handle.close()
             if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(f"{self.root} is being written by another LeRobotDatasetWriter (lock {LOCK_PATH} held)") from error
+                raise RuntimeError(
+                    f"{self.root} is being written by another LeRobotDatasetWriter (lock {LOCK_PATH} held)"
+                ) from error
             raise
         return handle
 
@@ -589,16 +675,25 @@ class LeRobotDatasetWriter:
         for path in stray:
             path.unlink()
         if stray:
-            logger.warning("%s: removed %d files of an episode that was never committed", self.root, len(stray))
+            logger.warning(
+                "%s: removed %d files of an episode that was never committed", self.root, len(stray)
+            )
 
-    def _create(self, robot_type: str | None, codec: str | None, chunks_size: int, data_mb: float, video_mb: float) -> None:
+    def _create(
+        self, robot_type: str | None, codec: str | None, chunks_size: int, data_mb: float, video_mb: float
+    ) -> None:
         leftovers = [p for p in self.root.rglob("*") if p.is_file() and p.name != Path(LOCK_PATH).name]
         if leftovers:
-            raise ValueError(f"{self.root} has files but no {INFO_PATH} (e.g. {leftovers[0]}); expected an empty folder or a LeRobot v3.0 dataset")
+            raise ValueError(
+                f"{self.root} has files but no {INFO_PATH} (e.g. {leftovers[0]}); expected an empty folder or a LeRobot v3.0 dataset"
+            )
         self.codec = (codec or video_io.default_codec()) if self.video_keys else None
         if self.codec is not None:
             video_io.check_pix_fmt(self.codec, self.pix_fmt)
-        features = {**{k: dict(v) for k, v in self.user_features.items()}, **json.loads(json.dumps(DEFAULT_FEATURES))}
+        features = {
+            **{k: dict(v) for k, v in self.user_features.items()},
+            **json.loads(json.dumps(DEFAULT_FEATURES)),
+        }
         self.info = {
             "codebase_version": CODEBASE_VERSION,
             "robot_type": robot_type,
@@ -623,45 +718,73 @@ class LeRobotDatasetWriter:
     def _open_existing(self, robot_type: str | None, codec: str | None) -> None:
         self.info = load_info(self.root)
         if self.info["fps"] != self.fps:
-            raise ValueError(f"{self.root} records at fps={self.info['fps']}; the writer was given fps={self.fps}")
+            raise ValueError(
+                f"{self.root} records at fps={self.info['fps']}; the writer was given fps={self.fps}"
+            )
         differences = _same_schema(self.info["features"], self.user_features)
         if differences:
             raise ValueError(f"{self.root}: features differ from the folder's: {'; '.join(differences)}")
         if robot_type is not None and self.info.get("robot_type") not in (None, robot_type):
-            raise ValueError(f"{self.root} has robot_type={self.info['robot_type']!r}; the writer was given {robot_type!r}")
+            raise ValueError(
+                f"{self.root} has robot_type={self.info['robot_type']!r}; the writer was given {robot_type!r}"
+            )
         self.episode_rows = _read_episode_rows(self.root, {}, with_stats=True)
         tasks_path = self.root / TASKS_PATH
         self.tasks = _read_tasks(tasks_path) if tasks_path.is_file() else []
         self.codec = None
         if self.video_keys:
-            recorded = {self.info["features"][k].get("info", {}).get("video.codec") for k in self.video_keys} - {None}
+            recorded = {
+                self.info["features"][k].get("info", {}).get("video.codec") for k in self.video_keys
+            } - {None}
             if len(recorded) > 1:
                 raise LeRobotFormatError(f"{self.root}: cameras use different codecs {sorted(recorded)}")
             if recorded:
                 stream_codec = recorded.pop()
                 encoder = video_io.ENCODER_FOR_CODEC.get(stream_codec)
                 if encoder is None or not video_io.codec_works(encoder):
-                    raise ValueError(f"{self.root} holds {stream_codec} videos, which this PyAV build cannot encode to append to")
+                    raise ValueError(
+                        f"{self.root} holds {stream_codec} videos, which this PyAV build cannot encode to append to"
+                    )
                 if codec is not None and video_io.ENCODER_FOR_CODEC.get(codec, codec) != encoder:
-                    logger.warning("%s holds %s videos; appending with %s instead of %s", self.root, stream_codec, encoder, codec)
+                    logger.warning(
+                        "%s holds %s videos; appending with %s instead of %s",
+                        self.root,
+                        stream_codec,
+                        encoder,
+                        codec,
+                    )
                 self.codec = encoder
             else:
                 self.codec = codec or video_io.default_codec()
-            pix_fmts = {self.info["features"][k].get("info", {}).get("video.pix_fmt") for k in self.video_keys} - {None}
+            pix_fmts = {
+                self.info["features"][k].get("info", {}).get("video.pix_fmt") for k in self.video_keys
+            } - {None}
             if len(pix_fmts) > 1:
-                raise LeRobotFormatError(f"{self.root}: cameras use different pixel formats {sorted(pix_fmts)}")
+                raise LeRobotFormatError(
+                    f"{self.root}: cameras use different pixel formats {sorted(pix_fmts)}"
+                )
             if pix_fmts:
                 recorded_fmt = pix_fmts.pop()
                 if recorded_fmt != self.pix_fmt:
                     # appended episodes share the folder's video files, so they keep its format
-                    logger.warning("%s holds %s videos; appending in %s instead of %s", self.root, recorded_fmt, recorded_fmt, self.pix_fmt)
+                    logger.warning(
+                        "%s holds %s videos; appending in %s instead of %s",
+                        self.root,
+                        recorded_fmt,
+                        recorded_fmt,
+                        self.pix_fmt,
+                    )
                     self.pix_fmt = recorded_fmt
             video_io.check_pix_fmt(self.codec, self.pix_fmt)
             # the encoder's rate settings are in its stream headers: appended episodes must match them
-            crfs = {self.info["features"][k].get("info", {}).get("video.crf") for k in self.video_keys} - {None}
+            crfs = {self.info["features"][k].get("info", {}).get("video.crf") for k in self.video_keys} - {
+                None
+            }
             if crfs:
                 self.crf = int(crfs.pop())
-        logger.info("%s: resuming after %d episodes (%d frames)", self.root, len(self.episode_rows), self.total_frames)
+        logger.info(
+            "%s: resuming after %d episodes (%d frames)", self.root, len(self.episode_rows), self.total_frames
+        )
 
     @property
     def num_episodes(self) -> int:
@@ -679,14 +802,18 @@ class LeRobotDatasetWriter:
         missing = sorted(set(self.user_features) - set(frames))
         extra = sorted(set(frames) - set(self.user_features))
         if missing or extra:
-            raise ValueError(f"episode keys: missing {missing}, unexpected {extra}; expected exactly {sorted(self.user_features)}")
+            raise ValueError(
+                f"episode keys: missing {missing}, unexpected {extra}; expected exactly {sorted(self.user_features)}"
+            )
         arrays: dict[str, np.ndarray] = {}
         for key, feature in self.user_features.items():
             value = np.asarray(frames[key])
             if feature["dtype"] == "video":
                 expected = (feature["shape"][0], feature["shape"][1], 3)
                 if value.dtype != np.uint8 or value.ndim != 4 or value.shape[1:] != expected:
-                    raise ValueError(f"{key!r}: got {value.dtype} {value.shape}; expected uint8 (T, {expected[0]}, {expected[1]}, 3)")
+                    raise ValueError(
+                        f"{key!r}: got {value.dtype} {value.shape}; expected uint8 (T, {expected[0]}, {expected[1]}, 3)"
+                    )
             else:
                 dim = feature["shape"][0]
                 if dim == 1 and value.ndim == 1:
@@ -697,7 +824,9 @@ class LeRobotDatasetWriter:
             arrays[key] = value
         lengths = {key: len(value) for key, value in arrays.items()}
         if len(set(lengths.values())) != 1:
-            raise ValueError(f"episode keys have different lengths {lengths}; expected one length T for every key")
+            raise ValueError(
+                f"episode keys have different lengths {lengths}; expected one length T for every key"
+            )
         length = next(iter(lengths.values()))
         if length < 1:
             raise ValueError(f"episode has {length} frames; expected at least 1")
@@ -707,11 +836,15 @@ class LeRobotDatasetWriter:
     def _cast_vector(key: str, value: np.ndarray, dtype: str) -> np.ndarray:
         if dtype.startswith("float"):
             if not np.issubdtype(value.dtype, np.floating):
-                raise ValueError(f"{key!r}: got dtype {value.dtype} {value.shape}; expected floating point ({dtype})")
+                raise ValueError(
+                    f"{key!r}: got dtype {value.dtype} {value.shape}; expected floating point ({dtype})"
+                )
             bad = ~np.isfinite(value)
             if bad.any():
                 frame, dim = np.argwhere(bad)[0]
-                raise ValueError(f"{key!r}: {value[frame, dim]} at frame {frame}, dim {dim} (shape {value.shape}); expected finite values")
+                raise ValueError(
+                    f"{key!r}: {value[frame, dim]} at frame {frame}, dim {dim} (shape {value.shape}); expected finite values"
+                )
         elif dtype == "bool":
             if value.dtype != np.bool_:
                 raise ValueError(f"{key!r}: got dtype {value.dtype}; expected bool")
@@ -724,7 +857,9 @@ class LeRobotDatasetWriter:
     def _next_file(self, chunk: int, file: int) -> tuple[int, int]:
         return (chunk + 1, 0) if file + 1 >= self.info["chunks_size"] else (chunk, file + 1)
 
-    def _place(self, prefix: str, template: str, incoming_bytes: float, limit_mb: float, video_key: str = "") -> tuple[int, int, bool]:
+    def _place(
+        self, prefix: str, template: str, incoming_bytes: float, limit_mb: float, video_key: str = ""
+    ) -> tuple[int, int, bool]:
         """(chunk, file, append?) for the next episode's ``prefix`` (e.g. "data", "videos/<key>") file."""
         if not self.episode_rows:
             return 0, 0, False
@@ -740,9 +875,16 @@ class LeRobotDatasetWriter:
         if not self.episode_rows:
             return 0.0
         last = self.episode_rows[-1]
-        same_file = [r for r in self.episode_rows if (r["data/chunk_index"], r["data/file_index"]) == (last["data/chunk_index"], last["data/file_index"])]
+        same_file = [
+            r
+            for r in self.episode_rows
+            if (r["data/chunk_index"], r["data/file_index"])
+            == (last["data/chunk_index"], last["data/file_index"])
+        ]
         frames = sum(int(r["length"]) for r in same_file)
-        path = self.root / DATA_PATH.format(chunk_index=last["data/chunk_index"], file_index=last["data/file_index"])
+        path = self.root / DATA_PATH.format(
+            chunk_index=last["data/chunk_index"], file_index=last["data/file_index"]
+        )
         return path.stat().st_size / frames * length
 
     # -- writing
@@ -751,7 +893,9 @@ class LeRobotDatasetWriter:
         """Validate and commit one episode; returns its episode_index. Nothing is written if it raises."""
         length, arrays = self._validate(frames, task)
         if self._lock is None:
-            raise RuntimeError(f"{self.root}: writer was finalized; open a new LeRobotDatasetWriter to add episodes")
+            raise RuntimeError(
+                f"{self.root}: writer was finalized; open a new LeRobotDatasetWriter to add episodes"
+            )
         episode_index = self.num_episodes
         start = self.total_frames
         tasks = self.tasks if task in self.tasks else [*self.tasks, task]
@@ -789,8 +933,20 @@ class LeRobotDatasetWriter:
         logger.debug("%s: episode %d committed (%d frames)", self.root, episode_index, length)
         return episode_index
 
-    def _write_data(self, commit: _Commit, arrays: dict[str, np.ndarray], episode_index: int, start: int, length: int, task_index: int) -> dict:
-        columns = {key: _arrow_column(arrays[key], f) for key, f in self.user_features.items() if f["dtype"] != "video"}
+    def _write_data(
+        self,
+        commit: _Commit,
+        arrays: dict[str, np.ndarray],
+        episode_index: int,
+        start: int,
+        length: int,
+        task_index: int,
+    ) -> dict:
+        columns = {
+            key: _arrow_column(arrays[key], f)
+            for key, f in self.user_features.items()
+            if f["dtype"] != "video"
+        }
         frame_index = np.arange(length, dtype=np.int64)
         defaults = {
             "timestamp": (frame_index / self.fps).astype(np.float32),
@@ -799,9 +955,13 @@ class LeRobotDatasetWriter:
             "index": frame_index + start,
             "task_index": np.full(length, task_index, dtype=np.int64),
         }
-        columns.update({key: _arrow_column(values, DEFAULT_FEATURES[key]) for key, values in defaults.items()})
+        columns.update(
+            {key: _arrow_column(values, DEFAULT_FEATURES[key]) for key, values in defaults.items()}
+        )
         table = pa.table(columns)
-        chunk, file, append = self._place("data", DATA_PATH, self._data_bytes_estimate(length), self.info["data_files_size_in_mb"])
+        chunk, file, append = self._place(
+            "data", DATA_PATH, self._data_bytes_estimate(length), self.info["data_files_size_in_mb"]
+        )
         relative = DATA_PATH.format(chunk_index=chunk, file_index=file)
         target = commit.path(relative)
         # One row group per episode: a reader's index filter then skips other episodes' rows unread.
@@ -811,15 +971,28 @@ class LeRobotDatasetWriter:
                 for group in range(existing.num_row_groups):
                     sink.write_table(existing.read_row_group(group).cast(table.schema))
             sink.write_table(table)
-        return {"data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": start, "dataset_to_index": start + length}
+        return {
+            "data/chunk_index": chunk,
+            "data/file_index": file,
+            "dataset_from_index": start,
+            "dataset_to_index": start + length,
+        }
 
-    def _write_video(self, commit: _Commit, key: str, frames: np.ndarray, episode_index: int, length: int, info: dict) -> dict:
+    def _write_video(
+        self, commit: _Commit, key: str, frames: np.ndarray, episode_index: int, length: int, info: dict
+    ) -> dict:
         episode_file = self.root / "videos" / key / f"episode-{episode_index:06d}.mp4{TMP_SUFFIX}"
         episode_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            video_io.write_video(episode_file, frames, self.fps, codec=self.codec, crf=self.crf, pix_fmt=self.pix_fmt)
+            video_io.write_video(
+                episode_file, frames, self.fps, codec=self.codec, crf=self.crf, pix_fmt=self.pix_fmt
+            )
             chunk, file, append = self._place(
-                f"videos/{key}", VIDEO_PATH, episode_file.stat().st_size, self.info["video_files_size_in_mb"], video_key=key
+                f"videos/{key}",
+                VIDEO_PATH,
+                episode_file.stat().st_size,
+                self.info["video_files_size_in_mb"],
+                video_key=key,
             )
             relative = VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
             target = commit.path(relative)
@@ -853,14 +1026,25 @@ class LeRobotDatasetWriter:
         else:
             chunk, file = 0, 0
         placement = {"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file}
-        rows = [r for r in self.episode_rows if (r["meta/episodes/chunk_index"], r["meta/episodes/file_index"]) == (chunk, file)]
-        pq.write_table(pa.Table.from_pylist([*rows, {**row, **placement}]), commit.path(EPISODES_PATH.format(chunk_index=chunk, file_index=file)))
+        rows = [
+            r
+            for r in self.episode_rows
+            if (r["meta/episodes/chunk_index"], r["meta/episodes/file_index"]) == (chunk, file)
+        ]
+        pq.write_table(
+            pa.Table.from_pylist([*rows, {**row, **placement}]),
+            commit.path(EPISODES_PATH.format(chunk_index=chunk, file_index=file)),
+        )
         return placement
 
-    def _episode_stats(self, arrays: dict[str, np.ndarray], episode_index: int, start: int, length: int, task_index: int) -> dict:
+    def _episode_stats(
+        self, arrays: dict[str, np.ndarray], episode_index: int, start: int, length: int, task_index: int
+    ) -> dict:
         stats = {}
         for key, feature in self.user_features.items():
-            stats[key] = image_stats(arrays[key]) if feature["dtype"] == "video" else vector_stats(arrays[key])
+            stats[key] = (
+                image_stats(arrays[key]) if feature["dtype"] == "video" else vector_stats(arrays[key])
+            )
         frame_index = np.arange(length)
         stats["timestamp"] = vector_stats((frame_index / self.fps).astype(np.float32))
         stats["frame_index"] = vector_stats(frame_index)
@@ -885,7 +1069,12 @@ class LeRobotDatasetWriter:
         try:
             if self.episode_rows:
                 stats = aggregate_stats([self._row_stats(row) for row in self.episode_rows])
-                data_files = sorted({DATA_PATH.format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"]) for r in self.episode_rows})
+                data_files = sorted(
+                    {
+                        DATA_PATH.format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
+                        for r in self.episode_rows
+                    }
+                )
                 vector_keys = [k for k, f in self.info["features"].items() if f["dtype"] != "video"]
                 tables = [pq.read_table(self.root / relative, columns=vector_keys) for relative in data_files]
                 table = pa.concat_tables(tables)

@@ -40,7 +40,10 @@ def ensure_offscreen_gl() -> str:
         )
         os.environ["MUJOCO_GL"] = "egl" if probe.returncode == 0 else "osmesa"
         if probe.returncode != 0:
-            logger.info("EGL unavailable (%s); rendering with OSMesa", probe.stderr.decode(errors="replace").strip()[-200:])
+            logger.info(
+                "EGL unavailable (%s); rendering with OSMesa",
+                probe.stderr.decode(errors="replace").strip()[-200:],
+            )
     backend = os.environ["MUJOCO_GL"]
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)

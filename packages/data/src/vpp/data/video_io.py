@@ -39,7 +39,13 @@ ENCODERS_444 = {"libx264", "libx265", "libvpx-vp9"}
 
 # Stream codec names (what a decoder reports, and what LeRobot stores as ``video.codec``)
 # mapped to the encoder that produces them, so a resumed recording appends with the same codec.
-ENCODER_FOR_CODEC = {"av1": "libsvtav1", "h264": "libx264", "mpeg4": "mpeg4", "hevc": "libx265", "vp9": "libvpx-vp9"}
+ENCODER_FOR_CODEC = {
+    "av1": "libsvtav1",
+    "h264": "libx264",
+    "mpeg4": "mpeg4",
+    "hevc": "libx265",
+    "vp9": "libvpx-vp9",
+}
 
 
 class VideoDecodeError(RuntimeError):
@@ -83,14 +89,18 @@ def default_codec() -> str:
     for codec in CODEC_PREFERENCE:
         if codec_works(codec):
             return codec
-    raise RuntimeError(f"none of the video codecs {CODEC_PREFERENCE} can both encode and decode with PyAV {av.__version__}")
+    raise RuntimeError(
+        f"none of the video codecs {CODEC_PREFERENCE} can both encode and decode with PyAV {av.__version__}"
+    )
 
 
 def check_pix_fmt(codec: str, pix_fmt: str) -> None:
     if pix_fmt not in PIX_FMTS:
         raise ValueError(f"pix_fmt={pix_fmt!r}; expected one of {PIX_FMTS}")
     if pix_fmt != "yuv420p" and codec not in ENCODERS_444:
-        raise ValueError(f"codec {codec!r} does not encode {pix_fmt}; expected one of {sorted(ENCODERS_444)} for it")
+        raise ValueError(
+            f"codec {codec!r} does not encode {pix_fmt}; expected one of {sorted(ENCODERS_444)} for it"
+        )
 
 
 def _check_frames(frames: np.ndarray, pix_fmt: str = PIX_FMT) -> np.ndarray:
@@ -99,12 +109,20 @@ def _check_frames(frames: np.ndarray, pix_fmt: str = PIX_FMT) -> np.ndarray:
         raise ValueError(f"video frames: got {frames.dtype} {frames.shape}, expected uint8 (N>0, H, W, 3)")
     height, width = frames.shape[1:3]
     if pix_fmt == "yuv420p" and (height % 2 or width % 2):
-        raise ValueError(f"video frames: got {height}x{width}, expected even height and width ({pix_fmt} halves chroma)")
+        raise ValueError(
+            f"video frames: got {height}x{width}, expected even height and width ({pix_fmt} halves chroma)"
+        )
     return np.ascontiguousarray(frames)
 
 
 def _encode(
-    path: Path, frames: np.ndarray, fps: int | float | Fraction, codec: str, gop: int, crf: int | None, pix_fmt: str = PIX_FMT
+    path: Path,
+    frames: np.ndarray,
+    fps: int | float | Fraction,
+    codec: str,
+    gop: int,
+    crf: int | None,
+    pix_fmt: str = PIX_FMT,
 ) -> None:
     # SVT-AV1 prints its banner to stderr at every encoder start unless told otherwise.
     os.environ.setdefault("SVT_LOG", "1")
@@ -197,7 +215,9 @@ def read_video(path: str | Path, indices: Sequence[int] | np.ndarray | None = No
     return np.stack([decoded[i] for i in wanted.tolist()])
 
 
-def read_video_timestamps(path: str | Path, timestamps_s: Sequence[float] | np.ndarray, tolerance_s: float) -> np.ndarray:
+def read_video_timestamps(
+    path: str | Path, timestamps_s: Sequence[float] | np.ndarray, tolerance_s: float
+) -> np.ndarray:
     """uint8 frames whose presentation time is nearest each of ``timestamps_s`` (seconds).
 
     Seeks to the keyframe before the earliest timestamp and decodes only up to the latest one,
@@ -312,7 +332,11 @@ def concatenate_videos(inputs: Sequence[str | Path], output: str | Path) -> list
         streams = [_video_stream(c, Path(p)) for c, p in zip(sources, inputs, strict=True)]
         first = streams[0]
         for path, stream in zip(inputs[1:], streams[1:], strict=True):
-            if (stream.codec_context.name, stream.width, stream.height) != (first.codec_context.name, first.width, first.height):
+            if (stream.codec_context.name, stream.width, stream.height) != (
+                first.codec_context.name,
+                first.width,
+                first.height,
+            ):
                 raise ValueError(
                     f"cannot join {path} ({stream.codec_context.name} {stream.width}x{stream.height}) to "
                     f"{inputs[0]} ({first.codec_context.name} {first.width}x{first.height}): codec and size must match"

@@ -96,7 +96,9 @@ def project_before_broadcast(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     for node in nodes:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
         reshape = producer.get(node.input[0]) if weight is not None and len(weight.dims) == 2 else None
-        broadcast = producer.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+        broadcast = (
+            producer.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+        )
         if broadcast is None or broadcast.op_type not in BROADCASTS:
             new_nodes.append(node)
             continue
@@ -108,29 +110,67 @@ def project_before_broadcast(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
         tag = f"vpp_pbb_{rewritten}"
         # New nodes keep the module path of the MatMul they replace, for per-module profiles.
         prefix = f"{node.name}/{tag}" if node.name else tag
-        projected, broadcast_arg, widened, reshape_arg = (f"{tag}_{s}" for s in ("projected", "shape", "broadcast", "reshape"))
+        projected, broadcast_arg, widened, reshape_arg = (
+            f"{tag}_{s}" for s in ("projected", "shape", "broadcast", "reshape")
+        )
         lead = (constant((0,)), constant((-1,)), constant((0,)))
         if broadcast.op_type == "Expand":
             # A trailing 1 lets the new last axis (N) through the broadcast unchanged.
-            new_nodes.append(helper.make_node("Slice", [broadcast.input[1], *lead], [f"{tag}_lead"], name=f"{prefix}/Slice"))
-            new_nodes.append(helper.make_node("Concat", [f"{tag}_lead", constant((1,))], [broadcast_arg], axis=0, name=f"{prefix}/Concat"))
+            new_nodes.append(
+                helper.make_node(
+                    "Slice", [broadcast.input[1], *lead], [f"{tag}_lead"], name=f"{prefix}/Slice"
+                )
+            )
+            new_nodes.append(
+                helper.make_node(
+                    "Concat",
+                    [f"{tag}_lead", constant((1,))],
+                    [broadcast_arg],
+                    axis=0,
+                    name=f"{prefix}/Concat",
+                )
+            )
         else:
             broadcast_arg = broadcast.input[1]
-        new_nodes.append(helper.make_node("MatMul", [source, node.input[1]], [projected], name=f"{prefix}/MatMul"))
-        new_nodes.append(helper.make_node(broadcast.op_type, [projected, broadcast_arg], [widened], name=f"{prefix}/{broadcast.op_type}"))
-        new_nodes.append(helper.make_node("Slice", [reshape.input[1], *lead], [f"{tag}_reshape_lead"], name=f"{prefix}/ReshapeSlice"))
-        new_nodes.append(helper.make_node("Concat", [f"{tag}_reshape_lead", constant((n,))], [reshape_arg], axis=0, name=f"{prefix}/ReshapeConcat"))
-        new_nodes.append(helper.make_node("Reshape", [widened, reshape_arg], list(node.output), name=f"{prefix}/Reshape"))
+        new_nodes.append(
+            helper.make_node("MatMul", [source, node.input[1]], [projected], name=f"{prefix}/MatMul")
+        )
+        new_nodes.append(
+            helper.make_node(
+                broadcast.op_type, [projected, broadcast_arg], [widened], name=f"{prefix}/{broadcast.op_type}"
+            )
+        )
+        new_nodes.append(
+            helper.make_node(
+                "Slice", [reshape.input[1], *lead], [f"{tag}_reshape_lead"], name=f"{prefix}/ReshapeSlice"
+            )
+        )
+        new_nodes.append(
+            helper.make_node(
+                "Concat",
+                [f"{tag}_reshape_lead", constant((n,))],
+                [reshape_arg],
+                axis=0,
+                name=f"{prefix}/ReshapeConcat",
+            )
+        )
+        new_nodes.append(
+            helper.make_node("Reshape", [widened, reshape_arg], list(node.output), name=f"{prefix}/Reshape")
+        )
         rewritten += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
     removed = _remove_unused_nodes(graph)
-    logger.info("projected %d MatMuls before their broadcast; %d nodes left unused and removed", rewritten, removed)
+    logger.info(
+        "projected %d MatMuls before their broadcast; %d nodes left unused and removed", rewritten, removed
+    )
     onnx.checker.check_model(model)
     return model, rewritten
 
 
-def _constant(name: str, producer: dict[str, onnx.NodeProto], initializers: dict[str, onnx.TensorProto]) -> tuple[str, onnx.TensorProto | None]:
+def _constant(
+    name: str, producer: dict[str, onnx.NodeProto], initializers: dict[str, onnx.TensorProto]
+) -> tuple[str, onnx.TensorProto | None]:
     """(the initializer's name, the tensor) behind ``name``, through Identity nodes; a Constant
     node gives (name, its tensor); anything else (name, None)."""
     while name not in initializers and name in producer and producer[name].op_type == "Identity":
@@ -138,7 +178,12 @@ def _constant(name: str, producer: dict[str, onnx.NodeProto], initializers: dict
     if name in initializers:
         return name, initializers[name]
     node = producer.get(name)
-    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+    if (
+        node is not None
+        and node.op_type == "Constant"
+        and node.attribute
+        and node.attribute[0].name == "value"
+    ):
         return name, node.attribute[0].t
     return name, None
 
@@ -150,7 +195,9 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
     return numpy_helper.to_array(tensor)
 
 
-def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.TensorProto], dict[str, list[onnx.NodeProto]], set[str]]:
+def _graph_index(
+    graph: onnx.GraphProto,
+) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.TensorProto], dict[str, list[onnx.NodeProto]], set[str]]:
     """(producer of each tensor, initializers by name, readers of each tensor, graph output names)."""
     producer = {name: node for node in graph.node for name in node.output}
     initializers = {t.name: t for t in graph.initializer}
@@ -161,7 +208,9 @@ def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dic
     return producer, initializers, readers, {output.name for output in graph.output}
 
 
-def _replace_nodes(model: onnx.ModelProto, replacements: dict[str, onnx.NodeProto], dropped: set[str], domain: str) -> tuple[onnx.ModelProto, int]:
+def _replace_nodes(
+    model: onnx.ModelProto, replacements: dict[str, onnx.NodeProto], dropped: set[str], domain: str
+) -> tuple[onnx.ModelProto, int]:
     """Puts each ``replacements`` node where the node making the same first output stood, drops
     the nodes whose first output is in ``dropped`` and whatever is left unused, and imports
     ``domain`` (nodes are keyed by their first output: unique in a graph, where names may be
@@ -194,13 +243,21 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inferred = shape_inference.infer_shapes(model)
-    ranks = {info.name: len(info.type.tensor_type.shape.dim) for info in list(inferred.graph.value_info) + list(graph.input)
-             if info.type.tensor_type.HasField("shape")}
+    ranks = {
+        info.name: len(info.type.tensor_type.shape.dim)
+        for info in list(inferred.graph.value_info) + list(graph.input)
+        if info.type.tensor_type.HasField("shape")
+    }
     producer, initializers, readers, outputs = _graph_index(graph)
 
     def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
         users = readers.get(name, [])
-        if len(users) != 1 or name in outputs or users[0].op_type != op_type or users[0].domain not in ("", "ai.onnx"):
+        if (
+            len(users) != 1
+            or name in outputs
+            or users[0].op_type != op_type
+            or users[0].domain not in ("", "ai.onnx")
+        ):
             return None
         return users[0]
 
@@ -230,8 +287,14 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
             continue
         target_values, scale_values, shift_values = _values(target), _values(scale), _values(shift)
         groups = int(scale_values.size) if scale_values is not None else 0
-        if (target_values is None or target_values.tolist() != [0, groups, -1] or groups == 0
-                or not np.all(scale_values == 1) or shift_values is None or not np.all(shift_values == 0)):
+        if (
+            target_values is None
+            or target_values.tolist() != [0, groups, -1]
+            or groups == 0
+            or not np.all(scale_values == 1)
+            or shift_values is None
+            or not np.all(shift_values == 0)
+        ):
             continue
         back = only_reader(norm.output[0], "Reshape")
         if back is None or back.input[0] != norm.output[0]:
@@ -246,12 +309,23 @@ def fuse_group_norms(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tupl
         # torch's group_norm export unsqueezes the affine to x's rank - 1, which puts C on axis
         # 1; where shape inference knows x's rank, it must agree.
         rank = ranks.get(x)
-        if not bias or weight[1] != bias[1] or weight[1][0] % groups or (rank is not None and rank != len(weight[1]) + 1):
+        if (
+            not bias
+            or weight[1] != bias[1]
+            or weight[1][0] % groups
+            or (rank is not None and rank != len(weight[1]) + 1)
+        ):
             continue
         epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
         fused = helper.make_node(
-            "GroupNorm", [x, weight[0], bias[0]], [add.output[0]], name=norm.name.replace("InstanceNormalization", "GroupNorm"),
-            domain=domain, num_groups=groups, epsilon=epsilon, silu=0,
+            "GroupNorm",
+            [x, weight[0], bias[0]],
+            [add.output[0]],
+            name=norm.name.replace("InstanceNormalization", "GroupNorm"),
+            domain=domain,
+            num_groups=groups,
+            epsilon=epsilon,
+            silu=0,
         )
         replacements[add.output[0]] = fused
         dropped.update(n.output[0] for n in (first, norm, back, mul))
@@ -281,9 +355,17 @@ def fuse_group_norm_silu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> 
         users = readers.get(x, [])
         if silu is None or silu.i != 0 or x in outputs or len(users) != 2:
             continue
-        sigmoid = next((i for i in users if nodes[i].op_type == "Sigmoid" and nodes[i].domain in ("", "ai.onnx")), None)
-        mul = next((i for i in users if nodes[i].op_type == "Mul" and nodes[i].domain in ("", "ai.onnx")), None)
-        if sigmoid is None or mul is None or sorted(nodes[mul].input) != sorted([x, nodes[sigmoid].output[0]]):
+        sigmoid = next(
+            (i for i in users if nodes[i].op_type == "Sigmoid" and nodes[i].domain in ("", "ai.onnx")), None
+        )
+        mul = next(
+            (i for i in users if nodes[i].op_type == "Mul" and nodes[i].domain in ("", "ai.onnx")), None
+        )
+        if (
+            sigmoid is None
+            or mul is None
+            or sorted(nodes[mul].input) != sorted([x, nodes[sigmoid].output[0]])
+        ):
             continue
         if readers.get(nodes[sigmoid].output[0], []) != [mul] or nodes[sigmoid].output[0] in outputs:
             continue
@@ -292,7 +374,9 @@ def fuse_group_norm_silu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> 
         dropped.update((sigmoid, mul))
         folded += 1
     if folded:
-        kept = [onnx.NodeProto.FromString(n.SerializeToString()) for i, n in enumerate(nodes) if i not in dropped]
+        kept = [
+            onnx.NodeProto.FromString(n.SerializeToString()) for i, n in enumerate(nodes) if i not in dropped
+        ]
         del graph.node[:]
         graph.node.extend(kept)
     return model, folded
@@ -318,7 +402,13 @@ def fuse_geglu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx
     def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
         """The standard-domain ``op_type`` node that makes ``name``, when it is its only reader's input."""
         node = producer.get(name)
-        if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx") or name in outputs or len(readers.get(name, [])) != 1:
+        if (
+            node is None
+            or node.op_type != op_type
+            or node.domain not in ("", "ai.onnx")
+            or name in outputs
+            or len(readers.get(name, [])) != 1
+        ):
             return None
         return node
 
@@ -353,12 +443,20 @@ def fuse_geglu(model: onnx.ModelProto, domain: str = FUSED_DOMAIN) -> tuple[onnx
             if gate is None or erf is None or scalar(other_input(plus_one, erf.output[0]) or "") != 1.0:
                 continue
             scale = made_by(erf.input[0], "Div")
-            if scale is None or scale.input[0] != gate or abs((scalar(scale.input[1]) or 0.0) - 2.0**0.5) > 1e-6:
+            if (
+                scale is None
+                or scale.input[0] != gate
+                or abs((scalar(scale.input[1]) or 0.0) - 2.0**0.5) > 1e-6
+            ):
                 continue
             if value in shapes and gate in shapes and shapes[value] != shapes[gate]:
                 continue
             replacements[product.output[0]] = helper.make_node(
-                "GeGLU", [value, gate], [product.output[0]], name=product.name.rsplit("/", 1)[0] + "/GeGLU", domain=domain
+                "GeGLU",
+                [value, gate],
+                [product.output[0]],
+                name=product.name.rsplit("/", 1)[0] + "/GeGLU",
+                domain=domain,
             )
             dropped.update(n.output[0] for n in (half_mul, inner, plus_one, erf, scale))
             break

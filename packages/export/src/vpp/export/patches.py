@@ -37,7 +37,9 @@ def _forwards_replaced(replacements: list[tuple[nn.Module, Callable[..., Any]]])
             del module.forward
 
 
-def _split_geglu_forward(module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _split_geglu_forward(
+    module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     weight, bias = module.proj.weight, module.proj.bias
     half = weight.shape[0] // 2
     value = F.linear(hidden_states, weight[:half], None if bias is None else bias[:half])
@@ -71,7 +73,9 @@ class _MultiHeadAttention(torch.autograd.Function):
     same default scale)."""
 
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int
+    ) -> torch.Tensor:
         batch, length, width = query.shape
         head_dim = width // heads
         q = query.reshape(batch, length, heads, head_dim).transpose(1, 2)
@@ -87,11 +91,25 @@ class _MultiHeadAttention(torch.autograd.Function):
         return out
 
 
-def _plain_attention_forward(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, _original: Any = None, **kwargs: Any) -> torch.Tensor:
+def _plain_attention_forward(
+    attn: nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    _original: Any = None,
+    **kwargs: Any,
+) -> torch.Tensor:
     if attention_mask is not None or kwargs or hidden_states.ndim != 3:
-        return _original(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
+        return _original(
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
     context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    out = _MultiHeadAttention.apply(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads)
+    out = _MultiHeadAttention.apply(
+        attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads
+    )
     return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -116,7 +134,9 @@ def multi_head_attention_nodes(module: nn.Module) -> Iterator[int]:
             continue
         if not isinstance(attn.processor, AttnProcessor2_0) or not _plain_attention(attn):
             continue
-        forward = lambda *args, _attn=attn, _original=attn.forward, **kwargs: _plain_attention_forward(_attn, *args, _original=_original, **kwargs)  # noqa: E731
+        forward = lambda *args, _attn=attn, _original=attn.forward, **kwargs: _plain_attention_forward(
+            _attn, *args, _original=_original, **kwargs
+        )  # noqa: E731
         replacements.append((attn, forward))
     with _forwards_replaced(replacements) as count:
         yield count
@@ -143,12 +163,16 @@ def _plain_attention(attn: nn.Module) -> bool:
     )
 
 
-def _folded_cross_attention(attn: nn.Module, state: _VideoText, hidden_states: torch.Tensor, as_node: bool) -> torch.Tensor:
+def _folded_cross_attention(
+    attn: nn.Module, state: _VideoText, hidden_states: torch.Tensor, as_node: bool
+) -> torch.Tensor:
     context = state.context
     videos, pixels = context.shape[0], state.pixels
     rows, frames, _ = hidden_states.shape  # (videos * pixels, frames, C)
     if rows != videos * pixels:
-        raise RuntimeError(f"temporal cross-attention got {rows} rows, expected {videos} videos x {pixels} pixels")
+        raise RuntimeError(
+            f"temporal cross-attention got {rows} rows, expected {videos} videos x {pixels} pixels"
+        )
     query = attn.to_q(hidden_states)
     key, value = attn.to_k(context), attn.to_v(context)  # (videos, L, inner)
     # (videos * pixels, frames) rows -> one query sequence of pixels * frames per video
@@ -162,7 +186,9 @@ def _folded_cross_attention(attn: nn.Module, state: _VideoText, hidden_states: t
 
 
 @contextlib.contextmanager
-def fold_temporal_cross_attention(module: nn.Module, multi_head_attention_node: bool = False) -> Iterator[int]:
+def fold_temporal_cross_attention(
+    module: nn.Module, multi_head_attention_node: bool = False
+) -> Iterator[int]:
     """While open, the temporal cross-attention (``attn2``) of every SVD
     ``TransformerSpatioTemporalModel`` under ``module`` attends once per video; yields how many
     attentions it patched, and restores them on exit.
@@ -210,9 +236,27 @@ def fold_temporal_cross_attention(module: nn.Module, multi_head_attention_node: 
             if attn is None or not isinstance(attn.processor, AttnProcessor2_0) or not _plain_attention(attn):
                 continue
 
-            def forward(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, _attn: nn.Module = attn, _state: _VideoText = state, _original=attn.forward, **kwargs: Any) -> torch.Tensor:
-                if _state.context is None or attention_mask is not None or encoder_hidden_states is None or kwargs:
-                    return _original(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
+            def forward(
+                hidden_states: torch.Tensor,
+                encoder_hidden_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                _attn: nn.Module = attn,
+                _state: _VideoText = state,
+                _original=attn.forward,
+                **kwargs: Any,
+            ) -> torch.Tensor:
+                if (
+                    _state.context is None
+                    or attention_mask is not None
+                    or encoder_hidden_states is None
+                    or kwargs
+                ):
+                    return _original(
+                        hidden_states,
+                        encoder_hidden_states=encoder_hidden_states,
+                        attention_mask=attention_mask,
+                        **kwargs,
+                    )
                 return _folded_cross_attention(_attn, _state, hidden_states, multi_head_attention_node)
 
             replacements.append((attn, forward))

@@ -128,7 +128,9 @@ def _check_float32_array(name: str, value: object) -> np.ndarray:
 
 def _check_same_shape(name: str, value: np.ndarray, reference_name: str, reference: np.ndarray) -> None:
     if value.shape != reference.shape:
-        raise ValueError(f"{name} has shape {value.shape}, expected the shape of {reference_name} {reference.shape}")
+        raise ValueError(
+            f"{name} has shape {value.shape}, expected the shape of {reference_name} {reference.shape}"
+        )
 
 
 def _check_parameterisation(parameterisation: str) -> None:
@@ -323,8 +325,14 @@ def scaled_dot_product_attention(
         try:
             mask_view = np.broadcast_to(mask, (batch, heads, lq, lk))
         except ValueError:
-            raise ValueError(f"mask of shape {mask.shape} does not broadcast to {(batch, heads, lq, lk)}") from None
-    kernel = extension.cuda_scaled_dot_product_attention if backend == "cuda" else extension.scaled_dot_product_attention
+            raise ValueError(
+                f"mask of shape {mask.shape} does not broadcast to {(batch, heads, lq, lk)}"
+            ) from None
+    kernel = (
+        extension.cuda_scaled_dot_product_attention
+        if backend == "cuda"
+        else extension.scaled_dot_product_attention
+    )
     return kernel(q, k, v, mask_view, bool(causal), None if scale is None else float(scale))
 
 

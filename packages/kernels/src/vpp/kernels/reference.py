@@ -14,7 +14,12 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def group_norm_silu(
-    x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, num_groups: int, eps: float, silu: bool = True
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    num_groups: int,
+    eps: float,
+    silu: bool = True,
 ) -> np.ndarray:
     batch, channels = x.shape[:2]
     grouped = x.reshape(batch, num_groups, -1)
@@ -37,7 +42,9 @@ def geglu(value: np.ndarray, gate: np.ndarray) -> np.ndarray:
     return value * gelu
 
 
-def edm_denoise(x: np.ndarray, f: np.ndarray, sigma: float, sigma_data: float, parameterisation: str) -> np.ndarray:
+def edm_denoise(
+    x: np.ndarray, f: np.ndarray, sigma: float, sigma_data: float, parameterisation: str
+) -> np.ndarray:
     total = sigma**2 + sigma_data**2
     c_skip = sigma_data**2 / total
     c_out = sigma * sigma_data / np.sqrt(total) * (-1.0 if parameterisation == "v" else 1.0)

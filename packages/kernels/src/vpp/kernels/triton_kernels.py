@@ -94,7 +94,9 @@ def _check_tensor(name: str, value: object, device: torch.device | None = None) 
     if value.dtype != torch.float32:
         raise ValueError(f"{name} must be float32, got {value.dtype}")
     if not value.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (strides {tuple(value.stride())} for shape {tuple(value.shape)})")
+        raise ValueError(
+            f"{name} must be contiguous (strides {tuple(value.stride())} for shape {tuple(value.shape)})"
+        )
     if device is not None and value.device != device:
         raise ValueError(f"{name} is on {value.device}, expected {device} like x")
     return value
@@ -148,11 +150,15 @@ def geglu(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     _check_tensor("value", value)
     _check_tensor("gate", gate, value.device)
     if gate.shape != value.shape:
-        raise ValueError(f"gate has shape {tuple(gate.shape)}, expected the shape of value {tuple(value.shape)}")
+        raise ValueError(
+            f"gate has shape {tuple(gate.shape)}, expected the shape of value {tuple(value.shape)}"
+        )
     out = torch.empty_like(value)
     count = value.numel()
     if count:
-        _geglu_kernel[(triton.cdiv(count, _ELEMENTWISE_BLOCK),)](value, gate, out, count, BLOCK=_ELEMENTWISE_BLOCK)
+        _geglu_kernel[(triton.cdiv(count, _ELEMENTWISE_BLOCK),)](
+            value, gate, out, count, BLOCK=_ELEMENTWISE_BLOCK
+        )
     return out
 
 
@@ -169,7 +175,9 @@ def _axpby(x: torch.Tensor, f: torch.Tensor, a: float, b: float, out: torch.Tens
             raise ValueError(f"out has shape {tuple(out.shape)}, expected the shape of x {tuple(x.shape)}")
     count = x.numel()
     if count:
-        _axpby_kernel[(triton.cdiv(count, _ELEMENTWISE_BLOCK),)](x, f, out, count, a, b, BLOCK=_ELEMENTWISE_BLOCK)
+        _axpby_kernel[(triton.cdiv(count, _ELEMENTWISE_BLOCK),)](
+            x, f, out, count, a, b, BLOCK=_ELEMENTWISE_BLOCK
+        )
     return out
 
 

@@ -28,10 +28,17 @@ Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     """Drawn on the generator's device, so a CPU generator gives the same numbers whatever the
     model's device."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device if generator is not None else None)
+    return torch.randn(
+        shape,
+        generator=generator,
+        dtype=torch.float32,
+        device=generator.device if generator is not None else None,
+    )
 
 
-def karras_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def karras_scalings(
+    sigma: torch.Tensor, sigma_data: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape)."""
     total = sigma**2 + sigma_data**2
     c_skip = sigma_data**2 / total
@@ -88,7 +95,9 @@ class ActionDiffusion:
 
     def training_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg = self.config
-        return sample_log_logistic((batch,), cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, generator)
+        return sample_log_logistic(
+            (batch,), cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, generator
+        )
 
     def loss(
         self,

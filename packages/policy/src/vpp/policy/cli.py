@@ -20,23 +20,33 @@ def cmd_diagnose(args) -> None:
 
     policy = VideoPredictionPolicy.from_pretrained(args.policy).eval()
     config = policy.config
-    source = LeRobotEpisodeSource(args.data, state_key=None if config.state_dim is None else "observation.state")
-    train, held_out = split_by_task([source.episode(i) for i in range(len(source))], args.train_episodes_per_task, args.held_out_per_task)
+    source = LeRobotEpisodeSource(
+        args.data, state_key=None if config.state_dim is None else "observation.state"
+    )
+    train, held_out = split_by_task(
+        [source.episode(i) for i in range(len(source))], args.train_episodes_per_task, args.held_out_per_task
+    )
     settings = {"samples": args.samples, "stride": args.stride, "seed": args.seed, "progress": True}
     results = {
         "policy": args.policy,
         "data": args.data,
         "train_episodes_per_task": args.train_episodes_per_task,
-        "offline_action_error": offline_action_error(policy, train, held_out, config.cameras, config.chunk, **settings),
+        "offline_action_error": offline_action_error(
+            policy, train, held_out, config.cameras, config.chunk, **settings
+        ),
         "image_sensitivity": image_sensitivity(policy, held_out, config.cameras, config.chunk, **settings),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnostics.json").write_text(json.dumps(results, indent=2) + "\n")
     mse, eyes = results["offline_action_error"]["action_chunk_mse"], results["image_sensitivity"]
-    print(f"action chunk MSE: policy mean {mse['policy_mean']:.4f} (one sample {mse['policy_single_sample']:.4f}), "
-          f"task mean chunk {mse['task_mean_chunk']:.4f}")
-    print(f"image ratio {eyes['image_ratio']}, state ratio {eyes['state_ratio']} (oracle shift {eyes['oracle_shift']:.4f})")
+    print(
+        f"action chunk MSE: policy mean {mse['policy_mean']:.4f} (one sample {mse['policy_single_sample']:.4f}), "
+        f"task mean chunk {mse['task_mean_chunk']:.4f}"
+    )
+    print(
+        f"image ratio {eyes['image_ratio']}, state ratio {eyes['state_ratio']} (oracle shift {eyes['oracle_shift']:.4f})"
+    )
     print(f"written to {out / 'diagnostics.json'}")
 
 
@@ -87,16 +97,26 @@ def cmd_train(args) -> None:
     # checked before any model or data is loaded: a bad value fails at once
     train_config = config_from_arguments(PolicyTrainConfig, args)
     tvp = load_tvp(args)
-    sources = [LeRobotEpisodeSource(path, state_key=None if args.no_state else "observation.state") for path in args.data]
+    sources = [
+        LeRobotEpisodeSource(path, state_key=None if args.no_state else "observation.state")
+        for path in args.data
+    ]
     probe = sources[0].episode(0)
     state_dim = None if args.no_state or probe.state is None else probe.state.shape[1]
     cameras = args.camera or ["corner"]
-    windows = PolicyWindowDataset(sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim)
+    windows = PolicyWindowDataset(
+        sources, cameras, chunk=args.chunk, image_size=tvp.config.image_size, state_dim=state_dim
+    )
     logger.info("%s", windows.report.summary())
     if args.episodes_per_task is not None:
         keep_first_episodes_per_task(windows, args.episodes_per_task)
     keep_every_kth_window(windows, args.window_stride)
-    logger.info("%d training windows (every %d-th timestep, episodes per task: %s)", len(windows), args.window_stride, args.episodes_per_task or "all")
+    logger.info(
+        "%d training windows (every %d-th timestep, episodes per task: %s)",
+        len(windows),
+        args.window_stride,
+        args.episodes_per_task or "all",
+    )
     config = config_from_arguments(
         VPPConfig,
         args,
@@ -157,12 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     diagnose = sub.add_parser(
-        "diagnose", help="offline action error and image sensitivity of a policy on held-out demonstrations -> JSON"
+        "diagnose",
+        help="offline action error and image sensitivity of a policy on held-out demonstrations -> JSON",
     )
     diagnose.add_argument("--policy", required=True, help="a saved policy folder")
-    diagnose.add_argument("--data", required=True, help="the LeRobotDataset v3 folder the policy was trained on")
     diagnose.add_argument(
-        "--train-episodes-per-task", type=int, default=10,
+        "--data", required=True, help="the LeRobotDataset v3 folder the policy was trained on"
+    )
+    diagnose.add_argument(
+        "--train-episodes-per-task",
+        type=int,
+        default=10,
         help="the first N episodes of each task are the training set (train's --episodes-per-task); the next are held out",
     )
     diagnose.add_argument("--held-out-per-task", type=int, default=5)
@@ -172,32 +197,61 @@ def main(argv: list[str] | None = None) -> None:
     diagnose.add_argument("--out", required=True, help="folder for diagnostics.json")
     diagnose.set_defaults(func=cmd_diagnose)
 
-    train = sub.add_parser("train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)")
+    train = sub.add_parser(
+        "train", help="train the policy head on LeRobot episodes with a frozen TVP (resumable)"
+    )
     train.add_argument("--data", action="append", required=True, help="LeRobotDataset v3 folder (repeatable)")
     train.add_argument("--tvp", help="trained TVP folder (vpp-tvp train's run/model)")
-    train.add_argument("--tvp-preset", default="tiny", choices=TVPConfig.preset_names(), help="untrained TVP when --tvp is absent")
-    train.add_argument("--camera", action="append", default=None, help="camera name (repeatable; default: corner)")
+    train.add_argument(
+        "--tvp-preset",
+        default="tiny",
+        choices=TVPConfig.preset_names(),
+        help="untrained TVP when --tvp is absent",
+    )
+    train.add_argument(
+        "--camera", action="append", default=None, help="camera name (repeatable; default: corner)"
+    )
     train.add_argument("--no-state", action="store_true", help="do not use observation.state")
     train.add_argument("--head-preset", default="small", choices=PolicyHeadConfig.preset_names())
-    train.add_argument("--feature-cache", help="folder for encoder features computed once (TVP: from the policy's one fixed noise draw; VAE: its latents)")
-    train.add_argument("--episodes-per-task", type=int, default=None, help="train on the first N episodes of each instruction only")
-    train.add_argument("--window-stride", type=int, default=1, help="train on the windows at every k-th timestep only (both encoders)")
+    train.add_argument(
+        "--feature-cache",
+        help="folder for encoder features computed once (TVP: from the policy's one fixed noise draw; VAE: its latents)",
+    )
+    train.add_argument(
+        "--episodes-per-task",
+        type=int,
+        default=None,
+        help="train on the first N episodes of each instruction only",
+    )
+    train.add_argument(
+        "--window-stride",
+        type=int,
+        default=1,
+        help="train on the windows at every k-th timestep only (both encoders)",
+    )
     # The policy's and the run's config fields are options, but for those given otherwise: --camera
     # names the cameras, the data give the action and state sizes, --feature-cache picks the feature
     # noise and --seed seeds it.
     add_config_arguments(
-        train, VPPConfig, exclude=["cameras", "action_dim", "state_dim", "feature_noise", "feature_seed"],
+        train,
+        VPPConfig,
+        exclude=["cameras", "action_dim", "state_dim", "feature_noise", "feature_seed"],
         defaults={"chunk": 10, "standardize_features": True},
     )
     add_config_arguments(
-        train, PolicyTrainConfig, aliases={"output_dir": "--output", "max_steps": "--steps", "learning_rate": "--lr"}
+        train,
+        PolicyTrainConfig,
+        aliases={"output_dir": "--output", "max_steps": "--steps", "learning_rate": "--lr"},
     )
     train.set_defaults(func=cmd_train)
 
     convert = sub.add_parser(
-        "convert", help="rewrite a policy folder of the old five-file layout as config.json + model.safetensors"
+        "convert",
+        help="rewrite a policy folder of the old five-file layout as config.json + model.safetensors",
     )
-    convert.add_argument("old", help="policy folder with vpp_policy.json, policy_head.json, head.safetensors, tvp/")
+    convert.add_argument(
+        "old", help="policy folder with vpp_policy.json, policy_head.json, head.safetensors, tvp/"
+    )
     convert.add_argument("new", help="folder to write")
     convert.set_defaults(func=cmd_convert)
 

@@ -61,7 +61,9 @@ class PolicyEpisode:
         return self.reader(camera, np.asarray(indices, dtype=np.int64))
 
 
-def validate_episode(episode: PolicyEpisode, cameras: Sequence[str], chunk: int, state_dim: int | None) -> None:
+def validate_episode(
+    episode: PolicyEpisode, cameras: Sequence[str], chunk: int, state_dim: int | None
+) -> None:
     """Raises BadEpisode with the offending value and what was expected."""
     actions = episode.actions
     if actions.ndim != 2:
@@ -85,7 +87,9 @@ def validate_episode(episode: PolicyEpisode, cameras: Sequence[str], chunk: int,
         if state_dim is not None and episode.state.shape[1] != state_dim:
             raise BadEpisode(f"{episode.key}: state dim {episode.state.shape[1]}, expected {state_dim}")
     elif state_dim is not None:
-        raise BadEpisode(f"{episode.key}: no state, but the policy uses a {state_dim}-dim proprioception input")
+        raise BadEpisode(
+            f"{episode.key}: no state, but the policy uses a {state_dim}-dim proprioception input"
+        )
     if len(actions) < chunk:
         raise BadEpisode(f"{episode.key}: {len(actions)} steps, shorter than one action chunk ({chunk})")
     if not episode.instruction.strip():
@@ -129,7 +133,9 @@ class ArrayEpisodeSource(EpisodeSource):
 class LeRobotEpisodeSource(EpisodeSource):
     """Episodes of a LeRobotDataset v3 folder; cameras are video keys (or their last component)."""
 
-    def __init__(self, root: str | Path, action_key: str = "action", state_key: str | None = "observation.state") -> None:
+    def __init__(
+        self, root: str | Path, action_key: str = "action", state_key: str | None = "observation.state"
+    ) -> None:
         from vpp.data.lerobot import LeRobotDataset
 
         self.dataset = LeRobotDataset(root)
@@ -139,14 +145,18 @@ class LeRobotEpisodeSource(EpisodeSource):
         self.action_key = action_key
         self.state_key = state_key if state_key in self.dataset.features else None
         if action_key not in self.dataset.features:
-            raise KeyError(f"{root} has no {action_key!r} feature; features are {sorted(self.dataset.features)}")
+            raise KeyError(
+                f"{root} has no {action_key!r} feature; features are {sorted(self.dataset.features)}"
+            )
 
     def camera_key(self, camera: str) -> str:
         if camera in self.dataset.video_keys:
             return camera
         matches = [k for k in self.dataset.video_keys if k.split(".")[-1] == camera]
         if len(matches) != 1:
-            raise KeyError(f"camera {camera!r} not in {self.name}; video keys are {list(self.dataset.video_keys)}")
+            raise KeyError(
+                f"camera {camera!r} not in {self.name}; video keys are {list(self.dataset.video_keys)}"
+            )
         return matches[0]
 
     def __len__(self) -> int:
@@ -155,11 +165,18 @@ class LeRobotEpisodeSource(EpisodeSource):
     def episode(self, index: int) -> PolicyEpisode:
         episode = self.dataset.episode(index)
         actions = np.asarray(episode.column(self.action_key), dtype=np.float32)
-        state = None if self.state_key is None else np.asarray(episode.column(self.state_key), dtype=np.float32)
+        state = (
+            None if self.state_key is None else np.asarray(episode.column(self.state_key), dtype=np.float32)
+        )
         cameras = {key.split(".")[-1]: key for key in self.dataset.video_keys}
-        counts = {**{short: episode.length for short in cameras}, **{key: episode.length for key in self.dataset.video_keys}}
+        counts = {
+            **{short: episode.length for short in cameras},
+            **{key: episode.length for key in self.dataset.video_keys},
+        }
         if episode.task and episode.task not in self.dataset.tasks:
-            raise BadEpisode(f"{self.name}/{index}: task {episode.task!r} is not in meta/tasks.parquet {self.dataset.tasks}")
+            raise BadEpisode(
+                f"{self.name}/{index}: task {episode.task!r} is not in meta/tasks.parquet {self.dataset.tasks}"
+            )
         task_index = self.dataset.tasks.index(episode.task) if episode.task else None
         return PolicyEpisode(
             key=f"{self.name}/{index}",
@@ -192,7 +209,9 @@ class LeRobotEpisodeSource(EpisodeSource):
         last_frame = episode.from_timestamp(key) + (episode.length - 1) / self.dataset.fps
         # a frame shown at t lasts until t + 1/fps; half a frame of slack absorbs timestamp rounding
         if last_frame > end - 0.5 / self.dataset.fps:
-            raise UnreadableEpisode(f"{where} ends at {end:.3f} s, before the episode's last frame at {last_frame:.3f} s")
+            raise UnreadableEpisode(
+                f"{where} ends at {end:.3f} s, before the episode's last frame at {last_frame:.3f} s"
+            )
 
     def _read(self, episode, camera: str, indices: np.ndarray) -> np.ndarray:
         key = self.camera_key(camera)
@@ -254,7 +273,9 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
                 self.episodes.append(episode)
         if not self.episodes:
             raise NoValidEpisodes("no usable episode:\n" + self.report.summary())
-        self.windows = [(e, t) for e, episode in enumerate(self.episodes) for t in range(episode.length - chunk + 1)]
+        self.windows = [
+            (e, t) for e, episode in enumerate(self.episodes) for t in range(episode.length - chunk + 1)
+        ]
         self.unreadable: set[int] = set()
 
     def mark_unreadable(self, e: int, error: Exception) -> None:
@@ -288,8 +309,12 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
                 frames.append(episode.read_frames(camera, np.array([t]))[0])
             except UnreadableEpisode:
                 raise
-            except Exception as error:  # whatever the source's decoder raises, the run needs the episode named
-                raise UnreadableEpisode(f"{episode.key}: camera {camera!r}, timestep {t}: {type(error).__name__}: {error}") from error
+            except (
+                Exception
+            ) as error:  # whatever the source's decoder raises, the run needs the episode named
+                raise UnreadableEpisode(
+                    f"{episode.key}: camera {camera!r}, timestep {t}: {type(error).__name__}: {error}"
+                ) from error
         return resize_frames(np.stack(frames), self.image_size)
 
     def __getitem__(self, index: int) -> dict:

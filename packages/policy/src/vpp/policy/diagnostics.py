@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 class ChunkSampler(Protocol):
     def predict_action_chunk(
-        self, observation: Mapping[str, np.ndarray], instruction: str, generator: torch.Generator | None = None
+        self,
+        observation: Mapping[str, np.ndarray],
+        instruction: str,
+        generator: torch.Generator | None = None,
     ) -> np.ndarray: ...
 
 
@@ -40,7 +43,9 @@ def split_by_task(
     """The first ``train_per_task`` episodes of every instruction (what ``vpp-policy train
     --episodes-per-task`` trains on) and the next ``held_out_per_task``."""
     if train_per_task < 0 or held_out_per_task < 1:
-        raise ValueError(f"train_per_task={train_per_task}, held_out_per_task={held_out_per_task}; expected >= 0 and >= 1")
+        raise ValueError(
+            f"train_per_task={train_per_task}, held_out_per_task={held_out_per_task}; expected >= 0 and >= 1"
+        )
     seen: dict[str, int] = {}
     train, held_out = [], []
     for episode in episodes:
@@ -62,7 +67,9 @@ def _observation(videos: Mapping[str, np.ndarray], i: int, state: np.ndarray | N
     return observation
 
 
-def _videos(episode: PolicyEpisode, cameras: Sequence[str], timesteps: Sequence[int]) -> dict[str, np.ndarray]:
+def _videos(
+    episode: PolicyEpisode, cameras: Sequence[str], timesteps: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Each camera's frames at ``timesteps``, decoded in one read per camera."""
     index = np.asarray(timesteps, dtype=np.int64)
     return {camera: episode.read_frames(camera, index) for camera in cameras}
@@ -79,15 +86,25 @@ def _generators(seed: int, window: int, samples: int) -> Iterator[torch.Generato
 
 
 def _samples(
-    policy: ChunkSampler, observation: dict, instruction: str, seed: int, window: int, samples: int, chunk: int
+    policy: ChunkSampler,
+    observation: dict,
+    instruction: str,
+    seed: int,
+    window: int,
+    samples: int,
+    chunk: int,
 ) -> np.ndarray:
     """(samples, chunk, action_dim) chunks, sample k drawn with the generator of (seed, window, k):
     the same seeds for two observations of one window make sampling noise common to both."""
     out = []
     for generator in _generators(seed, window, samples):
-        predicted = np.asarray(policy.predict_action_chunk(observation, instruction, generator), dtype=np.float64)
+        predicted = np.asarray(
+            policy.predict_action_chunk(observation, instruction, generator), dtype=np.float64
+        )
         if predicted.ndim != 2 or predicted.shape[0] != chunk:
-            raise ValueError(f"policy returned a chunk of shape {predicted.shape}; expected ({chunk}, action_dim)")
+            raise ValueError(
+                f"policy returned a chunk of shape {predicted.shape}; expected ({chunk}, action_dim)"
+            )
         out.append(predicted)
     return np.stack(out)
 
@@ -157,7 +174,9 @@ def offline_action_error(
     w = 0
     for episode in held_out:
         if episode.instruction not in task_mean:
-            raise ValueError(f"held-out episode {episode.key}: no training episode of its task {episode.instruction!r}")
+            raise ValueError(
+                f"held-out episode {episode.key}: no training episode of its task {episode.instruction!r}"
+            )
         timesteps = list(range(0, episode.length - chunk + 1, stride))
         videos = _videos(episode, cameras, timesteps)
         for i, t in enumerate(timesteps):
@@ -178,7 +197,9 @@ def offline_action_error(
             if with_state:
                 states = np.asarray(task_states[episode.instruction])
                 nearest = int(np.argmin(((states - episode.state[t]) ** 2).sum(axis=1)))
-                row["state_nearest_neighbour"] = float(np.mean((task_chunks[episode.instruction][nearest] - truth) ** 2))
+                row["state_nearest_neighbour"] = float(
+                    np.mean((task_chunks[episode.instruction][nearest] - truth) ** 2)
+                )
             for name, value in row.items():
                 errors[name].append(value)
                 per_task.setdefault(episode.instruction, {}).setdefault(name, []).append(value)
@@ -195,7 +216,9 @@ def offline_action_error(
         "samples_per_window": samples,
         "action_chunk_mse": {name: float(np.mean(values)) for name, values in errors.items()},
         "sampling_variance": float(np.mean(variances)),
-        "per_task": {task: {name: float(np.mean(v)) for name, v in rows.items()} for task, rows in per_task.items()},
+        "per_task": {
+            task: {name: float(np.mean(v)) for name, v in rows.items()} for task, rows in per_task.items()
+        },
     }
 
 
@@ -240,7 +263,9 @@ def image_sensitivity(
     groups = [group for group in by_task.values() if len(group) >= 2]
     pairs = [(group[i], group[(i + 1) % len(group)]) for group in groups for i in range(len(group))]
     if not pairs:
-        raise ValueError("image_sensitivity needs two or more episodes of one task; every task has at most one")
+        raise ValueError(
+            "image_sensitivity needs two or more episodes of one task; every task has at most one"
+        )
     with_state = all(e.state is not None for pair in pairs for e in pair)
     timesteps = [list(range(0, min(a.length, b.length) - chunk + 1, stride)) for a, b in pairs]
     image_sq, state_sq, oracle_sq, spread_sq = [], [], [], []
@@ -256,13 +281,18 @@ def image_sensitivity(
             }
             if not with_state:
                 del observations["state"]
-            drawn = {k: _samples(policy, o, a.instruction, seed, w, samples, chunk) for k, o in observations.items()}
+            drawn = {
+                k: _samples(policy, o, a.instruction, seed, w, samples, chunk)
+                for k, o in observations.items()
+            }
             mean = drawn["original"].mean(axis=0)
             spread_sq.append(((drawn["original"] - mean) ** 2).sum(axis=0).mean() / (samples - 1))
             image_sq.append(np.mean((drawn["image"].mean(axis=0) - mean) ** 2))
             if with_state:
                 state_sq.append(np.mean((drawn["state"].mean(axis=0) - mean) ** 2))
-            oracle_sq.append(np.mean((a.actions[t : t + chunk].astype(np.float64) - b.actions[t : t + chunk]) ** 2))
+            oracle_sq.append(
+                np.mean((a.actions[t : t + chunk].astype(np.float64) - b.actions[t : t + chunk]) ** 2)
+            )
             w += 1
             bar.update(1)
     bar.close()

@@ -15,7 +15,12 @@ import math
 import torch
 from torch import nn
 
-from vpp.policy.attention import FeedForward, MultiHeadAttention, init_transformer_weights, top_left_causal_mask
+from vpp.policy.attention import (
+    FeedForward,
+    MultiHeadAttention,
+    init_transformer_weights,
+    top_left_causal_mask,
+)
 from vpp.policy.config import DiTHeadConfig, InputShapeError
 
 
@@ -25,7 +30,9 @@ class NoiseLevelEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         half = dim // 2
-        frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
+        frequencies = torch.exp(
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1)
+        )
         self.register_buffer("frequencies", frequencies, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * half, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
 
@@ -56,9 +63,13 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = config.dim
         self.norm_self = nn.LayerNorm(d, bias=False, elementwise_affine=False)
-        self.self_attention = MultiHeadAttention(d, config.heads, attn_dropout=config.attn_dropout, resid_dropout=config.resid_dropout)
+        self.self_attention = MultiHeadAttention(
+            d, config.heads, attn_dropout=config.attn_dropout, resid_dropout=config.resid_dropout
+        )
         self.norm_cross = nn.LayerNorm(d)
-        self.cross_attention = MultiHeadAttention(d, config.heads, attn_dropout=config.attn_dropout, resid_dropout=config.resid_dropout)
+        self.cross_attention = MultiHeadAttention(
+            d, config.heads, attn_dropout=config.attn_dropout, resid_dropout=config.resid_dropout
+        )
         self.norm_mlp = nn.LayerNorm(d, bias=False, elementwise_affine=False)
         self.mlp = FeedForward(d, config.mlp_mult, config.mlp_dropout)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
@@ -71,8 +82,12 @@ class DecoderBlock(nn.Module):
         self_mask: torch.Tensor | None = None,
         cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        shift_self, scale_self, gate_self, shift_mlp, scale_mlp, gate_mlp = self.modulation(noise_embedding)[:, None].chunk(6, dim=-1)
-        x = x + gate_self * self.self_attention(self.norm_self(x) * (1 + scale_self) + shift_self, attn_mask=self_mask)
+        shift_self, scale_self, gate_self, shift_mlp, scale_mlp, gate_mlp = self.modulation(noise_embedding)[
+            :, None
+        ].chunk(6, dim=-1)
+        x = x + gate_self * self.self_attention(
+            self.norm_self(x) * (1 + scale_self) + shift_self, attn_mask=self_mask
+        )
         x = x + self.cross_attention(self.norm_cross(x), context, attn_mask=cross_mask)
         return x + gate_mlp * self.mlp(self.norm_mlp(x) * (1 + scale_mlp) + shift_mlp)
 
@@ -104,21 +119,36 @@ class DiTActionHead(nn.Module):
 
     def encode(self, condition: torch.Tensor) -> torch.Tensor:
         if condition.ndim != 3 or condition.shape[-1] != self.config.dim:
-            raise InputShapeError(f"condition tokens have shape {tuple(condition.shape)}; expected (B, N, {self.config.dim})")
+            raise InputShapeError(
+                f"condition tokens have shape {tuple(condition.shape)}; expected (B, N, {self.config.dim})"
+            )
         x = condition
         for block in self.encoder_blocks:
             x = block(x)
         return self.encoder_norm(x)
 
-    def attention_masks(self, num_context: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def attention_masks(
+        self, num_context: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         chunk = self.config.chunk
-        self_mask = top_left_causal_mask(chunk, chunk, device) if self.config.decoder_causal_self_attention else None
-        cross_mask = top_left_causal_mask(chunk, num_context, device) if self.config.decoder_causal_cross_attention else None
+        self_mask = (
+            top_left_causal_mask(chunk, chunk, device) if self.config.decoder_causal_self_attention else None
+        )
+        cross_mask = (
+            top_left_causal_mask(chunk, num_context, device)
+            if self.config.decoder_causal_cross_attention
+            else None
+        )
         return self_mask, cross_mask
 
-    def decode(self, context: torch.Tensor, scaled_actions: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, context: torch.Tensor, scaled_actions: torch.Tensor, c_noise: torch.Tensor
+    ) -> torch.Tensor:
         cfg = self.config
-        if scaled_actions.shape[1:] != (cfg.chunk, cfg.action_dim) or scaled_actions.shape[0] != context.shape[0]:
+        if (
+            scaled_actions.shape[1:] != (cfg.chunk, cfg.action_dim)
+            or scaled_actions.shape[0] != context.shape[0]
+        ):
             raise InputShapeError(
                 f"noisy actions have shape {tuple(scaled_actions.shape)}; expected ({context.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
             )
@@ -131,5 +161,7 @@ class DiTActionHead(nn.Module):
             x = block(x, noise_embedding, context, self_mask=self_mask, cross_mask=cross_mask)
         return self.action_output(self.decoder_norm(x))
 
-    def forward(self, condition: torch.Tensor, scaled_actions: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, condition: torch.Tensor, scaled_actions: torch.Tensor, c_noise: torch.Tensor
+    ) -> torch.Tensor:
         return self.decode(self.encode(condition), scaled_actions, c_noise)

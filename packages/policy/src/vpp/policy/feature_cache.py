@@ -47,15 +47,29 @@ def tvp_fingerprint(tvp: TextGuidedVideoPredictor) -> str:
 
 class FeatureCache:
     def __init__(
-        self, root: str | Path, tvp: TextGuidedVideoPredictor, cameras: list[str], seed: int = 0, encoder: str = "tvp"
+        self,
+        root: str | Path,
+        tvp: TextGuidedVideoPredictor,
+        cameras: list[str],
+        seed: int = 0,
+        encoder: str = "tvp",
     ) -> None:
         if encoder not in ("tvp", "vae"):
             raise ValueError(f"encoder {encoder!r}: expected 'tvp' or 'vae'")
         self.seed, self.encoder = seed, encoder
         fingerprint = tvp_fingerprint(tvp)
-        name = f"{fingerprint}-{'+'.join(cameras)}-fixed{seed}" if encoder == "tvp" else f"{fingerprint}-{'+'.join(cameras)}-vae"
+        name = (
+            f"{fingerprint}-{'+'.join(cameras)}-fixed{seed}"
+            if encoder == "tvp"
+            else f"{fingerprint}-{'+'.join(cameras)}-vae"
+        )
         self.folder = Path(root) / name
-        self.meta = {"tvp_fingerprint": fingerprint, "cameras": cameras, "encoder": encoder, "dtype": "float16"}
+        self.meta = {
+            "tvp_fingerprint": fingerprint,
+            "cameras": cameras,
+            "encoder": encoder,
+            "dtype": "float16",
+        }
         if encoder == "tvp":
             self.meta.update(noise="fixed", seed=seed)
 
@@ -71,7 +85,13 @@ class FeatureCache:
                 digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
         return self.folder / (digest.hexdigest()[:24] + ".safetensors")
 
-    def build(self, dataset: PolicyWindowDataset, tvp: TextGuidedVideoPredictor, batch_size: int = 8, progress: bool = True) -> int:
+    def build(
+        self,
+        dataset: PolicyWindowDataset,
+        tvp: TextGuidedVideoPredictor,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> int:
         """Computes the features of every episode not cached yet; returns how many it computed.
         An episode whose frames fail to decode is marked unreadable in ``dataset`` and skipped."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +116,11 @@ class FeatureCache:
                         parts.append(static_features(tvp, images))
                         continue
                     text = hidden.expand(len(batch), -1, -1)
-                    parts.append(predictive_features(tvp, images, text_hidden=text, noise=noise.expand(len(batch), *noise.shape)))
+                    parts.append(
+                        predictive_features(
+                            tvp, images, text_hidden=text, noise=noise.expand(len(batch), *noise.shape)
+                        )
+                    )
             except UnreadableEpisode as error:
                 dataset.mark_unreadable(e, error)
                 continue
@@ -113,15 +137,18 @@ class FeatureCache:
         path = self.path(episode)
         episode_key = episode.key
         if not path.is_file():
-            raise KeyError(f"episode {episode_key} has no cached features in {self.folder}; build the cache first")
+            raise KeyError(
+                f"episode {episode_key} has no cached features in {self.folder}; build the cache first"
+            )
         with safe_open(path, framework="pt") as f:
             rows = (f.get_tensor("timesteps") == t).nonzero()
             if len(rows) != 1:
-                raise KeyError(f"episode {episode_key}: no cached window at timestep {t} in {path}; it was built for other windows")
+                raise KeyError(
+                    f"episode {episode_key}: no cached window at timestep {t} in {path}; it was built for other windows"
+                )
             row = int(rows[0])
             return f.get_slice("features")[row : row + 1][0].float()
 
     def features_for(self, dataset: PolicyWindowDataset, index: int) -> torch.Tensor:
         e, t = dataset.windows[index]
         return self.read(dataset.episodes[e], t)
-

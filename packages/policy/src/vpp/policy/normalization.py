@@ -45,12 +45,16 @@ class ActionNormalizer:
         low = np.asarray(self.low, dtype=np.float64)
         high = np.asarray(self.high, dtype=np.float64)
         if low.ndim != 1 or low.shape != high.shape or low.size == 0:
-            raise NormalizationError(f"low {low.shape} and high {high.shape} must be equal non-empty 1-D shapes")
+            raise NormalizationError(
+                f"low {low.shape} and high {high.shape} must be equal non-empty 1-D shapes"
+            )
         if self.method not in METHODS:
             raise NormalizationError(f"method={self.method!r}; expected one of {METHODS}")
         bad = np.flatnonzero(~(np.isfinite(low) & np.isfinite(high)))
         if bad.size:
-            raise NormalizationError(f"non-finite bounds in dims {bad.tolist()}: low={low[bad].tolist()}, high={high[bad].tolist()}")
+            raise NormalizationError(
+                f"non-finite bounds in dims {bad.tolist()}: low={low[bad].tolist()}, high={high[bad].tolist()}"
+            )
         narrow = np.flatnonzero(high - low < MIN_RANGE)
         if narrow.size:
             raise NormalizationError(
@@ -67,13 +71,18 @@ class ActionNormalizer:
 
     @classmethod
     def from_actions(
-        cls, actions: np.ndarray | torch.Tensor, method: str = "min_max", percentiles: tuple[float, float] = (1.0, 99.0)
+        cls,
+        actions: np.ndarray | torch.Tensor,
+        method: str = "min_max",
+        percentiles: tuple[float, float] = (1.0, 99.0),
     ) -> ActionNormalizer:
         """Bounds over every axis but the last of ``actions`` (..., D). A dimension whose data
         range is below :data:`MIN_RANGE` gets the bounds value +- 1 (logged), so that it maps to 0."""
         data = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         if data.ndim == 0 or data.size == 0:
-            raise NormalizationError(f"actions have shape {data.shape}; expected (..., D) with at least one row")
+            raise NormalizationError(
+                f"actions have shape {data.shape}; expected (..., D) with at least one row"
+            )
         data = data.astype(np.float64).reshape(-1, data.shape[-1])
         nan_dims = np.flatnonzero(np.isnan(data).any(axis=0))
         if nan_dims.size:
@@ -96,7 +105,9 @@ class ActionNormalizer:
         return cls(low, high, method)
 
     @classmethod
-    def from_stats(cls, stats: Mapping[str, Any], key: str | None = "action", method: str = "min_max") -> ActionNormalizer:
+    def from_stats(
+        cls, stats: Mapping[str, Any], key: str | None = "action", method: str = "min_max"
+    ) -> ActionNormalizer:
         """From LeRobot stats: the whole ``meta/stats.json`` dict (pick ``key``) or one feature's dict."""
         feature = stats[key] if key is not None and key in stats else stats
         names = {"min_max": ("min", "max"), "percentile": ("q01", "q99")}.get(method)
@@ -104,7 +115,9 @@ class ActionNormalizer:
             raise NormalizationError(f"method={method!r}; expected one of {METHODS}")
         missing = [name for name in names if name not in feature]
         if missing:
-            raise NormalizationError(f"stats have no {missing} (keys: {sorted(feature)}); method {method!r} needs {list(names)}")
+            raise NormalizationError(
+                f"stats have no {missing} (keys: {sorted(feature)}); method {method!r} needs {list(names)}"
+            )
         low, high = (np.asarray(feature[name], dtype=np.float64).reshape(-1) for name in names)
         return cls(low, high, method)
 
@@ -114,7 +127,11 @@ class ActionNormalizer:
             raise NormalizationError(f"values have shape {tuple(x.shape)}; expected (..., {self.dim})")
         if isinstance(x, torch.Tensor):
             x = x if x.is_floating_point() else x.double()
-            return x, torch.as_tensor(self.low, dtype=x.dtype, device=x.device), torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+            return (
+                x,
+                torch.as_tensor(self.low, dtype=x.dtype, device=x.device),
+                torch.as_tensor(self.high, dtype=x.dtype, device=x.device),
+            )
         x = x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
         return x, self.low.astype(x.dtype, copy=False), self.high.astype(x.dtype, copy=False)
 
@@ -130,13 +147,24 @@ class ActionNormalizer:
         return (x + 1.0) * 0.5 * (high - low) + low
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "method": self.method, "low": self.low.tolist(), "high": self.high.tolist()}
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActionNormalizer:
         if data.get("format_version") != FORMAT_VERSION:
-            raise NormalizationError(f"format_version={data.get('format_version')!r}; expected {FORMAT_VERSION}")
-        return cls(np.asarray(data["low"], dtype=np.float64), np.asarray(data["high"], dtype=np.float64), data["method"])
+            raise NormalizationError(
+                f"format_version={data.get('format_version')!r}; expected {FORMAT_VERSION}"
+            )
+        return cls(
+            np.asarray(data["low"], dtype=np.float64),
+            np.asarray(data["high"], dtype=np.float64),
+            data["method"],
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -151,7 +179,10 @@ class ActionNormalizer:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ActionNormalizer):
             return NotImplemented
-        return self.method == other.method and np.array_equal(self.low, other.low) and np.array_equal(self.high, other.high)
+        return (
+            self.method == other.method
+            and np.array_equal(self.low, other.low)
+            and np.array_equal(self.high, other.high)
+        )
 
     __hash__ = None  # type: ignore[assignment]
-

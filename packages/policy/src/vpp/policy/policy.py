@@ -40,6 +40,7 @@ POLICY_FORMAT_VERSION = 2
 # The layout before version 2: five JSON files, head weights and a TVP model folder.
 LEGACY_POLICY_CONFIG = "vpp_policy.json"
 
+
 @dataclass
 class SavedPolicyConfig(Config):
     """``config.json`` of a saved policy: every component's config and the normalisation bounds.
@@ -48,7 +49,9 @@ class SavedPolicyConfig(Config):
     policy: VPPConfig = config_field(help="cameras, actions and feature options of the policy")
     head: PolicyHeadConfig = config_field(help="the Video Former, DiT head and action diffusion")
     tvp: TVPConfig = config_field(help="the frozen TVP that encodes observations")
-    action_normalizer: dict[str, Any] = config_field(help="ActionNormalizer.to_dict() of the training actions")
+    action_normalizer: dict[str, Any] = config_field(
+        help="ActionNormalizer.to_dict() of the training actions"
+    )
     state_normalizer: dict[str, Any] | None = config_field(
         None, help="ActionNormalizer.to_dict() of the training states; None for a policy without state"
     )
@@ -96,18 +99,28 @@ class VideoPredictionPolicy(nn.Module):
     # -- construction -----------------------------------------------------------------------
 
     @staticmethod
-    def head_config(tvp: TextGuidedVideoPredictor, config: VPPConfig, preset: str = "small") -> PolicyHeadConfig:
+    def head_config(
+        tvp: TextGuidedVideoPredictor, config: VPPConfig, preset: str = "small"
+    ) -> PolicyHeadConfig:
         """A head preset fitted to the TVP's feature shape, its text embedding and the task."""
         tvp_cfg = tvp.config
         video_former: dict[str, Any] = {"feature_position_embedding": config.feature_position_embedding}
         views = len(config.cameras)
         if config.encoder == "tvp":
             video_former.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
-            shape = [views, tvp_cfg.num_frames, tvp_cfg.feature_channels, tvp_cfg.feature_size, tvp_cfg.feature_size]
+            shape = [
+                views,
+                tvp_cfg.num_frames,
+                tvp_cfg.feature_channels,
+                tvp_cfg.feature_size,
+                tvp_cfg.feature_size,
+            ]
         else:
             # one frame of VAE latents, with as many queries as the TVP variant has tokens
             tokens = PolicyHeadConfig.preset(preset).video_former.num_tokens
-            video_former.update(input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens)
+            video_former.update(
+                input_channels=tvp_cfg.latent_channels, num_frames=1, queries_per_frame=tokens
+            )
             shape = [views, 1, tvp_cfg.latent_channels, tvp_cfg.latent_size, tvp_cfg.latent_size]
         return PolicyHeadConfig.preset(
             preset,
@@ -138,12 +151,24 @@ class VideoPredictionPolicy(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 head = PolicyHead(head_config)
-        state_normalizer = ActionNormalizer.from_actions(states, config.normalization) if config.state_dim is not None else None
-        return cls(config, tvp, head, ActionNormalizer.from_actions(actions, config.normalization), state_normalizer)
+        state_normalizer = (
+            ActionNormalizer.from_actions(states, config.normalization)
+            if config.state_dim is not None
+            else None
+        )
+        return cls(
+            config, tvp, head, ActionNormalizer.from_actions(actions, config.normalization), state_normalizer
+        )
 
     @torch.no_grad()
     def fit_feature_statistics(
-        self, windows: Any, cache: Any = None, max_windows: int = 2048, batch_size: int = 16, seed: int = 0, progress: bool = True
+        self,
+        windows: Any,
+        cache: Any = None,
+        max_windows: int = 2048,
+        batch_size: int = 16,
+        seed: int = 0,
+        progress: bool = True,
     ) -> int:
         """Sets the head's per-element feature mean and spread from (at most ``max_windows``, drawn
         with ``seed``) training windows, read from ``cache`` (a FeatureCache) or encoded from their
@@ -155,14 +180,22 @@ class VideoPredictionPolicy(nn.Module):
         if not self.config.standardize_features:
             raise ValueError("this policy was built with standardize_features=False")
         # windows of episodes already found unreadable (by the cache's build, say) are left out
-        readable = np.array([i for i, (e, _) in enumerate(windows.windows) if e not in windows.unreadable], dtype=np.int64)
+        readable = np.array(
+            [i for i, (e, _) in enumerate(windows.windows) if e not in windows.unreadable], dtype=np.int64
+        )
         if len(readable) == 0:
             raise ValueError("no readable training windows to measure feature statistics on")
-        indices = readable if len(readable) <= max_windows else np.sort(np.random.default_rng(seed).choice(readable, max_windows, replace=False))
+        indices = (
+            readable
+            if len(readable) <= max_windows
+            else np.sort(np.random.default_rng(seed).choice(readable, max_windows, replace=False))
+        )
         total = total_sq = None
         used = 0
         generator = torch.Generator().manual_seed(seed)
-        for start in tqdm(range(0, len(indices), batch_size), desc="feature statistics", disable=not progress):
+        for start in tqdm(
+            range(0, len(indices), batch_size), desc="feature statistics", disable=not progress
+        ):
             batch = [int(i) for i in indices[start : start + batch_size]]
             if cache is not None:
                 features = torch.stack([cache.features_for(windows, i) for i in batch])
@@ -188,8 +221,13 @@ class VideoPredictionPolicy(nn.Module):
         std = (total_sq / n - mean**2).clamp_min(0).sqrt()
         floor = max(float(std.median()) * 0.1, 1e-6)
         self.head.set_feature_statistics(mean.float(), std.clamp_min(floor).float())
-        logger.info("feature statistics from %d windows: median spread %.4g, %d elements raised to the floor %.4g",
-                    n, float(std.median()), int((std < floor).sum()), floor)
+        logger.info(
+            "feature statistics from %d windows: median spread %.4g, %d elements raised to the floor %.4g",
+            n,
+            float(std.median()),
+            int((std < floor).sum()),
+            floor,
+        )
         return n
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -199,7 +237,9 @@ class VideoPredictionPolicy(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.tvp.save_tokenizer(folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / POLICY_WEIGHTS)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / POLICY_WEIGHTS
+        )
         SavedPolicyConfig(
             policy=self.config,
             head=self.head.config,
@@ -218,7 +258,8 @@ class VideoPredictionPolicy(nn.Module):
             logger.warning(
                 "%s is a policy folder in the old layout (vpp_policy.json, policy_head.json, normalizer JSON, tvp/); "
                 "`vpp-policy convert %s NEW` rewrites it as config.json + model.safetensors",
-                folder, folder,
+                folder,
+                folder,
             )
             return cls._from_legacy_folder(folder)
         if not (folder / POLICY_CONFIG).is_file():
@@ -261,20 +302,31 @@ class VideoPredictionPolicy(nn.Module):
             if generator is None:
                 return None
             c = self.tvp.config
-            shape = (batch, len(self.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
+            shape = (
+                batch,
+                len(self.config.cameras),
+                c.num_frames,
+                c.latent_channels,
+                c.latent_size,
+                c.latent_size,
+            )
             return torch.randn(shape, generator=generator)
         noise = fixed_noise(self.tvp, len(self.config.cameras), self.config.feature_seed)
         return noise.expand(batch, *noise.shape)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, instructions: Sequence[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, images: torch.Tensor, instructions: Sequence[str], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, V, 3, H, W) in [-1, 1] -> (visual features, language embedding (B, D))."""
         hidden, pooled = self.tvp.encode_text(instructions)
         if self.config.encoder == "vae":
             features = static_features(self.tvp, images)
         else:
             noise = self.feature_noise(images.shape[0], generator)
-            features = predictive_features(self.tvp, images, text_hidden=hidden, generator=generator, noise=noise)
+            features = predictive_features(
+                self.tvp, images, text_hidden=hidden, generator=generator, noise=noise
+            )
         return features, pooled
 
     def language(self, instructions: Sequence[str]) -> torch.Tensor:
@@ -314,17 +366,23 @@ class VideoPredictionPolicy(nn.Module):
                 raise ObservationError(f"observation has no camera {camera!r}; it has {sorted(observation)}")
             frame = np.asarray(observation[camera])
             if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-                raise ObservationError(f"camera {camera!r}: image {frame.shape} {frame.dtype}; expected (H, W, 3) uint8")
+                raise ObservationError(
+                    f"camera {camera!r}: image {frame.shape} {frame.dtype}; expected (H, W, 3) uint8"
+                )
             images.append(frame)
         sizes = {im.shape for im in images}
         stacked = np.stack(images) if len(sizes) == 1 else None
-        pixels = resize_frames(stacked, self.tvp.config.image_size) if stacked is not None else torch.stack(
-            [resize_frames(im[None], self.tvp.config.image_size)[0] for im in images]
+        pixels = (
+            resize_frames(stacked, self.tvp.config.image_size)
+            if stacked is not None
+            else torch.stack([resize_frames(im[None], self.tvp.config.image_size)[0] for im in images])
         )
         state = None
         if self.config.state_dim is not None:
             if "state" not in observation:
-                raise ObservationError(f"observation has no 'state'; this policy needs {self.config.state_dim} values")
+                raise ObservationError(
+                    f"observation has no 'state'; this policy needs {self.config.state_dim} values"
+                )
             raw = np.asarray(observation["state"], dtype=np.float64)
             if raw.shape != (self.config.state_dim,) or not np.isfinite(raw).all():
                 raise ObservationError(f"state {raw!r}; expected {self.config.state_dim} finite values")

@@ -28,9 +28,13 @@ class PolicyHead(nn.Module):
         d = config.dit.dim
         self.video_former = VideoFormer(config.video_former)
         self.video_token_projection = nn.Linear(config.video_former.dim, d)
-        self.language_projection = nn.Sequential(nn.Linear(config.lang_dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.language_projection = nn.Sequential(
+            nn.Linear(config.lang_dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d)
+        )
         self.state_projection = (
-            nn.Sequential(nn.Linear(config.state_dim, 2 * d), nn.Mish(), nn.Linear(2 * d, d)) if config.state_dim is not None else None
+            nn.Sequential(nn.Linear(config.state_dim, 2 * d), nn.Mish(), nn.Linear(2 * d, d))
+            if config.state_dim is not None
+            else None
         )
         for module in (self.video_token_projection, self.language_projection, self.state_projection):
             if module is not None:
@@ -47,10 +51,14 @@ class PolicyHead(nn.Module):
     def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-element mean and spread (V, T, C, h, w) of the training features."""
         if self.config.feature_shape is None:
-            raise ValueError("this head was built without feature_shape: it does not standardise its features")
+            raise ValueError(
+                "this head was built without feature_shape: it does not standardise its features"
+            )
         shape = tuple(self.config.feature_shape)
         if tuple(mean.shape) != shape or tuple(std.shape) != shape:
-            raise InputShapeError(f"statistics of shape {tuple(mean.shape)} / {tuple(std.shape)}; expected {shape}")
+            raise InputShapeError(
+                f"statistics of shape {tuple(mean.shape)} / {tuple(std.shape)}; expected {shape}"
+            )
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
             raise ValueError("feature statistics must be finite with a positive spread")
         self.feature_mean.copy_(mean)
@@ -60,7 +68,9 @@ class PolicyHead(nn.Module):
         if self.config.feature_shape is None:
             return features
         if tuple(features.shape[1:]) != tuple(self.config.feature_shape):
-            raise InputShapeError(f"features have shape {tuple(features.shape)}; expected (B, *{tuple(self.config.feature_shape)})")
+            raise InputShapeError(
+                f"features have shape {tuple(features.shape)}; expected (B, *{tuple(self.config.feature_shape)})"
+            )
         return (features - self.feature_mean.to(features.dtype)) * self.feature_inv_std.to(features.dtype)
 
     def condition_tokens(
@@ -74,18 +84,27 @@ class PolicyHead(nn.Module):
         some samples' state tokens are the null token."""
         batch = features.shape[0]
         if lang.shape != (batch, self.config.lang_dim):
-            raise InputShapeError(f"lang has shape {tuple(lang.shape)}; expected ({batch}, {self.config.lang_dim})")
-        tokens = [self.language_projection(lang)[:, None], self.video_token_projection(self.video_former(self.standardize(features)))]
+            raise InputShapeError(
+                f"lang has shape {tuple(lang.shape)}; expected ({batch}, {self.config.lang_dim})"
+            )
+        tokens = [
+            self.language_projection(lang)[:, None],
+            self.video_token_projection(self.video_former(self.standardize(features))),
+        ]
         if self.state_projection is None:
             if state is not None:
-                raise InputShapeError(f"state of shape {tuple(state.shape)} given, but this head has state_dim=None")
+                raise InputShapeError(
+                    f"state of shape {tuple(state.shape)} given, but this head has state_dim=None"
+                )
         else:
             if state is None or state.shape != (batch, self.config.state_dim):
                 got = None if state is None else tuple(state.shape)
                 raise InputShapeError(f"state has shape {got}; expected ({batch}, {self.config.state_dim})")
             state_token = self.state_projection(state)
             if self.training and self.null_state is not None:
-                drop = torch.rand(batch, generator=generator, device=None if generator is None else generator.device)
+                drop = torch.rand(
+                    batch, generator=generator, device=None if generator is None else generator.device
+                )
                 dropped = (drop < self.config.state_dropout).to(state_token.device)[:, None]
                 state_token = torch.where(dropped, self.null_state.to(state_token.dtype), state_token)
             tokens.append(state_token[:, None])
@@ -106,7 +125,9 @@ class PolicyHead(nn.Module):
                 f"actions have shape {tuple(actions.shape)}; expected ({features.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
             )
         context = self.dit.encode(self.condition_tokens(features, lang, state, generator))
-        return self.diffusion.loss(lambda x, c_noise: self.dit.decode(context, x, c_noise), actions, generator)
+        return self.diffusion.loss(
+            lambda x, c_noise: self.dit.decode(context, x, c_noise), actions, generator
+        )
 
     @torch.no_grad()
     def sample(

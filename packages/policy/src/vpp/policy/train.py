@@ -65,7 +65,9 @@ class SampledWindows(torch.utils.data.Dataset):
     A window of an episode found unreadable (now or earlier) is replaced by the next draw of the
     same generator, so the stream stays a function of (seed, j) and of which files are broken."""
 
-    def __init__(self, windows: PolicyWindowDataset, seed: int, feature_cache: FeatureCache | None = None) -> None:
+    def __init__(
+        self, windows: PolicyWindowDataset, seed: int, feature_cache: FeatureCache | None = None
+    ) -> None:
         self.windows = windows
         self.seed = seed
         self.feature_cache = feature_cache
@@ -84,7 +86,9 @@ class SampledWindows(torch.utils.data.Dataset):
                 return self._load(index)
             except UnreadableEpisode as error:
                 self.windows.mark_unreadable(e, error)
-        raise NoValidEpisodes(f"{MAX_REDRAWS} draws in a row hit unreadable episodes:\n{self.windows.report.summary()}")
+        raise NoValidEpisodes(
+            f"{MAX_REDRAWS} draws in a row hit unreadable episodes:\n{self.windows.report.summary()}"
+        )
 
     def _load(self, index: int) -> dict:
         if self.feature_cache is None:
@@ -169,4 +173,6 @@ class PolicyTrainer(AcceleratedTrainer):
             policy.head.load_state_dict(self.ema.shadow)
         policy.save_pretrained(self.output_dir / "model")
         policy.head.load_state_dict(trained)
-        logger.info("trained policy written to %s (EMA weights: %s)", self.output_dir / "model", self.ema is not None)
+        logger.info(
+            "trained policy written to %s (EMA weights: %s)", self.output_dir / "model", self.ema is not None
+        )

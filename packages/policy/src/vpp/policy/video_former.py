@@ -28,9 +28,14 @@ def feature_position_embedding(views: int, height: int, width: int, dim: int) ->
     carries position from the first step."""
     pairs = dim // 6
     frequencies = torch.exp(-math.log(32.0) * torch.arange(pairs, dtype=torch.float32) / max(pairs - 1, 1))
-    grid = torch.stack(
-        torch.meshgrid(torch.arange(views), torch.arange(height), torch.arange(width), indexing="ij"), dim=-1
-    ).reshape(-1, 3).float()
+    grid = (
+        torch.stack(
+            torch.meshgrid(torch.arange(views), torch.arange(height), torch.arange(width), indexing="ij"),
+            dim=-1,
+        )
+        .reshape(-1, 3)
+        .float()
+    )
     angles = grid[:, :, None] * frequencies  # (N, 3 axes, pairs)
     code = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
     return nn.functional.pad(code, (0, dim - code.shape[1]))
@@ -43,7 +48,9 @@ class PerFrameCrossAttention(nn.Module):
         super().__init__()
         self.norm_features = nn.LayerNorm(config.dim)
         self.norm_queries = nn.LayerNorm(config.dim)
-        self.attention = MultiHeadAttention(config.dim, config.heads, head_dim=config.head_dim, qkv_bias=False)
+        self.attention = MultiHeadAttention(
+            config.dim, config.heads, head_dim=config.head_dim, qkv_bias=False
+        )
 
     def forward(self, features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         normed_queries = self.norm_queries(queries)
@@ -79,11 +86,15 @@ class VideoFormer(nn.Module):
         config.validate()
         self.config = config
         d = config.dim
-        self.input_projection = nn.Sequential(nn.Linear(config.input_channels, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.input_projection = nn.Sequential(
+            nn.Linear(config.input_channels, 2 * d), nn.GELU(), nn.Linear(2 * d, d)
+        )
         # Added before the input MLP's nonlinearity, so each token mixes what it holds with where it
         # is: even evenly spread attention then pools a code of where the content sits. Added after
         # it, position would stay a constant offset until attention learned to single tokens out.
-        self.position_projection = nn.Linear(d, 2 * d, bias=False) if config.feature_position_embedding else None
+        self.position_projection = (
+            nn.Linear(d, 2 * d, bias=False) if config.feature_position_embedding else None
+        )
         self.time_embedding = nn.Parameter(torch.zeros(config.num_frames, 1, d))
         self.queries = nn.Parameter(torch.zeros(config.num_frames, config.queries_per_frame, d))
         self.layers = nn.ModuleList(VideoFormerLayer(config) for _ in range(config.depth))
@@ -94,7 +105,11 @@ class VideoFormer(nn.Module):
 
     def check_features(self, features: torch.Tensor) -> None:
         cfg = self.config
-        if features.ndim != 6 or features.shape[2] != cfg.num_frames or features.shape[3] != cfg.input_channels:
+        if (
+            features.ndim != 6
+            or features.shape[2] != cfg.num_frames
+            or features.shape[3] != cfg.input_channels
+        ):
             raise InputShapeError(
                 f"features have shape {tuple(features.shape)}; expected (B, V, {cfg.num_frames}, "
                 f"{cfg.input_channels}, h, w)"

@@ -58,7 +58,9 @@ def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[
     if name == "franka":
         from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
 
-        return FrankaRobot(FrankaConfig(host), SafetyFilter(SafetyLimits.franka_fr3(control_period_s=servo_period))), []
+        return FrankaRobot(
+            FrankaConfig(host), SafetyFilter(SafetyLimits.franka_fr3(control_period_s=servo_period))
+        ), []
     from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
 
     return XArmRobot(XArmConfig(host), SafetyFilter(SafetyLimits.xarm7(control_period_s=servo_period))), []
@@ -131,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     fps = round(args.rate)
     _write_video(recorder, out / "rollout.mp4", fps)
     if args.record and len(recorder):
-        recorder.save_episode(out / "dataset", fps=fps, instruction=args.instruction, robot_type=args.robot.replace("-", "_"))
+        recorder.save_episode(
+            out / "dataset", fps=fps, instruction=args.instruction, robot_type=args.robot.replace("-", "_")
+        )
     summary = {
         "robot": args.robot,
         "policy": args.policy,
@@ -179,7 +183,9 @@ def collect_metaworld(args: argparse.Namespace) -> int:
     from vpp.robots.envs.metaworld_tasks import select_tasks
 
     tasks = [check_task(task) for task in select_tasks(args.tasks)]
-    state = collect(args.out, tasks, args.episodes, args.camera or ["corner"], args.image_size, video=args.video)
+    state = collect(
+        args.out, tasks, args.episodes, args.camera or ["corner"], args.image_size, video=args.video
+    )
     return _report_collection(args, state, tasks, args.episodes)
 
 
@@ -269,9 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
     run_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
     run_parser.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
-    run_parser.add_argument("--ensemble-decay", type=float, default=None, help="ACT temporal ensembling m (off if unset)")
     run_parser.add_argument(
-        "--image-size", type=int, default=None, help=f"simulated camera side, pixels (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})"
+        "--ensemble-decay", type=float, default=None, help="ACT temporal ensembling m (off if unset)"
+    )
+    run_parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"simulated camera side, pixels (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})",
     )
     run_parser.add_argument(
         "--inference-threads",
@@ -279,21 +290,35 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="ONNX Runtime threads for an artifact (default: one per core; 1 leaves a core to a simulator)",
     )
-    run_parser.add_argument("--no-record", dest="record", action="store_false", help="skip the LeRobot episode")
+    run_parser.add_argument(
+        "--no-record", dest="record", action="store_false", help="skip the LeRobot episode"
+    )
     # Defaults match `collect`, so that a policy trained on its demonstrations starts in their scene.
-    run_parser.add_argument("--sim-start", choices=("ready", "home"), default="ready", help="simulated arm's start pose")
-    run_parser.add_argument("--sim-seed", type=int, default=EVAL_SEED, help="cube spawn seed (collect uses seeds from 0)")
-    run_parser.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    run_parser.add_argument(
+        "--sim-start", choices=("ready", "home"), default="ready", help="simulated arm's start pose"
+    )
+    run_parser.add_argument(
+        "--sim-seed", type=int, default=EVAL_SEED, help="cube spawn seed (collect uses seeds from 0)"
+    )
+    run_parser.add_argument(
+        "--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y"
+    )
     run_parser.set_defaults(func=run)
-    collect_parser = commands.add_parser("collect", help="scripted-expert demonstrations -> LeRobotDataset v3 (resumable)")
+    collect_parser = commands.add_parser(
+        "collect", help="scripted-expert demonstrations -> LeRobotDataset v3 (resumable)"
+    )
     collect_sources = collect_parser.add_subparsers(dest="source", required=True)
-    metaworld = collect_sources.add_parser("metaworld", help="MetaWorld's oracles, from the train split's configurations")
+    metaworld = collect_sources.add_parser(
+        "metaworld", help="MetaWorld's oracles, from the train split's configurations"
+    )
     metaworld.add_argument("--tasks", default="mt50", help=TASKS_HELP)
     metaworld.add_argument("--episodes", type=int, default=50, help="kept episodes per task")
     metaworld.add_argument("--camera", action="append", default=None, help="repeatable; default: corner")
     metaworld.add_argument("--image-size", type=int, default=64, help="rendered image side, pixels")
     metaworld.add_argument(
-        "--video", default="lossless", choices=["lossless", "compact"],
+        "--video",
+        default="lossless",
+        choices=["lossless", "compact"],
         help="lossless: H.264 4:4:4 crf 0, keeps one-pixel goal markers at 64 px; compact: the default codec in 4:2:0 "
         "(a resumed folder keeps its encoding)",
     )
@@ -304,12 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     grasp.add_argument("--robot", choices=("sim-panda",), default="sim-panda")
     grasp.add_argument("--episodes", type=int, default=8, help="episodes the dataset should hold")
     grasp.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
-    grasp.add_argument("--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)")
+    grasp.add_argument(
+        "--max-seconds", type=float, default=15.0, help="cap on an episode (it ends when the cube is grasped)"
+    )
     grasp.add_argument("--rate", type=float, default=10.0, help="policy (and recording) rate, Hz")
     grasp.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
     grasp.add_argument("--image-size", type=int, default=32, help="camera side, pixels")
     grasp.add_argument("--seed", type=int, default=0, help="attempt k spawns the cube from seed + k")
-    grasp.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
+    grasp.add_argument(
+        "--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y"
+    )
     grasp.set_defaults(func=collect_grasp)
 
     eval_parser = commands.add_parser(
@@ -319,21 +348,31 @@ def main(argv: list[str] | None = None) -> int:
     metaworld = eval_tasks.add_parser(
         "metaworld", help="success rates with 95%% intervals in the paper's Table 2 layout (resumable)"
     )
-    metaworld.add_argument("--policy", required=True, help=f"{POLICY_HELP}, or oracle (MetaWorld's scripted policies)")
+    metaworld.add_argument(
+        "--policy", required=True, help=f"{POLICY_HELP}, or oracle (MetaWorld's scripted policies)"
+    )
     metaworld.add_argument("--name", help="row name in the results table (default: the policy path)")
     metaworld.add_argument("--tasks", default="mt50", help=TASKS_HELP)
     metaworld.add_argument("--episodes", type=int, default=10, help="per task")
     metaworld.add_argument("--camera", action="append", default=None, help="repeatable; default: corner")
     metaworld.add_argument("--image-size", type=int, default=64, help="rendered image side, pixels")
-    metaworld.add_argument("--execute-steps", type=int, default=None, help="actions of each chunk to execute (default: all)")
+    metaworld.add_argument(
+        "--execute-steps", type=int, default=None, help="actions of each chunk to execute (default: all)"
+    )
     metaworld.add_argument("--max-steps", type=int, default=None, help="cap episode length (smoke runs)")
     metaworld.add_argument(
-        "--split", default="eval", choices=["eval", "train"],
+        "--split",
+        default="eval",
+        choices=["eval", "train"],
         help="configurations to start from: eval (never collected) "
-             "or train (the demonstrations' own, to measure fitting)",
+        "or train (the demonstrations' own, to measure fitting)",
     )
-    metaworld.add_argument("--videos-per-task", type=int, default=1, help="rollout videos of each task's first N episodes")
-    metaworld.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
+    metaworld.add_argument(
+        "--videos-per-task", type=int, default=1, help="rollout videos of each task's first N episodes"
+    )
+    metaworld.add_argument(
+        "--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact"
+    )
     metaworld.add_argument("--out", required=True)
     metaworld.set_defaults(func=eval_metaworld)
     grasp = eval_tasks.add_parser(
@@ -344,15 +383,23 @@ def main(argv: list[str] | None = None) -> int:
     grasp.add_argument("--instruction", required=True)
     grasp.add_argument("--episodes", type=int, default=10, help="rollouts")
     grasp.add_argument("--seed", type=int, default=EVAL_SEED, help="rollout k spawns the cube from seed + k")
-    grasp.add_argument("--demos", help="the demonstrations' folder: refuse seeds or cube starts it was collected from")
+    grasp.add_argument(
+        "--demos", help="the demonstrations' folder: refuse seeds or cube starts it was collected from"
+    )
     grasp.add_argument("--out", default="grasp_eval")
     grasp.add_argument("--max-seconds", type=float, default=15.0, help="simulated seconds per rollout")
     grasp.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
     grasp.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
     grasp.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
-    grasp.add_argument("--image-size", type=int, default=None, help="simulated camera side, pixels (default: the artifact's)")
-    grasp.add_argument("--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y")
-    grasp.add_argument("--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact")
+    grasp.add_argument(
+        "--image-size", type=int, default=None, help="simulated camera side, pixels (default: the artifact's)"
+    )
+    grasp.add_argument(
+        "--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y"
+    )
+    grasp.add_argument(
+        "--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact"
+    )
     grasp.set_defaults(func=eval_grasp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -135,13 +135,17 @@ class CollectionState:
         """The state of a collected folder, as it was saved."""
         path = Path(folder) / STATE_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; expected a folder written by `vpp-robot collect`")
+            raise FileNotFoundError(
+                f"{path} does not exist; expected a folder written by `vpp-robot collect`"
+            )
         data = json.loads(path.read_text())
         if "format" not in data:
             return _read_version_1(Path(folder), data)
         if data["format"] != STATE_FORMAT:
             raise CollectionError(f"{path} has format {data['format']!r}; expected {STATE_FORMAT}")
-        tasks = {task: TaskProgress([Attempt(**a) for a in attempts]) for task, attempts in data["tasks"].items()}
+        tasks = {
+            task: TaskProgress([Attempt(**a) for a in attempts]) for task, attempts in data["tasks"].items()
+        }
         return cls(data["source"], data["settings"], tasks, data["pending"])
 
     @classmethod
@@ -244,20 +248,27 @@ class DemonstrationSource(Protocol):
 class MetaWorldOracle:
     name = "metaworld-oracle"
 
-    def __init__(self, cameras: Sequence[str] = ("corner",), image_size: int = 64, video: str = "lossless") -> None:
+    def __init__(
+        self, cameras: Sequence[str] = ("corner",), image_size: int = 64, video: str = "lossless"
+    ) -> None:
         if video not in VIDEO_SETTINGS:
             raise ValueError(f"video={video!r}; expected one of {', '.join(VIDEO_SETTINGS)}")
         self.cameras = list(cameras)
         self.image_size = image_size
         self.video = video
         self.settings = {
-            "cameras": self.cameras, "image_size": image_size, "fps": METAWORLD_FPS, "split": COLLECTION_SPLIT,
+            "cameras": self.cameras,
+            "image_size": image_size,
+            "fps": METAWORLD_FPS,
+            "split": COLLECTION_SPLIT,
             "configurations": CONFIGURATIONS,
         }
 
     def writer_options(self) -> dict[str, Any]:
         return {
-            "fps": METAWORLD_FPS, "features": metaworld_features(self.cameras, self.image_size), "robot_type": "sawyer",
+            "fps": METAWORLD_FPS,
+            "features": metaworld_features(self.cameras, self.image_size),
+            "robot_type": "sawyer",
             **VIDEO_SETTINGS[self.video],
         }
 
@@ -273,7 +284,9 @@ class MetaWorldOracle:
             def attempt(k: int) -> AttemptOutcome:
                 episode, success = run_oracle_episode(env, k, COLLECTION_SPLIT)
                 seed = configuration_seed(task, COLLECTION_SPLIT, k)
-                return AttemptOutcome(seed, env.rand_vec.tolist(), episode if success else None, "the oracle failed")
+                return AttemptOutcome(
+                    seed, env.rand_vec.tolist(), episode if success else None, "the oracle failed"
+                )
 
             yield attempt
 
@@ -300,7 +313,9 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         if self.robot != "sim-panda":
-            raise ValueError(f"robot={self.robot!r}; expected 'sim-panda' (the expert's grasp is tuned to the Panda hand)")
+            raise ValueError(
+                f"robot={self.robot!r}; expected 'sim-panda' (the expert's grasp is tuned to the Panda hand)"
+            )
         if self.episodes < 1 or self.min_ticks < 1 or not self.max_seconds > 0:
             raise ValueError(
                 f"episodes={self.episodes}, min_ticks={self.min_ticks}, max_seconds={self.max_seconds}; "
@@ -320,8 +335,10 @@ class GraspExpert:
     def writer_options(self) -> dict[str, Any]:
         shapes = dict.fromkeys(CAMERA_NAMES, (self.config.image_size, self.config.image_size, 3))
         return {
-            "fps": round(self.config.rate_hz), "features": rollout_features(shapes),
-            "robot_type": self.config.robot.replace("-", "_"), **VIDEO_SETTINGS["lossless"],
+            "fps": round(self.config.rate_hz),
+            "features": rollout_features(shapes),
+            "robot_type": self.config.robot.replace("-", "_"),
+            **VIDEO_SETTINGS["lossless"],
         }
 
     def instruction(self, task: str) -> str:
@@ -405,7 +422,9 @@ def collect(
                     if task_progress.next_attempt >= max_attempts_per_episode * episodes_per_task:
                         logger.warning(
                             "%s: gave up after %d attempts with %d kept episodes",
-                            task, task_progress.next_attempt, task_progress.kept,
+                            task,
+                            task_progress.next_attempt,
+                            task_progress.kept,
                         )
                         break
                     k = task_progress.next_attempt
@@ -465,20 +484,28 @@ def collect_metaworld(
     return collect(output, source, tasks, episodes_per_task, max_attempts_per_episode, progress)
 
 
-def collect_sim_demos(output: str | Path, config: CollectConfig = CollectConfig(), progress: bool = True) -> CollectionState:
+def collect_sim_demos(
+    output: str | Path, config: CollectConfig = CollectConfig(), progress: bool = True
+) -> CollectionState:
     """Expert episodes on the simulated arm until the dataset in ``output`` holds ``config.episodes``."""
-    return collect(output, GraspExpert(config), [GRASP_TASK], config.episodes, config.max_attempts_per_episode, progress)
+    return collect(
+        output, GraspExpert(config), [GRASP_TASK], config.episodes, config.max_attempts_per_episode, progress
+    )
 
 
 def metaworld_features(cameras: Sequence[str], image_size: int) -> dict:
     features = {
         f"observation.images.{camera}": {
-            "dtype": "video", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]
+            "dtype": "video",
+            "shape": (image_size, image_size, 3),
+            "names": ["height", "width", "channels"],
         }
         for camera in cameras
     }
     features["observation.state"] = {
-        "dtype": "float32", "shape": (STATE_DIM,), "names": ["hand_x", "hand_y", "hand_z", "gripper"]
+        "dtype": "float32",
+        "shape": (STATE_DIM,),
+        "names": ["hand_x", "hand_y", "hand_z", "gripper"],
     }
     features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "gripper"]}
     return features

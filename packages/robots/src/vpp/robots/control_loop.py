@@ -218,7 +218,9 @@ class RolloutRecorder:
         """The rollout as LeRobot columns (see `rollout_features`), one row per tick."""
         if not self.states:
             raise ValueError("the rollout has no frames; expected at least one tick before saving")
-        frames: dict[str, np.ndarray] = {f"observation.images.{name}": np.stack(images) for name, images in self.images.items()}
+        frames: dict[str, np.ndarray] = {
+            f"observation.images.{name}": np.stack(images) for name, images in self.images.items()
+        }
         frames["observation.state"] = np.stack(self.states)
         frames["action"] = np.stack(self.actions)
         return frames
@@ -239,10 +241,19 @@ def rollout_features(camera_shapes: Mapping[str, Sequence[int]]) -> dict[str, di
     """LeRobot v3 features of a recorded rollout: one video per camera (H, W, 3), the state
     [x, y, z, qx, qy, qz, qw, gripper] and the delta action the loop commanded at each tick."""
     features: dict[str, dict] = {
-        f"observation.images.{name}": {"dtype": "video", "shape": tuple(shape)} for name, shape in camera_shapes.items()
+        f"observation.images.{name}": {"dtype": "video", "shape": tuple(shape)}
+        for name, shape in camera_shapes.items()
     }
-    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"]}
-    features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]}
+    features["observation.state"] = {
+        "dtype": "float32",
+        "shape": (STATE_DIM,),
+        "names": ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"],
+    }
+    features["action"] = {
+        "dtype": "float32",
+        "shape": (ACTION_DIM,),
+        "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+    }
     return features
 
 
@@ -366,7 +377,14 @@ class ControlLoop:
 
     # -- the policy loop -----------------------------------------------------------------------
 
-    def _accept_chunk(self, schedule: dict[int, list[np.ndarray]], tick: int, chunk: np.ndarray, state: RobotState, now_tick: int) -> None:
+    def _accept_chunk(
+        self,
+        schedule: dict[int, list[np.ndarray]],
+        tick: int,
+        chunk: np.ndarray,
+        state: RobotState,
+        now_tick: int,
+    ) -> None:
         if chunk.ndim != 2 or chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
             self._fail(f"policy returned actions of shape {chunk.shape}; expected (chunk, {ACTION_DIM})")
             return
@@ -421,15 +439,26 @@ class ControlLoop:
         state = self.robot.observe()
         if config.warmup_inference:
             started = time.monotonic()
-            first_chunk = np.asarray(self.policy.act({**warmup_images, "state": state_vector(state)}, instruction), dtype=np.float64)
+            first_chunk = np.asarray(
+                self.policy.act({**warmup_images, "state": state_vector(state)}, instruction),
+                dtype=np.float64,
+            )
             self._report.warmup_inference_s = time.monotonic() - started
             # Taken as tick 0's chunk: its actions are due from tick 1, as if just observed.
             self._results.put((0, first_chunk, state))
-        held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
+        held = np.concatenate(
+            [
+                state.ee_position,
+                state.ee_quaternion,
+                [state.gripper_opening if state.gripper_opening is not None else 1.0],
+            ]
+        )
         start = time.monotonic()
         interpolator = WaypointInterpolator(held, start)
         threads = [
-            threading.Thread(target=self._inference_worker, args=(instruction,), name="vpp-inference", daemon=True),
+            threading.Thread(
+                target=self._inference_worker, args=(instruction,), name="vpp-inference", daemon=True
+            ),
             threading.Thread(target=self._servo_worker, args=(interpolator,), name="vpp-servo", daemon=True),
         ]
         for thread in threads:
@@ -442,7 +471,9 @@ class ControlLoop:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if (seconds is not None and now - start >= seconds) or (max_ticks is not None and tick >= max_ticks):
+                if (seconds is not None and now - start >= seconds) or (
+                    max_ticks is not None and tick >= max_ticks
+                ):
                     break
                 tick_times.append(now)
                 self._report.ticks += 1
@@ -472,8 +503,12 @@ class ControlLoop:
                 for old in [t for t in schedule if t < due]:
                     del schedule[old]
                 if predictions:
-                    decay = config.temporal_ensemble_decay if config.temporal_ensemble_decay is not None else 0.0
-                    waypoint = combine_waypoints(predictions, decay) if len(predictions) > 1 else predictions[0]
+                    decay = (
+                        config.temporal_ensemble_decay if config.temporal_ensemble_decay is not None else 0.0
+                    )
+                    waypoint = (
+                        combine_waypoints(predictions, decay) if len(predictions) > 1 else predictions[0]
+                    )
                     interpolator.retarget(waypoint, start + due * period, time.monotonic())
                     held = waypoint
                 elif first_chunk_seen:
@@ -527,7 +562,10 @@ class ControlLoop:
         report.policy_jitter = timing_stats(np.abs(intervals - self.config.policy_period_s))
         report.target_rate_hz = self.config.policy_rate_hz
         report.policy_rate_hz = float(1.0 / intervals.mean()) if intervals.size else 0.0
-        report.rate_held = report.policy_rate_hz >= (1.0 - RATE_TOLERANCE) * report.target_rate_hz and report.missed_deadlines == 0
+        report.rate_held = (
+            report.policy_rate_hz >= (1.0 - RATE_TOLERANCE) * report.target_rate_hz
+            and report.missed_deadlines == 0
+        )
         report.observe_latency = timing_stats(self._observe_latency)
         servo = np.array(self._servo_intervals[-100_000:])
         report.servo_period = timing_stats(servo)

@@ -73,7 +73,9 @@ def wilson_interval(successes: int, episodes: int, z: float = Z_95) -> tuple[flo
     """The Wilson score interval of a binomial proportion: unlike p +- z*sqrt(p(1-p)/n) it stays
     inside [0, 1] and does not collapse to a point at 0/n or n/n."""
     if episodes <= 0 or not 0 <= successes <= episodes:
-        raise ValueError(f"{successes} successes in {episodes} episodes; expected 0 <= successes <= episodes > 0")
+        raise ValueError(
+            f"{successes} successes in {episodes} episodes; expected 0 <= successes <= episodes > 0"
+        )
     p = successes / episodes
     denominator = 1 + z * z / episodes
     centre = (p + z * z / (2 * episodes)) / denominator
@@ -96,7 +98,10 @@ def group_scores(per_task: dict[str, tuple[int, int]]) -> dict[str, dict | None]
         if not counts:
             scores[group] = None
             continue
-        scores[group] = {**summarize(sum(k for k, _ in counts), sum(n for _, n in counts)), "tasks": len(counts)}
+        scores[group] = {
+            **summarize(sum(k for k, _ in counts), sum(n for _, n in counts)),
+            "tasks": len(counts),
+        }
     return scores
 
 
@@ -110,7 +115,10 @@ def format_table(name: str, scores: dict[str, dict | None], tasks_evaluated: int
         return f"{score['success']:.3f} [{low:.2f}, {high:.2f}]"
 
     columns = ("easy", "middle", "hard", "average")
-    rows = [(f"{method} (paper, 50 tasks)", [f"{r[c]:.3f}" for c in columns]) for method, r in PAPER_TABLE2.items()]
+    rows = [
+        (f"{method} (paper, 50 tasks)", [f"{r[c]:.3f}" for c in columns])
+        for method, r in PAPER_TABLE2.items()
+    ]
     rows.append((f"{name} ({tasks_evaluated} tasks)", [cell(scores[c]) for c in columns]))
     width = max(len(label) for label, _ in rows)
     widths = [max(len(c), *(len(r[1][i]) for r in rows)) for i, c in enumerate(columns)]
@@ -119,14 +127,18 @@ def format_table(name: str, scores: dict[str, dict | None], tasks_evaluated: int
         "|" + "|".join(["-" * (width + 2), *("-" * (w + 2) for w in widths)]) + "|",
     ]
     for label, values in rows:
-        lines.append("| " + " | ".join([label.ljust(width), *(v.ljust(w) for v, w in zip(values, widths))]) + " |")
+        lines.append(
+            "| " + " | ".join([label.ljust(width), *(v.ljust(w) for v, w in zip(values, widths))]) + " |"
+        )
     return "\n".join(lines)
 
 
 def format_task_table(per_task: dict[str, dict]) -> str:
     lines = ["| task | success | 95% CI | episodes |", "|---|---|---|---|"]
     for task, r in per_task.items():
-        lines.append(f"| {task} | {r['success']:.3f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['episodes']} |")
+        lines.append(
+            f"| {task} | {r['success']:.3f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['episodes']} |"
+        )
     return "\n".join(lines)
 
 
@@ -185,14 +197,18 @@ def run_episode(
     if frames is not None:
         frames.append(obs[camera])
     while True:
-        chunk = env.oracle_action()[None] if policy == "oracle" else np.asarray(policy.act(obs, env.instruction))
+        chunk = (
+            env.oracle_action()[None] if policy == "oracle" else np.asarray(policy.act(obs, env.instruction))
+        )
         for action in chunk[: execute or len(chunk)]:
             result = env.step(action)
             obs = result.observation
             if frames is not None:
                 frames.append(obs[camera])
             if result.done or (max_steps is not None and env.steps >= max_steps):
-                return EpisodeResult(env.task, index, result.success, env.steps, time.perf_counter() - start, rand_vec)
+                return EpisodeResult(
+                    env.task, index, result.success, env.steps, time.perf_counter() - start, rand_vec
+                )
 
 
 def evaluate_metaworld(
@@ -222,8 +238,12 @@ def evaluate_metaworld(
     split = check_split(split)
     output = Path(output) if output is not None else None
     settings = {
-        "name": name, "split": split, "cameras": list(cameras), "image_size": image_size,
-        "execute": execute, "max_steps": max_steps,
+        "name": name,
+        "split": split,
+        "cameras": list(cameras),
+        "image_size": image_size,
+        "execute": execute,
+        "max_steps": max_steps,
     }
     finished = _load_finished(output, settings) if output is not None else {}
     wanted = [(task, i) for task in tasks for i in range(episodes)]
@@ -247,7 +267,9 @@ def evaluate_metaworld(
                 done = [finished[(task, j)].success for j in range(episodes) if (task, j) in finished]
                 bar.set_postfix_str(f"{task} {sum(done)}/{len(done)}")
                 bar.update(1)
-        logger.info("%s: %d/%d successes", task, sum(finished[(task, i)].success for i in range(episodes)), episodes)
+        logger.info(
+            "%s: %d/%d successes", task, sum(finished[(task, i)].success for i in range(episodes)), episodes
+        )
     bar.close()
     records = [finished[key] for key in wanted]
     counts = {task: (sum(r.success for r in records if r.task == task), episodes) for task in tasks}
@@ -381,7 +403,9 @@ def evaluate_grasps(
         object_jitter_m=config.object_jitter_m,
         seed=config.seed,
     )
-    loop_config = SimulatedTimeConfig(policy_rate_hz=config.rate_hz, servo_rate_hz=config.servo_rate_hz, execute_steps=config.execute_steps)
+    loop_config = SimulatedTimeConfig(
+        policy_rate_hz=config.rate_hz, servo_rate_hz=config.servo_rate_hz, execute_steps=config.execute_steps
+    )
     max_ticks = round(config.max_seconds * config.rate_hz)
     result = GraspEvalResult(config)
     videos: list[np.ndarray] = []
@@ -393,8 +417,12 @@ def evaluate_grasps(
             seed = config.seed + index
             arm.reset(seed)
             cube_start = arm.object_position()
-            if len(demo_starts) and np.any(np.all(np.isclose(demo_starts, cube_start, rtol=0.0, atol=1e-9), axis=1)):
-                raise SeedOverlapError(f"seed {seed} spawns the cube at {cube_start.tolist()}, where a demonstration started")
+            if len(demo_starts) and np.any(
+                np.all(np.isclose(demo_starts, cube_start, rtol=0.0, atol=1e-9), axis=1)
+            ):
+                raise SeedOverlapError(
+                    f"seed {seed} spawns the cube at {cube_start.tolist()}, where a demonstration started"
+                )
             recorder = RolloutRecorder([camera.name for camera in cameras]) if out is not None else None
             report = SimulatedTimeLoop(arm, cameras, policy, loop_config, recorder=recorder).run(
                 instruction, max_ticks=max_ticks, until=lambda _state: arm.object_grasped(config.lift_m)
@@ -421,7 +449,11 @@ def evaluate_grasps(
                 rollout.wall_s,
             )
             if recorder is not None and len(recorder):
-                videos.append(np.concatenate([np.stack(recorder.images[name]) for name in recorder.camera_names], axis=2))
+                videos.append(
+                    np.concatenate(
+                        [np.stack(recorder.images[name]) for name in recorder.camera_names], axis=2
+                    )
+                )
     result.wall_s = time.monotonic() - started
     if out is not None:
         out = Path(out)

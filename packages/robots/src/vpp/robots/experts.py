@@ -64,7 +64,9 @@ class GraspCubeExpert:
         if self.holding(float(observation["state"][7])):
             # The cube moves with the hand now (and may have slid a little in the fingers): raise
             # the hand until the cube is a little above the lift height.
-            lift = position + np.array([0.0, 0.0, self.lift_m + self.align_tolerance_m - self.arm.object_lift_m()])
+            lift = position + np.array(
+                [0.0, 0.0, self.lift_m + self.align_tolerance_m - self.arm.object_lift_m()]
+            )
             for index in range(self.chunk):
                 step = self._step_towards(lift, position, max_step)
                 position = position + step

@@ -14,7 +14,9 @@ def normalize_quaternion(quaternion: np.ndarray) -> np.ndarray:
     quaternion = np.asarray(quaternion, dtype=np.float64)
     norm = np.linalg.norm(quaternion)
     if not np.isfinite(norm) or norm < _SMALL_ANGLE:
-        raise ValueError(f"quaternion {quaternion.tolist()} cannot be normalised; expected a non-zero finite 4-vector")
+        raise ValueError(
+            f"quaternion {quaternion.tolist()} cannot be normalised; expected a non-zero finite 4-vector"
+        )
     unit = quaternion / norm
     # One sign per rotation keeps comparisons and interpolation on the short arc.
     return unit if unit[3] >= 0 else -unit
@@ -71,7 +73,14 @@ def slerp(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
 
 def rpy_to_quaternion(rpy: np.ndarray) -> np.ndarray:
     roll, pitch, yaw = np.asarray(rpy, dtype=np.float64) / 2.0
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    cr, sr, cp, sp, cy, sy = (
+        np.cos(roll),
+        np.sin(roll),
+        np.cos(pitch),
+        np.sin(pitch),
+        np.cos(yaw),
+        np.sin(yaw),
+    )
     return normalize_quaternion(
         np.array(
             [

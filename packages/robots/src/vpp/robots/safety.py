@@ -127,7 +127,9 @@ class SafetyLimits:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{path}: unknown safety fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"{path}: unknown safety fields {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
         for name in ("workspace_min", "workspace_max", "joint_min", "joint_max"):
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
@@ -194,7 +196,9 @@ class SafetyFilter:
         self._previous_joint_step = None
         self._previous_target = None
 
-    def filter(self, command: Command, state: RobotState) -> EndEffectorPose | JointPositions | GripperCommand:
+    def filter(
+        self, command: Command, state: RobotState
+    ) -> EndEffectorPose | JointPositions | GripperCommand:
         if not state.is_finite():
             raise SafetyViolationError(
                 f"robot state is not finite (joints {state.joint_positions.tolist()}, "
@@ -205,21 +209,29 @@ class SafetyFilter:
             return self._reject_nonfinite(command, problem, state)
         if isinstance(command, GripperCommand):
             return GripperCommand(self._clamp_gripper(command.opening))
-        self._forget_stale_motion(type(command) if not isinstance(command, EndEffectorDelta) else EndEffectorPose)
+        self._forget_stale_motion(
+            type(command) if not isinstance(command, EndEffectorDelta) else EndEffectorPose
+        )
         if isinstance(command, (EndEffectorDelta, EndEffectorPose)):
             return self._filter_pose(command, state)
         if isinstance(command, JointPositions):
             return self._filter_joints(command, state)
         raise TypeError(f"unsupported command {type(command).__name__}; expected one of {Command}")
 
-    def _reject_nonfinite(self, command: Command, problem: str, state: RobotState) -> EndEffectorPose | GripperCommand:
+    def _reject_nonfinite(
+        self, command: Command, problem: str, state: RobotState
+    ) -> EndEffectorPose | GripperCommand:
         self.reset()
         if self.limits.on_nonfinite == "raise":
             logger.error("rejected %s: %s", type(command).__name__, problem)
-            raise SafetyViolationError(f"{type(command).__name__} rejected: {problem}; expected finite values")
+            raise SafetyViolationError(
+                f"{type(command).__name__} rejected: {problem}; expected finite values"
+            )
         logger.warning("holding position instead of %s: %s", type(command).__name__, problem)
         if isinstance(command, GripperCommand):
-            return GripperCommand(self._clamp_gripper(state.gripper_opening if state.gripper_opening is not None else 1.0))
+            return GripperCommand(
+                self._clamp_gripper(state.gripper_opening if state.gripper_opening is not None else 1.0)
+            )
         return EndEffectorPose(state.ee_position, state.ee_quaternion, gripper=None)
 
     def _forget_stale_motion(self, kind: type) -> None:
@@ -241,7 +253,11 @@ class SafetyFilter:
     def _clamp_to_workspace(self, position: np.ndarray) -> np.ndarray:
         clamped = np.clip(position, self.limits.workspace_min, self.limits.workspace_max)
         if not np.array_equal(clamped, position):
-            logger.info("target position %s clamped into workspace: %s", position.round(4).tolist(), clamped.round(4).tolist())
+            logger.info(
+                "target position %s clamped into workspace: %s",
+                position.round(4).tolist(),
+                clamped.round(4).tolist(),
+            )
         return clamped
 
     def _filter_pose(self, command: EndEffectorDelta | EndEffectorPose, state: RobotState) -> EndEffectorPose:
@@ -281,7 +297,8 @@ class SafetyFilter:
         angle = rotation_angle_between(reference_quaternion, quaternion)
         allowed_angle = min(
             limits.rotation_step_limit_rad,
-            self._previous_rotation_step + limits.max_angular_acceleration_rad_s2 * limits.control_period_s**2,
+            self._previous_rotation_step
+            + limits.max_angular_acceleration_rad_s2 * limits.control_period_s**2,
         )
         if angle > allowed_angle:
             logger.debug("rotation step %.4f rad limited to %.4f rad", angle, allowed_angle)
@@ -292,7 +309,9 @@ class SafetyFilter:
             logger.info("orientation leads the arm by %.4f rad; pulled back", lead_angle)
             quaternion = slerp(state.ee_quaternion, quaternion, allowed_lead_angle / lead_angle)
         self._previous_rotation_step = rotation_angle_between(reference_quaternion, quaternion)
-        target = EndEffectorPose(position, normalize_quaternion(quaternion), gripper=self._clamp_gripper(command.gripper))
+        target = EndEffectorPose(
+            position, normalize_quaternion(quaternion), gripper=self._clamp_gripper(command.gripper)
+        )
         self._previous_target = target
         return target
 
@@ -301,7 +320,9 @@ class SafetyFilter:
         current = state.joint_positions
         target = command.positions
         if target.shape != current.shape:
-            raise SafetyViolationError(f"joint target has {target.size} values; expected {current.size} for this arm")
+            raise SafetyViolationError(
+                f"joint target has {target.size} values; expected {current.size} for this arm"
+            )
         if limits.joint_min is not None:
             if len(limits.joint_min) != current.size:
                 raise SafetyViolationError(
@@ -309,14 +330,20 @@ class SafetyFilter:
                 )
             clamped = np.clip(target, limits.joint_min, limits.joint_max)
             if not np.array_equal(clamped, target):
-                logger.info("joint target %s clamped to limits: %s", target.round(4).tolist(), clamped.round(4).tolist())
+                logger.info(
+                    "joint target %s clamped to limits: %s",
+                    target.round(4).tolist(),
+                    clamped.round(4).tolist(),
+                )
             target = clamped
         previous = self._previous_target if isinstance(self._previous_target, JointPositions) else None
         reference = previous.positions if previous else current
 
         step = target - reference
         growth = limits.max_joint_acceleration_rad_s2 * limits.control_period_s**2
-        previous_step = self._previous_joint_step if self._previous_joint_step is not None else np.zeros_like(step)
+        previous_step = (
+            self._previous_joint_step if self._previous_joint_step is not None else np.zeros_like(step)
+        )
         allowed = np.minimum(limits.joint_step_limit_rad, previous_step + growth)
         largest_ratio = float(np.max(np.abs(step) / allowed))
         if largest_ratio > 1.0:
@@ -337,7 +364,9 @@ class SafetyFilter:
 
     def _inside_workspace(self, joints: np.ndarray) -> bool:
         position = np.asarray(self.forward_kinematics(joints), dtype=np.float64)
-        return bool(np.all(position >= self.limits.workspace_min) and np.all(position <= self.limits.workspace_max))
+        return bool(
+            np.all(position >= self.limits.workspace_min) and np.all(position <= self.limits.workspace_max)
+        )
 
     def _keep_joint_target_in_workspace(self, current: np.ndarray, target: np.ndarray) -> np.ndarray:
         if self._inside_workspace(target):
@@ -362,7 +391,11 @@ def _nonfinite_fields(command: Command) -> str:
     if isinstance(command, GripperCommand):
         fields = {"opening": command.opening}
     elif isinstance(command, EndEffectorDelta):
-        fields = {"translation": command.translation, "rotation": command.rotation, "gripper": command.gripper}
+        fields = {
+            "translation": command.translation,
+            "rotation": command.rotation,
+            "gripper": command.gripper,
+        }
     elif isinstance(command, EndEffectorPose):
         fields = {"position": command.position, "quaternion": command.quaternion, "gripper": command.gripper}
     elif isinstance(command, JointPositions):

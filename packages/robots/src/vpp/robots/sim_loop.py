@@ -84,7 +84,9 @@ class SimulatedTimeLoop:
         recorder: RolloutRecorder | None = None,
     ):
         if arm.config.realtime:
-            raise ValueError(f"{arm.robot_type} steps itself in real time; expected SimConfig(realtime=False) for simulated time")
+            raise ValueError(
+                f"{arm.robot_type} steps itself in real time; expected SimConfig(realtime=False) for simulated time"
+            )
         self.arm = arm
         self.cameras = list(cameras)
         self.policy = policy
@@ -94,12 +96,16 @@ class SimulatedTimeLoop:
     def _chunk(self, observation: dict[str, Any], instruction: str) -> np.ndarray:
         chunk = np.asarray(self.policy.act(observation, instruction), dtype=np.float64)
         if chunk.ndim != 2 or chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
-            raise PolicyOutputError(f"policy returned actions of shape {chunk.shape}; expected (chunk, {ACTION_DIM})")
+            raise PolicyOutputError(
+                f"policy returned actions of shape {chunk.shape}; expected (chunk, {ACTION_DIM})"
+            )
         if not np.all(np.isfinite(chunk)):
             raise PolicyOutputError(f"policy returned non-finite actions: {chunk.tolist()}")
         return chunk
 
-    def run(self, instruction: str, max_ticks: int, until: Callable[[RobotState], bool] | None = None) -> SimulatedRolloutReport:
+    def run(
+        self, instruction: str, max_ticks: int, until: Callable[[RobotState], bool] | None = None
+    ) -> SimulatedRolloutReport:
         """Runs until `until(observed state)` holds at a tick (that tick is not recorded) or for
         `max_ticks` ticks; the arm is stopped at the end."""
         arm, config = self.arm, self.config
@@ -110,7 +116,13 @@ class SimulatedTimeLoop:
         wall_start = time.monotonic()
         state = arm.observe()
         start = arm.simulated_time()
-        held = np.concatenate([state.ee_position, state.ee_quaternion, [state.gripper_opening if state.gripper_opening is not None else 1.0]])
+        held = np.concatenate(
+            [
+                state.ee_position,
+                state.ee_quaternion,
+                [state.gripper_opening if state.gripper_opening is not None else 1.0],
+            ]
+        )
         interpolator = WaypointInterpolator(held, start)
         schedule: dict[int, np.ndarray] = {}
         try:

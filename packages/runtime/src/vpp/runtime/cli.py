@@ -1,7 +1,7 @@
 """``vpp-runtime``: serve an exported policy artifact to robot PCs, or describe one.
 
-    vpp-runtime serve ARTIFACT [--host 127.0.0.1] [--port 8000] [--threads N] [--providers P ...]
-    vpp-runtime info ARTIFACT
+vpp-runtime serve ARTIFACT [--host 127.0.0.1] [--port 8000] [--threads N] [--providers P ...]
+vpp-runtime info ARTIFACT
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def info(folder: Path) -> None:
     artifact = Artifact.open(folder, verify=False)
     manifest = artifact.manifest
     state, text, sampler, parity = manifest.state, manifest.text, manifest.sampler, manifest.parity
-    encoded = "other instructions are encoded on the fly" if text.encoder else "no text encoder: other instructions are refused"
+    encoded = (
+        "other instructions are encoded on the fly"
+        if text.encoder
+        else "no text encoder: other instructions are refused"
+    )
     size = manifest.image_size
     lines = [
         *_rows("artifact", f"{folder} (format_version {manifest.format_version}, by {manifest.producer})"),
@@ -40,13 +44,21 @@ def info(folder: Path) -> None:
         *_rows("features", f"{manifest.encoder} encoder, {manifest.features.noise or 'no'} noise"),
         *_rows("sampler", f"{sampler.name}, {sampler.num_steps} steps"),
         *_rows("text", f"{len(text.instructions)} cached, {encoded}", *(repr(i) for i in text.instructions)),
-        *_rows("parity", f"policy max abs {parity.policy_max_abs}, features relative {parity.features_relative_max_abs}"),
-        *_rows("files", *(f"{name} ({artifact.path(name).stat().st_size / 1e6:.1f} MB)" for name in manifest.files)),
+        *_rows(
+            "parity",
+            f"policy max abs {parity.policy_max_abs}, features relative {parity.features_relative_max_abs}",
+        ),
+        *_rows(
+            "files",
+            *(f"{name} ({artifact.path(name).stat().st_size / 1e6:.1f} MB)" for name in manifest.files),
+        ),
     ]
     print("\n".join(lines))
 
 
-def serve(folder: Path, host: str, port: int, threads: int | None, providers: Sequence[str] | None, seed: int | None) -> None:
+def serve(
+    folder: Path, host: str, port: int, threads: int | None, providers: Sequence[str] | None, seed: int | None
+) -> None:
     # onnxruntime only here: `info` works on a machine without it.
     from vpp.runtime.policy import Policy
     from vpp.runtime.server import PolicyServer, warm_up
@@ -55,7 +67,12 @@ def serve(folder: Path, host: str, port: int, threads: int | None, providers: Se
     policy = Policy.load(folder, providers=providers, threads=threads, seed=seed)
     logger.info(
         "loaded %s in %.1f s: cameras %s, chunk %d x %d, providers %s",
-        folder, time.perf_counter() - started, policy.cameras, policy.chunk, policy.action_dim, policy.policy_session.get_providers(),
+        folder,
+        time.perf_counter() - started,
+        policy.cameras,
+        policy.chunk,
+        policy.action_dim,
+        policy.policy_session.get_providers(),
     )
     logger.info("warm-up chunk: %.1f ms", warm_up(policy))
     try:
@@ -87,14 +104,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="answer PolicyClient.act calls over WebSocket (msgpack)")
     serve_parser.add_argument("artifact", type=Path, help="an exported policy artifact folder (vpp-export)")
-    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default %(default)s)")
-    serve_parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged) (default %(default)s)")
-    serve_parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
     serve_parser.add_argument(
-        "--providers", nargs="+", default=None, metavar="PROVIDER",
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--port", type=int, default=8000, help="0 picks a free port (logged) (default %(default)s)"
+    )
+    serve_parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)"
+    )
+    serve_parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=None,
+        metavar="PROVIDER",
         help="ONNX Runtime execution providers in order of preference (default: TensorRT, CUDA when present, then CPU)",
     )
-    serve_parser.add_argument("--seed", type=int, default=None, help="seed of the server's noise generator (reproducible chunks)")
+    serve_parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the server's noise generator (reproducible chunks)"
+    )
     serve_parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     info_parser = commands.add_parser("info", help="describe an artifact from its manifest")
     info_parser.add_argument("artifact", type=Path)
@@ -104,13 +134,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "info":
             info(args.artifact)
             return
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
         if args.providers is not None:
             import onnxruntime
 
             missing = [name for name in args.providers if name not in onnxruntime.get_available_providers()]
             if missing:
-                parser.error(f"--providers {missing} not in this onnxruntime, which has {onnxruntime.get_available_providers()}")
+                parser.error(
+                    f"--providers {missing} not in this onnxruntime, which has {onnxruntime.get_available_providers()}"
+                )
         serve(args.artifact, args.host, args.port, args.threads, args.providers, args.seed)
     except ArtifactError as error:
         raise SystemExit(f"vpp-runtime {args.command}: {error}") from None

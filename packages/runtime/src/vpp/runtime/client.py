@@ -38,7 +38,9 @@ from vpp.runtime.protocol import (
 logger = logging.getLogger(__name__)
 
 # Server-side exceptions re-raised as themselves; any other arrives as PolicyServerError.
-REMOTE_ERRORS: dict[str, type[Exception]] = {cls.__name__: cls for cls in (ObservationError, UnknownInstructionError, ProtocolError)}
+REMOTE_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (ObservationError, UnknownInstructionError, ProtocolError)
+}
 
 
 class PolicyConnectionError(ConnectionError):
@@ -64,7 +66,12 @@ class PolicyClient:
     Environment proxy settings are ignored: the server is expected on the robot's own network.
     """
 
-    def __init__(self, url: str = "ws://127.0.0.1:8000", connect_timeout: float = 10.0, request_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8000",
+        connect_timeout: float = 10.0,
+        request_timeout: float | None = None,
+    ) -> None:
         self.url = url
         self.request_timeout = request_timeout
         self.last_timing: RequestTiming | None = None
@@ -73,7 +80,13 @@ class PolicyClient:
         self._exit_stack = ExitStack()
         try:
             self._connection = self._exit_stack.enter_context(
-                connect(url, open_timeout=connect_timeout, compression=None, max_size=MAX_MESSAGE_BYTES, proxy=None)
+                connect(
+                    url,
+                    open_timeout=connect_timeout,
+                    compression=None,
+                    max_size=MAX_MESSAGE_BYTES,
+                    proxy=None,
+                )
             )
             metadata = unpack(self._connection.recv(timeout=connect_timeout))
         except (OSError, InvalidHandshake, ConnectionClosed) as error:  # OSError covers refusals and timeouts
@@ -117,7 +130,9 @@ class PolicyClient:
     def instructions(self) -> list[str]:
         return list(self.metadata["instructions"])
 
-    def act(self, observation: Mapping[str, Any], instruction: str, noise: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    def act(
+        self, observation: Mapping[str, Any], instruction: str, noise: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim),
         float32, computed by the server's Policy; ``noise`` as ``Policy.act`` takes it."""
         with self._lock:
@@ -129,7 +144,9 @@ class PolicyClient:
                 self._connection.send(frame)
                 reply = self._reply_to(request_id, sent)
             except ConnectionClosed as closed:
-                raise PolicyConnectionError(f"the connection to the policy server at {self.url} is closed: {closed}") from closed
+                raise PolicyConnectionError(
+                    f"the connection to the policy server at {self.url} is closed: {closed}"
+                ) from closed
             round_trip_ms = (time.perf_counter() - sent) * 1e3
         server_timing = reply.get("server_timing") or {}
         self.last_timing = RequestTiming(
@@ -141,7 +158,9 @@ class PolicyClient:
             raise self._remote_error(reply.get("error") or {})
         actions = reply.get("actions")
         if reply["type"] != "actions" or not isinstance(actions, np.ndarray):
-            raise ProtocolError(f"reply of type {reply['type']!r} with actions {actions!r:.80}; expected an 'actions' reply with an array")
+            raise ProtocolError(
+                f"reply of type {reply['type']!r} with actions {actions!r:.80}; expected an 'actions' reply with an array"
+            )
         return actions
 
     def _reply_to(self, request_id: int, sent: float) -> dict[str, Any]:

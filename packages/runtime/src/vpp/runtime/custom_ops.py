@@ -73,5 +73,7 @@ def require_library(needed: dict[str, int], what: str) -> Path:
         )
     missing = sorted(set(needed) - set(library_ops(path)))
     if missing:
-        raise CustomOpsUnavailableError(f"{what} uses {DOMAIN} ops {missing} that {path} does not have; update vpp-runtime")
+        raise CustomOpsUnavailableError(
+            f"{what} uses {DOMAIN} ops {missing} that {path} does not have; update vpp-runtime"
+        )
     return path

@@ -114,18 +114,30 @@ class Policy:
         self.providers = list(providers) if providers is not None else default_providers()
         graphs = manifest.graphs
         self.custom_ops_library = self._register_custom_ops(options, [graphs.features, graphs.policy])
-        self.feature_session = ort.InferenceSession(str(artifact.path(graphs.features.file)), options, providers=self.providers)
-        self.policy_session = ort.InferenceSession(str(artifact.path(graphs.policy.file)), options, providers=self.providers)
+        self.feature_session = ort.InferenceSession(
+            str(artifact.path(graphs.features.file)), options, providers=self.providers
+        )
+        self.policy_session = ort.InferenceSession(
+            str(artifact.path(graphs.policy.file)), options, providers=self.providers
+        )
         encoder = manifest.text.encoder
         self.tokenizer = None if encoder is None else ClipTokenizer.load(artifact.path(encoder.tokenizer))
         self.text_session = (
-            None if encoder is None else ort.InferenceSession(str(artifact.path(encoder.file)), options, providers=self.providers)
+            None
+            if encoder is None
+            else ort.InferenceSession(str(artifact.path(encoder.file)), options, providers=self.providers)
         )
         # A manifest that disagrees with its graphs fails here, naming the field, not in ORT later.
-        sessions = {"features": self.feature_session, "policy": self.policy_session, "text_encoder": self.text_session}
+        sessions = {
+            "features": self.feature_session,
+            "policy": self.policy_session,
+            "text_encoder": self.text_session,
+        }
         for name, session in sessions.items():
             if session is not None:
-                manifest.check_graph(name, _signature(session.get_inputs()), _signature(session.get_outputs()))
+                manifest.check_graph(
+                    name, _signature(session.get_inputs()), _signature(session.get_outputs())
+                )
         # Where features.onnx leaves its output: the memory of the provider that runs it.
         self.device = "cuda" if self.feature_session.get_providers()[0] in ACCELERATED_PROVIDERS else "cpu"
         self.cameras = list(manifest.cameras)
@@ -155,12 +167,16 @@ class Policy:
         library_ops = custom_ops.library_ops(path)
         if any(provider in ACCELERATED_PROVIDERS for provider in self.providers):
             # TensorRT hands the nodes it cannot take to the CUDA provider.
-            lacking = sorted(name for name in needed if "CUDAExecutionProvider" not in library_ops.get(name, []))
+            lacking = sorted(
+                name for name in needed if "CUDAExecutionProvider" not in library_ops.get(name, [])
+            )
             if lacking:
                 logger.warning(
                     "%s has no CUDA kernel for %s %s: ORT runs those nodes on the CPU and copies their tensors to and "
                     "from the GPU; build vpp-runtime with VPP_WITH_CUDA=ON, or export with --standard-ops-only",
-                    path.name, custom_ops.DOMAIN, lacking,
+                    path.name,
+                    custom_ops.DOMAIN,
+                    lacking,
                 )
         return path
 
@@ -188,18 +204,29 @@ class Policy:
         images = []
         for camera in self.cameras:
             if camera not in observation:
-                raise ObservationError(f"observation has no camera {camera!r}; it has {sorted(observation)}, the policy needs {self.cameras}")
+                raise ObservationError(
+                    f"observation has no camera {camera!r}; it has {sorted(observation)}, the policy needs {self.cameras}"
+                )
             frame = observation[camera]
-            if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            if (
+                not isinstance(frame, np.ndarray)
+                or frame.ndim != 3
+                or frame.shape[-1] != 3
+                or frame.dtype != np.uint8
+            ):
                 got = (getattr(frame, "shape", None), getattr(frame, "dtype", type(frame).__name__))
-                raise ObservationError(f"camera {camera!r}: image of shape {got[0]} and dtype {got[1]}; expected (H, W, 3) uint8")
+                raise ObservationError(
+                    f"camera {camera!r}: image of shape {got[0]} and dtype {got[1]}; expected (H, W, 3) uint8"
+                )
             if min(frame.shape[:2]) == 0:
                 raise ObservationError(f"camera {camera!r}: empty image of shape {frame.shape}")
             images.append(resize_frames(frame[None], self.image_size)[0])
         state = None
         if self.state_dim is not None:
             if "state" not in observation:
-                raise ObservationError(f"observation has no 'state'; this policy needs {self.state_dim} values")
+                raise ObservationError(
+                    f"observation has no 'state'; this policy needs {self.state_dim} values"
+                )
             raw = np.asarray(observation["state"], dtype=np.float64)
             if raw.shape != (self.state_dim,) or not np.isfinite(raw).all():
                 raise ObservationError(f"state {raw!r}; expected {self.state_dim} finite values")
@@ -228,7 +255,11 @@ class Policy:
         noise = {}
         if self.feature_noise_shape is not None:
             fixed = self.fixed_feature_noise
-            noise["features"] = fixed if fixed is not None else rng.standard_normal(self.feature_noise_shape, dtype=np.float32)
+            noise["features"] = (
+                fixed
+                if fixed is not None
+                else rng.standard_normal(self.feature_noise_shape, dtype=np.float32)
+            )
         noise["actions"] = rng.standard_normal((1, self.chunk, self.action_dim), dtype=np.float32)
         return noise
 
@@ -263,7 +294,9 @@ class Policy:
             policy_feed["state"] = state
         return feature_feed, policy_feed
 
-    def run_graphs(self, feature_feed: Mapping[str, np.ndarray], policy_feed: Mapping[str, np.ndarray]) -> np.ndarray:
+    def run_graphs(
+        self, feature_feed: Mapping[str, np.ndarray], policy_feed: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
         """The normalised action chunk (1, chunk, action_dim) of features.onnx, then policy.onnx
         on its output where the first graph left it: in device memory under the CUDA/TensorRT
         providers. The paper preset's features are ~115 MB a chunk for two views; handing them

@@ -55,16 +55,22 @@ def _encode(value: Any) -> msgpack.ExtType:
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if not isinstance(value, np.ndarray):
-        raise ProtocolError(f"cannot send a {type(value).__name__} ({value!r:.80}); send numpy arrays, numbers, strings, lists or dicts")
+        raise ProtocolError(
+            f"cannot send a {type(value).__name__} ({value!r:.80}); send numpy arrays, numbers, strings, lists or dicts"
+        )
     if value.dtype.kind not in ARRAY_KINDS:
-        raise ProtocolError(f"cannot send an array of dtype {value.dtype}; only bool, integer, float and complex arrays travel")
+        raise ProtocolError(
+            f"cannot send an array of dtype {value.dtype}; only bool, integer, float and complex arrays travel"
+        )
     payload = msgpack.packb([value.dtype.str, list(value.shape), value.tobytes(order="C")], use_bin_type=True)
     return msgpack.ExtType(NDARRAY_EXT, payload)
 
 
 def _decode_ext(code: int, payload: bytes) -> np.ndarray:
     if code != NDARRAY_EXT:
-        raise ProtocolError(f"msgpack extension type {code}; this protocol knows only {NDARRAY_EXT} (ndarray)")
+        raise ProtocolError(
+            f"msgpack extension type {code}; this protocol knows only {NDARRAY_EXT} (ndarray)"
+        )
     fields = msgpack.unpackb(payload, raw=False)
     if not (isinstance(fields, list) and len(fields) == 3):
         raise ProtocolError(f"ndarray payload {fields!r:.80}; expected [dtype, shape, data]")
@@ -74,12 +80,20 @@ def _decode_ext(code: int, payload: bytes) -> np.ndarray:
     except TypeError as error:
         raise ProtocolError(f"ndarray dtype {dtype_name!r} is not a numpy type string ({error})") from None
     if dtype.kind not in ARRAY_KINDS:
-        raise ProtocolError(f"ndarray dtype {dtype_name!r}; only bool, integer, float and complex arrays are accepted")
-    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)) or not isinstance(data, bytes):
-        raise ProtocolError(f"ndarray shape {shape!r} / data of type {type(data).__name__}; expected a list of ints >= 0 and bytes")
+        raise ProtocolError(
+            f"ndarray dtype {dtype_name!r}; only bool, integer, float and complex arrays are accepted"
+        )
+    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)) or not isinstance(
+        data, bytes
+    ):
+        raise ProtocolError(
+            f"ndarray shape {shape!r} / data of type {type(data).__name__}; expected a list of ints >= 0 and bytes"
+        )
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise ProtocolError(f"ndarray of dtype {dtype_name} and shape {tuple(shape)} needs {expected} bytes; got {len(data)}")
+        raise ProtocolError(
+            f"ndarray of dtype {dtype_name} and shape {tuple(shape)} needs {expected} bytes; got {len(data)}"
+        )
     # A copy: arrays straight from the message bytes would be read-only, unlike what Policy.act returns.
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
@@ -96,7 +110,9 @@ def unpack(data: bytes | str) -> Any:
         message = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False)
     except ProtocolError:
         raise
-    except Exception as error:  # msgpack raises several unrelated types (ExtraData, FormatError, ValueError, ...)
+    except (
+        Exception
+    ) as error:  # msgpack raises several unrelated types (ExtraData, FormatError, ValueError, ...)
         detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ProtocolError(f"{len(data)}-byte frame is not a msgpack message ({detail})") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -111,7 +127,9 @@ class ActRequest:
     noise: dict[str, np.ndarray] | None
 
 
-def act_request(request_id: int, observation: Mapping[str, Any], instruction: str, noise: Mapping[str, np.ndarray] | None) -> bytes:
+def act_request(
+    request_id: int, observation: Mapping[str, Any], instruction: str, noise: Mapping[str, np.ndarray] | None
+) -> bytes:
     return pack(
         {
             "type": "act",
@@ -132,12 +150,20 @@ def message_id(message: Mapping[str, Any]) -> int | None:
 def parse_act_request(message: Mapping[str, Any]) -> ActRequest:
     if message["type"] != "act":
         raise ProtocolError(f"message type {message['type']!r}; the server answers only 'act'")
-    observation, instruction, noise = message.get("observation"), message.get("instruction"), message.get("noise")
+    observation, instruction, noise = (
+        message.get("observation"),
+        message.get("instruction"),
+        message.get("noise"),
+    )
     if not (isinstance(observation, dict) and all(isinstance(key, str) for key in observation)):
-        raise ProtocolError(f"'observation' is {observation!r:.80}; expected a map of camera names (and 'state') to arrays")
+        raise ProtocolError(
+            f"'observation' is {observation!r:.80}; expected a map of camera names (and 'state') to arrays"
+        )
     if not isinstance(instruction, str):
         raise ProtocolError(f"'instruction' is {instruction!r:.80}; expected a string")
-    if noise is not None and not (isinstance(noise, dict) and all(isinstance(v, np.ndarray) for v in noise.values())):
+    if noise is not None and not (
+        isinstance(noise, dict) and all(isinstance(v, np.ndarray) for v in noise.values())
+    ):
         raise ProtocolError(f"'noise' is {noise!r:.80}; expected null or a map of names to arrays")
     return ActRequest(observation, instruction, noise)
 

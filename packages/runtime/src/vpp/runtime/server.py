@@ -55,7 +55,9 @@ def warm_up(policy: Policy) -> float:
     """One chunk from a blank observation, so that ORT's allocations (and TensorRT's engine
     build) happen before the first robot request; returns its milliseconds. Draws its noise
     from its own generator: a seeded policy's sequence is the same with or without it."""
-    observation: dict[str, Any] = {camera: np.zeros((policy.image_size, policy.image_size, 3), np.uint8) for camera in policy.cameras}
+    observation: dict[str, Any] = {
+        camera: np.zeros((policy.image_size, policy.image_size, 3), np.uint8) for camera in policy.cameras
+    }
     if policy.state_dim is not None:
         observation["state"] = policy.state_normalizer.midpoint()
     started = time.perf_counter()
@@ -70,7 +72,9 @@ class PolicyServer:
     def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000) -> None:
         self.policy = policy
         self._lock = threading.Lock()
-        self._noise_shapes = {name: noise.shape for name, noise in policy.sample_noise(np.random.default_rng(0)).items()}
+        self._noise_shapes = {
+            name: noise.shape for name, noise in policy.sample_noise(np.random.default_rng(0)).items()
+        }
         # permessage-deflate off: compressing camera frames costs more time than it saves on a LAN.
         self._server = serve(self._serve_connection, host, port, compression=None, max_size=MAX_MESSAGE_BYTES)
 
@@ -128,7 +132,9 @@ class PolicyServer:
             given = noise.get(name)
             if given is None or given.shape != shape or given.dtype != np.float32:
                 got = "nothing" if given is None else f"{given.dtype} {given.shape}"
-                raise ProtocolError(f"noise[{name!r}] is {got}; this policy takes float32 {shape} (noise shapes: {self._noise_shapes})")
+                raise ProtocolError(
+                    f"noise[{name!r}] is {got}; this policy takes float32 {shape} (noise shapes: {self._noise_shapes})"
+                )
 
     def handle(self, frame: bytes | str) -> bytes:
         """One request frame -> its reply frame. Never raises: every failure is an error reply."""
@@ -153,7 +159,13 @@ class PolicyServer:
                 logger.exception("request %s failed inside the server", request_id)
             return error_reply(request_id, error, {"infer_ms": infer_ms, "total_ms": _milliseconds(arrived)})
         total_ms = _milliseconds(arrived)
-        logger.info("request %s %r: inference %.1f ms, total %.1f ms", request_id, request.instruction, infer_ms, total_ms)
+        logger.info(
+            "request %s %r: inference %.1f ms, total %.1f ms",
+            request_id,
+            request.instruction,
+            infer_ms,
+            total_ms,
+        )
         return actions_reply(request_id, actions, {"infer_ms": infer_ms, "total_ms": total_ms})
 
     def _serve_connection(self, connection: ServerConnection) -> None:

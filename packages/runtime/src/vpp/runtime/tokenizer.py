@@ -16,14 +16,20 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
-_WORD = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.UNICODE)
+_WORD = re.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.UNICODE
+)
 _WHITESPACE = re.compile(r"\s+")
 
 
 @lru_cache(maxsize=1)
 def byte_symbols() -> tuple[str, ...]:
     """The printable stand-ins byte-level BPE uses for the 256 byte values, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     symbols = {b: chr(b) for b in printable}
     extra = 0
     for byte in range(256):
@@ -34,7 +40,16 @@ def byte_symbols() -> tuple[str, ...]:
 
 
 class ClipTokenizer:
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], bos_id: int, eos_id: int, pad_id: int, unk_id: int, max_length: int) -> None:
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: list[tuple[str, str]],
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        unk_id: int,
+        max_length: int,
+    ) -> None:
         self.vocab = vocab
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = bos_id, eos_id, pad_id, unk_id
@@ -47,14 +62,24 @@ class ClipTokenizer:
     def load(cls, path: str | Path) -> ClipTokenizer:
         data = json.loads(Path(path).read_text())
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["merges"]]
-        return cls(data["vocab"], merges, data["bos_id"], data["eos_id"], data["pad_id"], data["unk_id"], data["max_length"])
+        return cls(
+            data["vocab"],
+            merges,
+            data["bos_id"],
+            data["eos_id"],
+            data["pad_id"],
+            data["unk_id"],
+            data["max_length"],
+        )
 
     def _bpe(self, word: str) -> list[str]:
         if word in self._cache:
             return self._cache[word]
         symbols = [*word[:-1], word[-1] + "</w>"]
         while len(symbols) > 1:
-            pairs = [(self.ranks.get(pair, len(self.ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+            pairs = [
+                (self.ranks.get(pair, len(self.ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))
+            ]
             rank, index = min(pairs)
             if rank == len(self.ranks):
                 break

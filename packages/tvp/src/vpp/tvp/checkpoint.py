@@ -31,7 +31,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def write_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], state: dict, keep: int = 2) -> Path:
+def write_checkpoint(
+    root: str | Path, step: int, write: Callable[[Path], None], state: dict, keep: int = 2
+) -> Path:
     """Calls ``write(tmp_folder)`` for the payload, adds the trainer state, renames into place
     and prunes all but the newest ``keep`` checkpoints."""
     root = Path(root)

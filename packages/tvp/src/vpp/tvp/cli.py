@@ -26,13 +26,17 @@ def parse_source(spec: str, default_name: str):
     kind, _, target = spec.partition(":")
     if kind == "builtin" and target == "squares":
         videos, instructions = moving_squares(num_frames=16, size=64)
-        return ArrayClipSource(videos, instructions, name=name if name != default_name else "squares", stride=1)
+        return ArrayClipSource(
+            videos, instructions, name=name if name != default_name else "squares", stride=1
+        )
     if kind == "lerobot":
         path, _, camera = target.partition("#")
         return LeRobotClipSource(path, camera=camera or None, name=name)
     if kind == "videos":
         return VideoFolderSource(target, name=name)
-    raise SystemExit(f"unknown data source {spec!r}; expected builtin:squares, lerobot:PATH[#camera] or videos:PATH")
+    raise SystemExit(
+        f"unknown data source {spec!r}; expected builtin:squares, lerobot:PATH[#camera] or videos:PATH"
+    )
 
 
 def build_dataset(args, model):
@@ -46,14 +50,20 @@ def build_dataset(args, model):
             key, _, value = item.partition("=")
             weights[key] = float(value)
     return MixtureClipDataset(
-        sources, num_frames=model.config.num_frames, image_size=model.config.image_size, weights=weights, seed=args.seed
+        sources,
+        num_frames=model.config.num_frames,
+        image_size=model.config.image_size,
+        weights=weights,
+        seed=args.seed,
     )
 
 
 def load_model(args):
     from vpp.tvp.model import TextGuidedVideoPredictor
 
-    sizes = {k: v for k, v in (("image_size", args.image_size), ("num_frames", args.num_frames)) if v is not None}
+    sizes = {
+        k: v for k, v in (("image_size", args.image_size), ("num_frames", args.num_frames)) if v is not None
+    }
     if args.model:
         if args.svd or args.preset or sizes:
             raise SystemExit(
@@ -105,7 +115,9 @@ def prediction_scores(truth: torch.Tensor, predicted: torch.Tensor) -> dict:
     }
 
 
-def write_comparison(path: Path, truth: torch.Tensor | None, predicted: torch.Tensor, instructions: list[str]) -> list[Path]:
+def write_comparison(
+    path: Path, truth: torch.Tensor | None, predicted: torch.Tensor, instructions: list[str]
+) -> list[Path]:
     """A PNG grid (per example: ground-truth row above predicted row), a GIF of the prediction and
     a JSON record (with :func:`prediction_scores` when the real videos are known)."""
     import imageio.v3 as iio
@@ -146,7 +158,10 @@ def train_start_model(args):
         if args.fit_vae_steps and (fitted or {}).get("steps") != args.fit_vae_steps:
             logger.warning(
                 "resuming %s with the VAE in %s, which was not fitted for --fit-vae-steps %d (record: %s)",
-                output, base, args.fit_vae_steps, fitted,
+                output,
+                base,
+                args.fit_vae_steps,
+                fitted,
             )
         return TextGuidedVideoPredictor.from_pretrained(base), fitted, False
     if is_complete_base(base) and (fitted or {}).get("steps", 0) == args.fit_vae_steps:
@@ -176,7 +191,13 @@ def cmd_train(args) -> None:
     trainer = TVPTrainer(model, dataset, config, vae_fit=vae_fit)
     losses = trainer.train()
     if losses:
-        logger.info("steps %d..%d: first loss %.4f, last loss %.4f", trainer.start_step - len(losses) + 1, trainer.start_step, losses[0], losses[-1])
+        logger.info(
+            "steps %d..%d: first loss %.4f, last loss %.4f",
+            trainer.start_step - len(losses) + 1,
+            trainer.start_step,
+            losses[0],
+            losses[-1],
+        )
 
 
 def cmd_generate(args) -> None:
@@ -201,7 +222,9 @@ def cmd_generate(args) -> None:
         truth = batch["video"]
         first = truth[:, 0]
         instructions = batch["instruction"]
-    predicted = generate_video(model, first, instructions, num_steps=args.steps, generator=generator, progress=True)
+    predicted = generate_video(
+        model, first, instructions, num_steps=args.steps, generator=generator, progress=True
+    )
     for path in write_comparison(Path(args.out), truth, predicted, instructions):
         print(path)
 
@@ -214,9 +237,17 @@ def cmd_features(args) -> None:
     from vpp.tvp.features import predictive_features
 
     model = load_model(args).eval()
-    views = torch.stack([resize_frames(iio.imread(p)[None, ..., :3], model.config.image_size)[0] for p in args.image])
-    features = predictive_features(model, views[None], [args.instruction], generator=torch.Generator().manual_seed(args.seed))
-    save_file({"features": features.contiguous()}, args.out, metadata={"instruction": args.instruction, "seed": str(args.seed)})
+    views = torch.stack(
+        [resize_frames(iio.imread(p)[None, ..., :3], model.config.image_size)[0] for p in args.image]
+    )
+    features = predictive_features(
+        model, views[None], [args.instruction], generator=torch.Generator().manual_seed(args.seed)
+    )
+    save_file(
+        {"features": features.contiguous()},
+        args.out,
+        metadata={"instruction": args.instruction, "seed": str(args.seed)},
+    )
     print(f"{args.out}: features {tuple(features.shape)} (batch, views, frames, channels, height, width)")
 
 
@@ -255,14 +286,25 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--model", help="folder written by a TVP run (run/model) or save_pretrained")
         p.add_argument("--svd", help="local diffusers Stable Video Diffusion folder (unet/, vae/)")
         p.add_argument("--clip", help="local CLIP folder (text encoder + tokenizer), with --svd")
-        p.add_argument("--variant", help="with --svd: weight files of this variant, e.g. fp16 (loaded as float32)")
-        p.add_argument("--preset", choices=TVPConfig.preset_names(), help="a model from scratch (default tiny)")
-        p.add_argument("--image-size", type=int, help="with --svd (default 256) or --preset: frame size in pixels")
+        p.add_argument(
+            "--variant", help="with --svd: weight files of this variant, e.g. fp16 (loaded as float32)"
+        )
+        p.add_argument(
+            "--preset", choices=TVPConfig.preset_names(), help="a model from scratch (default tiny)"
+        )
+        p.add_argument(
+            "--image-size", type=int, help="with --svd (default 256) or --preset: frame size in pixels"
+        )
         p.add_argument("--num-frames", type=int, help="with --svd (default 16) or --preset: frames per clip")
         p.add_argument("--seed", type=int, default=0)
 
     def data_args(p):
-        p.add_argument("--data", action="append", default=[], help="builtin:squares | lerobot:PATH[#camera] | videos:PATH, optionally NAME=... (repeatable)")
+        p.add_argument(
+            "--data",
+            action="append",
+            default=[],
+            help="builtin:squares | lerobot:PATH[#camera] | videos:PATH, optionally NAME=... (repeatable)",
+        )
         p.add_argument("--weights", nargs="*", help="NAME=WEIGHT per source (default: equal)")
 
     train = sub.add_parser("train", help="fine-tune a TVP with the EDM objective (resumes from --output)")
@@ -270,11 +312,18 @@ def main(argv: list[str] | None = None) -> None:
     data_args(train)
     # every TrainConfig field is an option; --seed is model_args' (it also seeds a preset's weights)
     add_config_arguments(
-        train, TrainConfig, exclude=["seed"],
+        train,
+        TrainConfig,
+        exclude=["seed"],
         aliases={"output_dir": "--output", "max_steps": "--steps", "learning_rate": "--lr"},
     )
     train.add_argument("--latent-cache", help="folder for pre-encoded VAE latents (built first, resumable)")
-    train.add_argument("--fit-vae-steps", type=int, default=0, help="first fit the VAE for this many steps (models without a pretrained VAE)")
+    train.add_argument(
+        "--fit-vae-steps",
+        type=int,
+        default=0,
+        help="first fit the VAE for this many steps (models without a pretrained VAE)",
+    )
     train.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="predict videos from first frames and instructions")

@@ -56,11 +56,12 @@ def cfg_scales(num_frames: int, cfg_min: float, cfg_max: float) -> torch.Tensor:
     return torch.linspace(cfg_min, cfg_max, num_frames)
 
 
-def feature_sigma(schedule_steps: int, schedule_index: int, sigma_min: float, sigma_max: float, rho: float) -> float:
+def feature_sigma(
+    schedule_steps: int, schedule_index: int, sigma_min: float, sigma_max: float, rho: float
+) -> float:
     return float(karras_sigmas(schedule_steps, sigma_min, sigma_max, rho)[schedule_index])
 
 
 def expand_like(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Reshape per-video values (B,) to broadcast over a (B, ...) tensor."""
     return values.reshape(values.shape[0], *([1] * (target.ndim - 1))).to(target)
-

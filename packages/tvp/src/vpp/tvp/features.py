@@ -122,7 +122,9 @@ def predictive_features(
         interp["align_corners"] = False
     stacked = torch.cat(
         [
-            captured[i] if captured[i].shape[-2:] == out_size else F.interpolate(captured[i], size=out_size, **interp)
+            captured[i]
+            if captured[i].shape[-2:] == out_size
+            else F.interpolate(captured[i], size=out_size, **interp)
             for i in blocks
         ],
         dim=1,

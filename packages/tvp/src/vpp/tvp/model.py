@@ -83,7 +83,9 @@ class TextGuidedVideoPredictor(nn.Module):
         )
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
         if config.text_to_unet == "linear":
-            self.text_projection: nn.Linear | None = nn.Linear(config.text_hidden_size, config.cross_attention_dim)
+            self.text_projection: nn.Linear | None = nn.Linear(
+                config.text_hidden_size, config.cross_attention_dim
+            )
         else:
             self.text_projection = None
         self.vae.requires_grad_(False)
@@ -96,7 +98,9 @@ class TextGuidedVideoPredictor(nn.Module):
         return cls(TVPConfig.preset(name, **overrides))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> TextGuidedVideoPredictor:
+    def from_pretrained(
+        cls, folder: str | Path, torch_dtype: torch.dtype | None = None
+    ) -> TextGuidedVideoPredictor:
         """Loads a folder written by :meth:`save_pretrained`, or (with a warning) one in the layout
         written before it, which :func:`convert_legacy_tvp` rewrites."""
         folder = Path(folder)
@@ -104,7 +108,8 @@ class TextGuidedVideoPredictor(nn.Module):
             logger.warning(
                 "%s is a TVP folder in the old layout (tvp_config.json, unet/, vae/, text_encoder/, tokenizer/); "
                 "`vpp-tvp convert %s NEW` rewrites it as config.json + model.safetensors",
-                folder, folder,
+                folder,
+                folder,
             )
             return cls._from_legacy_folder(folder, torch_dtype)
         if not (folder / CONFIG_NAME).is_file():
@@ -172,14 +177,18 @@ class TextGuidedVideoPredictor(nn.Module):
         unet = UNetSpatioTemporalConditionModel.from_pretrained(
             svd_folder / "unet", variant=variant, torch_dtype=torch_dtype
         )
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_folder / "vae", variant=variant, torch_dtype=torch_dtype)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            svd_folder / "vae", variant=variant, torch_dtype=torch_dtype
+        )
         text_variant = variant if variant is not None and any(text_folder.glob(f"*.{variant}.*")) else None
         text_encoder = CLIPTextModelWithProjection.from_pretrained(
             text_folder, local_files_only=True, dtype=torch_dtype, variant=text_variant
         )
         tokenizer = load_tokenizer(str(clip_folder))
         # the weights hold their dtype; the config records the architecture alone
-        text_config = {k: v for k, v in text_encoder.config.to_diff_dict().items() if k not in ("dtype", "torch_dtype")}
+        text_config = {
+            k: v for k, v in text_encoder.config.to_diff_dict().items() if k not in ("dtype", "torch_dtype")
+        }
         config = TVPConfig.from_dict(
             dict(
                 image_size=image_size,
@@ -193,7 +202,10 @@ class TextGuidedVideoPredictor(nn.Module):
             )
         )
         return cls(
-            config, unet=unet.to(torch_dtype), vae=vae.to(torch_dtype), text_encoder=text_encoder.to(torch_dtype),
+            config,
+            unet=unet.to(torch_dtype),
+            vae=vae.to(torch_dtype),
+            text_encoder=text_encoder.to(torch_dtype),
             tokenizer=tokenizer,
         )
 
@@ -204,7 +216,9 @@ class TextGuidedVideoPredictor(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.save_tokenizer(folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME
+        )
         return self.config.save(folder / CONFIG_NAME)
 
     def save_tokenizer(self, folder: Path) -> None:
@@ -283,7 +297,9 @@ class TextGuidedVideoPredictor(nn.Module):
         frames = [self.vae.decode(part, num_frames=part.shape[0]).sample for part in flat.split(chunk)]
         return torch.cat(frames).unflatten(0, (b, t)).clamp(-1, 1)
 
-    def condition_latent(self, first_latent: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def condition_latent(
+        self, first_latent: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The first-frame latent as SVD conditions on it: unscaled, optionally noise-augmented."""
         cond = first_latent / self.scaling_factor
         if self.config.noise_aug_strength > 0:
@@ -305,7 +321,10 @@ class TextGuidedVideoPredictor(nn.Module):
         c_in, c_out, c_skip, c_noise = edm.preconditioning(sigma.to(noisy.dtype))
         unet_in = self.unet_input(noisy, c_in, cond_latent)
         out = self.unet(
-            unet_in, c_noise, encoder_hidden_states=text, added_time_ids=self.added_time_ids(noisy.shape[0], fps_id)
+            unet_in,
+            c_noise,
+            encoder_hidden_states=text,
+            added_time_ids=self.added_time_ids(noisy.shape[0], fps_id),
         ).sample
         return edm.expand_like(c_skip, noisy) * noisy + edm.expand_like(c_out, noisy) * out
 

@@ -39,7 +39,9 @@ def write_loss_curve(
     axes.grid(True, alpha=0.3)
     if learning_rates is not None:
         lr_axes = axes.twinx()
-        lr_axes.plot(steps, learning_rates, color="tab:orange", linewidth=1.0, alpha=0.8, marker=marker, markersize=2)
+        lr_axes.plot(
+            steps, learning_rates, color="tab:orange", linewidth=1.0, alpha=0.8, marker=marker, markersize=2
+        )
         lr_axes.set_ylabel("learning rate", color="tab:orange")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

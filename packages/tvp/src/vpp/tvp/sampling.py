@@ -43,7 +43,10 @@ def generate_latents(
         sigma = sigmas[i].expand(batch)
         if guidance:
             both = model.denoise(
-                torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([torch.zeros_like(text), text]), torch.cat([cond, cond])
+                torch.cat([x, x]),
+                torch.cat([sigma, sigma]),
+                torch.cat([torch.zeros_like(text), text]),
+                torch.cat([cond, cond]),
             )
             uncond, conditioned = both.chunk(2)
             denoised = uncond + scales * (conditioned - uncond)

@@ -47,5 +47,7 @@ def load_tokenizer(spec: str) -> CLIPTokenizer:
     if (folder / "tokenizer").is_dir():
         folder = folder / "tokenizer"
     if not any((folder / name).is_file() for name in ("vocab.json", "tokenizer.json")):
-        raise FileNotFoundError(f"{folder} holds no CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json)")
+        raise FileNotFoundError(
+            f"{folder} holds no CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json)"
+        )
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -76,7 +76,9 @@ class TVPTrainer(AcceleratedTrainer):
         self.vae_fit = vae_fit
         super().__init__(model, dataset, collate_clips, config)
 
-    def prepare_model(self, model: TextGuidedVideoPredictor, checkpoint: Path | None) -> TextGuidedVideoPredictor:
+    def prepare_model(
+        self, model: TextGuidedVideoPredictor, checkpoint: Path | None
+    ) -> TextGuidedVideoPredictor:
         base = base_folder(self.output_dir)
         if checkpoint is not None:
             model = TextGuidedVideoPredictor.from_pretrained(base)
@@ -91,8 +93,12 @@ class TVPTrainer(AcceleratedTrainer):
     def make_optimizer(self, model: TextGuidedVideoPredictor):
         cfg = self.config
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-        scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+        )
+        scheduler = get_scheduler(
+            cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+        )
         return optimizer, scheduler
 
     def trainable_state(self, model: TextGuidedVideoPredictor) -> dict[str, torch.Tensor]:
@@ -102,10 +108,14 @@ class TVPTrainer(AcceleratedTrainer):
         return state
 
     def load_trainable(self, model: TextGuidedVideoPredictor, state: dict[str, torch.Tensor]) -> None:
-        model.unet.load_state_dict({k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")})
+        model.unet.load_state_dict(
+            {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+        )
         if model.text_projection is not None:
             prefix = "text_projection."
-            model.text_projection.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            model.text_projection.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
 
     def compute_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         model = self.unwrapped
@@ -197,10 +207,16 @@ def fit_vae(
 
 @torch.no_grad()
 def _measure_fit(
-    model: TextGuidedVideoPredictor, dataset: MixtureClipDataset, steps: int, losses: list[float], eval_clips: int
+    model: TextGuidedVideoPredictor,
+    dataset: MixtureClipDataset,
+    steps: int,
+    losses: list[float],
+    eval_clips: int,
 ) -> VAEFit:
     video = collate_clips([dataset[i] for i in range(eval_clips)])["video"]
-    latents = torch.cat([model.vae.encode(clip.to(model.device, model.dtype)).latent_dist.mode() for clip in video])
+    latents = torch.cat(
+        [model.vae.encode(clip.to(model.device, model.dtype)).latent_dist.mode() for clip in video]
+    )
     latent_std = latents.float().std().item()
     scaling_factor = 1.0 / latent_std
     model.vae.register_to_config(scaling_factor=scaling_factor)
@@ -220,6 +236,10 @@ def _measure_fit(
     )
     logger.info(
         "VAE fitted for %d steps: reconstruction %.2f dB (mean frame %.2f dB), latent std %.3f -> scaling factor %.4f",
-        steps, fit.psnr, fit.mean_frame_psnr, latent_std, scaling_factor,
+        steps,
+        fit.psnr,
+        fit.mean_frame_psnr,
+        latent_std,
+        scaling_factor,
     )
     return fit

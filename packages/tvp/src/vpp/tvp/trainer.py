@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 class StepBatchSampler(torch.utils.data.Sampler):
     """Sample numbers for steps ``start..stop-1`` of this process: pure functions of the step."""
 
-    def __init__(self, start: int, stop: int, batch_size: int, rank: int, world: int, accumulation: int) -> None:
+    def __init__(
+        self, start: int, stop: int, batch_size: int, rank: int, world: int, accumulation: int
+    ) -> None:
         self.start, self.stop = start, stop
         self.batch_size, self.rank, self.world, self.accumulation = batch_size, rank, world, accumulation
 
@@ -58,7 +60,11 @@ class AcceleratedTrainer(ABC):
     name = "train"
 
     def __init__(
-        self, model: torch.nn.Module, dataset, collate: Callable[[Sequence[dict]], dict], config: TrainingLoopConfig
+        self,
+        model: torch.nn.Module,
+        dataset,
+        collate: Callable[[Sequence[dict]], dict],
+        config: TrainingLoopConfig,
     ) -> None:
         self.config = config
         self.dataset = dataset
@@ -132,7 +138,11 @@ class AcceleratedTrainer(ABC):
     def _truncate_metrics(self, step: int) -> None:
         if not self.metrics_path.is_file():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step
+        ]
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def _save(self, step: int) -> None:
@@ -147,7 +157,9 @@ class AcceleratedTrainer(ABC):
 
         state = {"seed": self.config.seed, "num_processes": self.accelerator.num_processes}
         write_checkpoint(self.output_dir / "checkpoints", step, write, state, self.config.keep_checkpoints)
-        write_metrics_curve(self.metrics_path, self.output_dir / "loss.png", f"{self.name}: {self.output_dir.name}")
+        write_metrics_curve(
+            self.metrics_path, self.output_dir / "loss.png", f"{self.name}: {self.output_dir.name}"
+        )
 
     def train(self, stop_after: int | None = None) -> list[float]:
         """Runs to ``max_steps`` (or ``stop_after`` more steps, for tests); returns this call's losses."""
@@ -157,7 +169,12 @@ class AcceleratedTrainer(ABC):
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=StepBatchSampler(
-                self.start_step, stop, cfg.batch_size, acc.process_index, acc.num_processes, cfg.gradient_accumulation_steps
+                self.start_step,
+                stop,
+                cfg.batch_size,
+                acc.process_index,
+                acc.num_processes,
+                cfg.gradient_accumulation_steps,
             ),
             collate_fn=self.collate,
             num_workers=cfg.num_workers,
@@ -187,7 +204,9 @@ class AcceleratedTrainer(ABC):
             progress.update(1)
             progress.set_postfix(loss=f"{running:.4f}")
             if not math.isfinite(running):
-                raise FloatingPointError(f"loss is {running} at step {step}; lower the learning rate or check the data")
+                raise FloatingPointError(
+                    f"loss is {running} at step {step}; lower the learning rate or check the data"
+                )
             if acc.is_main_process and (step % cfg.log_every == 0 or step == stop):
                 with self.metrics_path.open("a") as f:
                     f.write(json.dumps({"step": step, "loss": running, "lr": lr}) + "\n")

@@ -76,7 +76,9 @@ class FrankaRobot(Robot):
     def connect(self) -> None:
         import franky
 
-        realtime = franky.RealtimeConfig.Enforce if self.config.enforce_realtime else franky.RealtimeConfig.Ignore
+        realtime = (
+            franky.RealtimeConfig.Enforce if self.config.enforce_realtime else franky.RealtimeConfig.Ignore
+        )
         try:
             self._robot = franky.Robot(self.config.hostname, realtime_config=realtime)
             self._robot.relative_dynamics_factor = self.config.relative_dynamics_factor
@@ -85,9 +87,15 @@ class FrankaRobot(Robot):
                 self._gripper_max_width = float(self._gripper.max_width)
         except franky.NetworkException as error:
             self._robot = self._gripper = None
-            raise RobotConnectionError(f"cannot connect to Franka at {self.config.hostname}: {error}") from error
+            raise RobotConnectionError(
+                f"cannot connect to Franka at {self.config.hostname}: {error}"
+            ) from error
         if self._robot.has_errors:
-            logger.warning("Franka at %s starts with errors %s; recovering", self.config.hostname, self._robot.state.current_errors)
+            logger.warning(
+                "Franka at %s starts with errors %s; recovering",
+                self.config.hostname,
+                self._robot.state.current_errors,
+            )
             self._robot.recover_from_errors()
         self.safety_filter.reset()
         self._last_robot_time_ms = None
@@ -95,7 +103,9 @@ class FrankaRobot(Robot):
 
     def _require_robot(self):
         if self._robot is None:
-            raise RobotConnectionError(f"Franka at {self.config.hostname} is not connected; call connect() first")
+            raise RobotConnectionError(
+                f"Franka at {self.config.hostname} is not connected; call connect() first"
+            )
         return self._robot
 
     def _translate_failures(self, action: str, call):
@@ -106,7 +116,9 @@ class FrankaRobot(Robot):
             return call()
         except franky.NetworkException as error:
             self._stop_after_failure()
-            raise RobotConnectionError(f"lost connection to Franka at {self.config.hostname} during {action}: {error}") from error
+            raise RobotConnectionError(
+                f"lost connection to Franka at {self.config.hostname} during {action}: {error}"
+            ) from error
         except (franky.ControlException, franky.CommandException, franky.GripperException) as error:
             self._stop_after_failure()
             errors = self._current_errors()
@@ -185,7 +197,10 @@ class FrankaRobot(Robot):
 
     def _move_gripper(self, opening: float) -> None:
         width = opening * self._gripper_max_width
-        if self._gripper_target_m is not None and abs(width - self._gripper_target_m) < self.config.gripper_deadband_m:
+        if (
+            self._gripper_target_m is not None
+            and abs(width - self._gripper_target_m) < self.config.gripper_deadband_m
+        ):
             return
         if self._gripper_future is not None and not self._gripper_future.wait(0):
             return  # the next send retries once the hand has finished its current move
@@ -208,7 +223,11 @@ class FrankaRobot(Robot):
             self._robot.stop()
         except (franky.NetworkException, franky.CommandException, franky.ControlException) as error:
             logger.warning("Franka stop: %s", error)
-        if self._gripper is not None and self._gripper_future is not None and not self._gripper_future.wait(0):
+        if (
+            self._gripper is not None
+            and self._gripper_future is not None
+            and not self._gripper_future.wait(0)
+        ):
             try:
                 self._gripper.stop()
             except (franky.NetworkException, franky.CommandException, franky.GripperException) as error:
@@ -221,7 +240,9 @@ class FrankaRobot(Robot):
         self._translate_failures("error recovery", robot.recover_from_errors)
         # Recovery is acknowledged before the state stream shows it; wait for a clean state.
         deadline = time.monotonic() + _RECOVERY_TIMEOUT_S
-        while self._translate_failures("error recovery", lambda: robot.state.robot_mode) != _franky_idle_mode():
+        while (
+            self._translate_failures("error recovery", lambda: robot.state.robot_mode) != _franky_idle_mode()
+        ):
             if time.monotonic() > deadline:
                 raise ControllerFaultError(
                     f"Franka at {self.config.hostname} still reports errors {self._current_errors()} "

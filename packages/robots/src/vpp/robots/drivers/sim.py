@@ -74,16 +74,22 @@ class SimModelNotFoundError(RuntimeError):
 def _package_folder(package: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SimModelNotFoundError(f"package {package!r} is not installed; expected it for its arm model ({install_hint})")
+        raise SimModelNotFoundError(
+            f"package {package!r} is not installed; expected it for its arm model ({install_hint})"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _mujoco_to_xyzw(quaternion_wxyz: np.ndarray) -> np.ndarray:
-    return normalize_quaternion(np.array([quaternion_wxyz[1], quaternion_wxyz[2], quaternion_wxyz[3], quaternion_wxyz[0]]))
+    return normalize_quaternion(
+        np.array([quaternion_wxyz[1], quaternion_wxyz[2], quaternion_wxyz[3], quaternion_wxyz[0]])
+    )
 
 
 def _rotate(quaternion_xyzw: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    rotated = quaternion_multiply(quaternion_multiply(quaternion_xyzw, np.append(vector, 0.0)), quaternion_conjugate(quaternion_xyzw))
+    rotated = quaternion_multiply(
+        quaternion_multiply(quaternion_xyzw, np.append(vector, 0.0)), quaternion_conjugate(quaternion_xyzw)
+    )
     return rotated[:3]
 
 
@@ -127,9 +133,13 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.image_height % 2 or self.image_width % 2 or min(self.image_height, self.image_width) < 16:
-            raise ValueError(f"image size {self.image_height}x{self.image_width}; expected even sides of at least 16 pixels")
+            raise ValueError(
+                f"image size {self.image_height}x{self.image_width}; expected even sides of at least 16 pixels"
+            )
         if isinstance(self.start_tcp_position, str) and self.start_tcp_position != "ready":
-            raise ValueError(f"start_tcp_position={self.start_tcp_position!r}; expected None, 'ready' or (x, y, z)")
+            raise ValueError(
+                f"start_tcp_position={self.start_tcp_position!r}; expected None, 'ready' or (x, y, z)"
+            )
         if self.render_quality not in RENDER_QUALITIES:
             raise ValueError(f"render_quality={self.render_quality!r}; expected one of {RENDER_QUALITIES}")
         for name in ("controller_period_s", "ik_damping", "ik_gain", "max_joint_speed_rad_s"):
@@ -188,7 +198,9 @@ class SimArm(Robot):
         self._joint_qpos = np.array([self.model.joint(n).qposadr[0] for n in self.arm_joint_names])
         self._joint_dof = np.array([self.model.joint(n).dofadr[0] for n in self.arm_joint_names])
         self._joint_range = np.array([self.model.joint(n).range for n in self.arm_joint_names])
-        self._arm_actuators = np.array([self.model.actuator(f"vpp_servo_{n}").id for n in self.arm_joint_names])
+        self._arm_actuators = np.array(
+            [self.model.actuator(f"vpp_servo_{n}").id for n in self.arm_joint_names]
+        )
         self._ee_site = self.model.site("vpp_tcp").id
         self._base_body = self.model.body(self.base_body_name).id
         self._cube_qpos = self.model.joint(self.model.body("vpp_cube").jntadr[0]).qposadr[0]
@@ -207,7 +219,9 @@ class SimArm(Robot):
         self._reset_state()
         if self.config.start_tcp_position is not None:
             self._start_joints = self._joints_reaching(
-                self.ready_tcp_position if self.config.start_tcp_position == "ready" else self.config.start_tcp_position
+                self.ready_tcp_position
+                if self.config.start_tcp_position == "ready"
+                else self.config.start_tcp_position
             )
             self._reset_state()
 
@@ -240,20 +254,31 @@ class SimArm(Robot):
     def _add_scene(self, spec) -> None:
         mujoco = self._mujoco
         centre, top = self._table_top()
-        cube = spec.worldbody.add_body(name="vpp_cube", pos=self._cube_spawn_position(self.config.seed).tolist())
+        cube = spec.worldbody.add_body(
+            name="vpp_cube", pos=self._cube_spawn_position(self.config.seed).tolist()
+        )
         cube.add_freejoint()
-        cube.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF_SIZE_M] * 3, rgba=[0.85, 0.15, 0.1, 1.0], density=500)
+        cube.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[CUBE_HALF_SIZE_M] * 3,
+            rgba=[0.85, 0.15, 0.1, 1.0],
+            density=500,
+        )
         # Steep and close enough that the 5 cm cube still covers a few pixels at 32 px (the tiny
         # TVP's image size), with the arm's lower links in view.
         eye = np.array([centre[0] + 0.5, centre[1], top + 0.7])
         target = np.array([centre[0] - 0.05, centre[1], top + 0.12])
         spec.worldbody.add_camera(name="scene", pos=eye.tolist(), xyaxes=look_at_xyaxes(eye, target), fovy=55)
-        spec.worldbody.add_light(pos=[centre[0], centre[1], top + 2.0], dir=[0, 0, -1], diffuse=[0.7, 0.7, 0.7], directional=True)
+        spec.worldbody.add_light(
+            pos=[centre[0], centre[1], top + 2.0], dir=[0, 0, -1], diffuse=[0.7, 0.7, 0.7], directional=True
+        )
 
     def _cube_spawn_position(self, seed: int) -> np.ndarray:
         """World position of the cube's centre, resting on the table, jittered by `seed`."""
         centre, top = self._table_top()
-        jitter = np.random.default_rng(seed).uniform(-self.config.object_jitter_m, self.config.object_jitter_m, size=2)
+        jitter = np.random.default_rng(seed).uniform(
+            -self.config.object_jitter_m, self.config.object_jitter_m, size=2
+        )
         return np.array([centre[0] + jitter[0], centre[1] + jitter[1], top + CUBE_HALF_SIZE_M])
 
     def _subtree_bodies(self, roots: tuple[str, ...]) -> frozenset[int]:
@@ -270,7 +295,9 @@ class SimArm(Robot):
         import mujoco
 
         for name in joint_names:
-            actuator = spec.add_actuator(name=f"vpp_servo_{name}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+            actuator = spec.add_actuator(
+                name=f"vpp_servo_{name}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT
+            )
             actuator.gaintype = mujoco.mjtGain.mjGAIN_FIXED
             actuator.biastype = mujoco.mjtBias.mjBIAS_AFFINE
             actuator.gainprm[0] = kp
@@ -306,7 +333,9 @@ class SimArm(Robot):
         `seed` (None: the config's seed): a new episode without recompiling the model."""
         with self._lock:
             self._reset_state()
-            self.data.qpos[self._cube_qpos : self._cube_qpos + 3] = self._cube_spawn_position(self.config.seed if seed is None else seed)
+            self.data.qpos[self._cube_qpos : self._cube_qpos + 3] = self._cube_spawn_position(
+                self.config.seed if seed is None else seed
+            )
             self.data.qpos[self._cube_qpos + 3 : self._cube_qpos + 7] = [1.0, 0.0, 0.0, 0.0]
             self.data.qvel[self._cube_dof : self._cube_dof + 6] = 0.0
             self._mujoco.mj_forward(self.model, self.data)
@@ -330,7 +359,10 @@ class SimArm(Robot):
         touching = [False, False]
         with self._lock:
             for contact in self.data.contact[: self.data.ncon]:
-                bodies = {int(self.model.geom_bodyid[contact.geom1]), int(self.model.geom_bodyid[contact.geom2])}
+                bodies = {
+                    int(self.model.geom_bodyid[contact.geom1]),
+                    int(self.model.geom_bodyid[contact.geom2]),
+                }
                 if self._cube_body not in bodies:
                     continue
                 other = (bodies - {self._cube_body}).pop() if len(bodies) == 2 else -1
@@ -363,15 +395,22 @@ class SimArm(Robot):
             scratch.qpos[:] = self.data.qpos
             scratch.qpos[self._joint_qpos] = joints
             self._mujoco.mj_kinematics(self.model, scratch)
-            base_position, base_quaternion = scratch.xpos[self._base_body], _mujoco_to_xyzw(scratch.xquat[self._base_body])
-            return _rotate(quaternion_conjugate(base_quaternion), scratch.site_xpos[self._ee_site] - base_position)
+            base_position, base_quaternion = (
+                scratch.xpos[self._base_body],
+                _mujoco_to_xyzw(scratch.xquat[self._base_body]),
+            )
+            return _rotate(
+                quaternion_conjugate(base_quaternion), scratch.site_xpos[self._ee_site] - base_position
+            )
 
     def connect(self) -> None:
         self.safety_filter.reset()
         self._connected = True
         if self.config.realtime and self._thread is None:
             self._running.set()
-            self._thread = threading.Thread(target=self._run_realtime, name=f"{self.robot_type}-physics", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run_realtime, name=f"{self.robot_type}-physics", daemon=True
+            )
             self._thread.start()
         logger.info("%s connected (realtime=%s)", self.robot_type, self.config.realtime)
 
@@ -440,7 +479,9 @@ class SimArm(Robot):
     def advance(self, seconds: float) -> None:
         """Runs the controller and physics for `seconds` of simulated time (realtime=False)."""
         if self._thread is not None:
-            raise RuntimeError(f"{self.robot_type} steps itself in real time; advance() is for realtime=False")
+            raise RuntimeError(
+                f"{self.robot_type} steps itself in real time; advance() is for realtime=False"
+            )
         with self._lock:
             for _ in range(max(1, round(seconds / self.config.controller_period_s))):
                 self._control_period()
@@ -456,7 +497,9 @@ class SimArm(Robot):
             if delay > 0:
                 time.sleep(delay)
             elif -delay > _MAX_CATCH_UP_S:
-                logger.warning("%s physics fell %.3f s behind the wall clock; skipping ahead", self.robot_type, -delay)
+                logger.warning(
+                    "%s physics fell %.3f s behind the wall clock; skipping ahead", self.robot_type, -delay
+                )
                 next_tick = time.monotonic()
 
     def _control_period(self) -> None:
@@ -479,7 +522,9 @@ class SimArm(Robot):
         else:
             return
         step = np.clip(desired - self._joint_command, -max_step, max_step)
-        self._joint_command = np.clip(self._joint_command + step, self._joint_range[:, 0], self._joint_range[:, 1])
+        self._joint_command = np.clip(
+            self._joint_command + step, self._joint_range[:, 0], self._joint_range[:, 1]
+        )
 
     def _ik_step(self, joints: np.ndarray, position: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
         """One damped least-squares step from `joints` towards a world-frame pose; returns the joint change."""
@@ -515,7 +560,9 @@ class SimArm(Robot):
         (within millimetres: the IK's pull towards home leaves a small offset)."""
         _, base_quaternion = self._base_pose()
         _, tcp_quaternion = self._tcp_world()
-        quaternion = normalize_quaternion(quaternion_multiply(quaternion_conjugate(base_quaternion), tcp_quaternion))
+        quaternion = normalize_quaternion(
+            quaternion_multiply(quaternion_conjugate(base_quaternion), tcp_quaternion)
+        )
         joints = self.solve_ik(np.asarray(position, dtype=np.float64), quaternion, iterations=1000)
         reached = self.forward_kinematics(joints)
         if np.linalg.norm(reached - np.asarray(position)) > 5e-3:
@@ -530,7 +577,9 @@ class SimArm(Robot):
         with self._lock:
             base_position, base_quaternion = self._base_pose()
             world_position = base_position + _rotate(base_quaternion, np.asarray(position, dtype=np.float64))
-            world_quaternion = normalize_quaternion(quaternion_multiply(base_quaternion, np.asarray(quaternion, dtype=np.float64)))
+            world_quaternion = normalize_quaternion(
+                quaternion_multiply(base_quaternion, np.asarray(quaternion, dtype=np.float64))
+            )
             joints = self.data.qpos[self._joint_qpos].copy()
             for _ in range(iterations):
                 step = self._ik_step(joints, world_position, world_quaternion) / self.config.ik_gain
@@ -562,7 +611,9 @@ class SimArm(Robot):
         with self._renderers_lock:
             renderer = self._renderers.get(key)
             if renderer is None:
-                renderer = self._mujoco.Renderer(self.model, self.config.image_height, self.config.image_width)
+                renderer = self._mujoco.Renderer(
+                    self.model, self.config.image_height, self.config.image_width
+                )
                 self._renderers[key] = renderer
             return renderer
 
@@ -637,7 +688,10 @@ class SimXArm(SimArm):
     robot_type = "sim_xarm7"
     # The table top is 0.11 m below this arm's base.
     ready_tcp_position = (0.4, 0.0, 0.12)
-    finger_bodies = (("left_outer_knuckle", "left_inner_knuckle"), ("right_outer_knuckle", "right_inner_knuckle"))
+    finger_bodies = (
+        ("left_outer_knuckle", "left_inner_knuckle"),
+        ("right_outer_knuckle", "right_inner_knuckle"),
+    )
     base_body_name = "link0"
     _GRIPPER_CLOSED_RAD = 0.85
     _GRIPPER_GAIN = 20.0
@@ -673,7 +727,9 @@ class SimXArm(SimArm):
         for joint, actuator in (("left_inner_knuckle_joint", 0), ("right_inner_knuckle_joint", 1)):
             target = self._GRIPPER_CLOSED_RAD * (1.0 - opening)
             error = target - self.data.joint(joint).qpos[0]
-            self.data.ctrl[actuator] = np.clip(self._GRIPPER_GAIN * error - 0.5 * self.data.joint(joint).qvel[0], -1.0, 1.0)
+            self.data.ctrl[actuator] = np.clip(
+                self._GRIPPER_GAIN * error - 0.5 * self.data.joint(joint).qvel[0], -1.0, 1.0
+            )
 
     def _read_gripper(self) -> float:
         angle = self.data.joint("left_inner_knuckle_joint").qpos[0]

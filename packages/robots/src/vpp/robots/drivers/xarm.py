@@ -181,7 +181,9 @@ class XArmRobot(Robot):
         if arm.error_code:
             code = arm.error_code
             self._stop_after_failure()
-            raise ControllerFaultError(describe_controller_error(code) + "; arm stopped, call recover()", code=code)
+            raise ControllerFaultError(
+                describe_controller_error(code) + "; arm stopped, call recover()", code=code
+            )
 
     def _send_filtered(self, command: EndEffectorPose | JointPositions | GripperCommand) -> None:
         arm = self._require_arm()
@@ -203,7 +205,9 @@ class XArmRobot(Robot):
         arm = self._require_arm()
         if code in _CONNECTION_CODES or not arm.connected:
             self._stop_after_failure()
-            raise RobotConnectionError(f"lost connection to xArm at {self.config.host} during {call} (SDK code {code})")
+            raise RobotConnectionError(
+                f"lost connection to xArm at {self.config.host} during {call} (SDK code {code})"
+            )
         if code == _HAS_WARNING:
             logger.warning("%s: %s", call, describe_controller_warning(arm.warn_code))
             return
@@ -211,7 +215,8 @@ class XArmRobot(Robot):
             self._raise_on_controller_error()
         self._stop_after_failure()
         raise ControllerFaultError(
-            f"{call} refused by xArm (SDK code {code}, state {arm.state}, mode {arm.mode}); arm stopped", code=code
+            f"{call} refused by xArm (SDK code {code}, state {arm.state}, mode {arm.mode}); arm stopped",
+            code=code,
         )
 
     def _stop_after_failure(self) -> None:
@@ -228,7 +233,9 @@ class XArmRobot(Robot):
     def recover(self) -> None:
         arm = self._require_arm()
         if not arm.connected:
-            raise RobotConnectionError(f"xArm at {self.config.host} is disconnected; reconnect instead of recover")
+            raise RobotConnectionError(
+                f"xArm at {self.config.host} is disconnected; reconnect instead of recover"
+            )
         arm.clean_error()
         arm.clean_warn()
         self._enable()

@@ -125,7 +125,9 @@ class MetaWorldTask:
         rand_vec = np.array(rand_vec, dtype=np.float64)
         expected = self.env._random_reset_space.low.shape
         if rand_vec.shape != expected or not np.isfinite(rand_vec).all():
-            raise ValueError(f"{self.task} configuration {rand_vec.tolist()}; expected {expected[0]} finite values")
+            raise ValueError(
+                f"{self.task} configuration {rand_vec.tolist()}; expected {expected[0]} finite values"
+            )
         self.env._freeze_rand_vec = True
         self.env._last_rand_vec = rand_vec
         raw = self._reset()

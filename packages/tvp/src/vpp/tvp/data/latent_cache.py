@@ -27,7 +27,13 @@ logger = logging.getLogger(__name__)
 
 def vae_fingerprint(model) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"image_size": model.config.image_size, "vae": dict(model.vae.config)}, sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {"image_size": model.config.image_size, "vae": dict(model.vae.config)},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for name, tensor in sorted(model.vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
@@ -55,7 +61,9 @@ class LatentCache:
         return load_file(path)["latents"][torch.as_tensor(indices)].float()
 
     @torch.no_grad()
-    def build(self, dataset: MixtureClipDataset, model, frames_per_batch: int = 32, progress: bool = True) -> int:
+    def build(
+        self, dataset: MixtureClipDataset, model, frames_per_batch: int = 32, progress: bool = True
+    ) -> int:
         """Encodes every valid episode of ``dataset`` not yet cached; returns how many it encoded."""
         self.folder.mkdir(parents=True, exist_ok=True)
         todo = [e for e in dataset.all_episodes() if e.key not in self]
@@ -66,7 +74,9 @@ class LatentCache:
                 dataset.report.reject(episode.source, BadClip("unreadable", f"{episode.key}: {error}"))
                 continue
             video = resize_frames(frames, model.config.image_size)
-            latents = torch.cat([model.encode_video(part.unsqueeze(0))[0] for part in video.split(frames_per_batch)])
+            latents = torch.cat(
+                [model.encode_video(part.unsqueeze(0))[0] for part in video.split(frames_per_batch)]
+            )
             target = self.path(episode.key)
             tmp = target.with_suffix(".tmp")
             save_file({"latents": latents.to(torch.float16).contiguous()}, tmp, metadata={"key": episode.key})

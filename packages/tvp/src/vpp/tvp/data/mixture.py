@@ -96,7 +96,9 @@ class MixtureClipDataset(torch.utils.data.Dataset):
         unknown = sorted(set(weights) - set(names))
         missing = sorted(set(names) - set(weights))
         if unknown or missing:
-            raise ValueError(f"weights name unknown sources {unknown} / omit sources {missing}; sources are {names}")
+            raise ValueError(
+                f"weights name unknown sources {unknown} / omit sources {missing}; sources are {names}"
+            )
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"weights must be >= 0, got {weights}")
         self.num_frames = num_frames
@@ -112,7 +114,9 @@ class MixtureClipDataset(torch.utils.data.Dataset):
                 self.sources.append(source)
                 self.episodes.append(valid)
         if not self.sources:
-            raise NoValidClips("no valid clip in any source with a positive weight:\n" + self.report.summary())
+            raise NoValidClips(
+                "no valid clip in any source with a positive weight:\n" + self.report.summary()
+            )
         raw = np.array([weights[s.name] for s in self.sources], dtype=np.float64)
         self.probabilities = raw / raw.sum()
         logger.info("clip mixture:\n%s", self.report.summary())

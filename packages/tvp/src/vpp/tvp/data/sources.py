@@ -46,7 +46,9 @@ class Episode:
         """uint8 frames (N, H, W, 3) at the given frame indices."""
         frames = self.reader(np.asarray(indices, dtype=np.int64))
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise BadClip("unreadable", f"{self.key}: frames {frames.shape} {frames.dtype}, expected (N, H, W, 3) uint8")
+            raise BadClip(
+                "unreadable", f"{self.key}: frames {frames.shape} {frames.dtype}, expected (N, H, W, 3) uint8"
+            )
         if len(frames) != len(indices):
             raise BadClip("unreadable", f"{self.key}: asked for {len(indices)} frames, got {len(frames)}")
         return frames
@@ -105,7 +107,9 @@ class ArrayClipSource(ClipSource):
     def episode(self, index: int) -> Episode:
         video = self.videos[index]
         if video.ndim != 4 or video.shape[-1] != 3:
-            raise BadClip("unreadable", f"{self.name}[{index}]: array shape {video.shape}, expected (T, H, W, 3)")
+            raise BadClip(
+                "unreadable", f"{self.name}[{index}]: array shape {video.shape}, expected (T, H, W, 3)"
+            )
         return Episode(
             source=self.name,
             index=index,
@@ -123,14 +127,18 @@ class VideoFolderSource(ClipSource):
     ``.txt`` file beside each video with the same stem. Defaults suit internet clips (linspace).
     """
 
-    def __init__(self, folder: str | Path, name: str | None = None, sampling: Sampling = "linspace", stride: int = 2) -> None:
+    def __init__(
+        self, folder: str | Path, name: str | None = None, sampling: Sampling = "linspace", stride: int = 2
+    ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"video folder {self.folder} does not exist")
         super().__init__(name or self.folder.name, sampling, stride)
         self.paths = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         index_file = self.folder / "instructions.json"
-        self.instruction_table: dict[str, str] = json.loads(index_file.read_text()) if index_file.is_file() else {}
+        self.instruction_table: dict[str, str] = (
+            json.loads(index_file.read_text()) if index_file.is_file() else {}
+        )
         self._lengths: dict[int, int] = {}
 
     def __len__(self) -> int:
