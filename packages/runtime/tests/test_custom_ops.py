@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from vpp.runtime import custom_ops
 from vpp.kernels import reference
+from vpp.runtime import custom_ops
 
 LIBRARY = custom_ops.ort_ops_library()
 pytestmark = pytest.mark.skipif(

@@ -217,7 +217,7 @@ def test_request_timeout_skips_the_late_reply(server, policy, monkeypatch):
     first, second = (policy.sample_noise(np.random.default_rng(seed)) for seed in (4, 5))
     with PolicyClient(server.url, request_timeout=0.3) as client:
         monkeypatch.setattr(policy, "act", slow_act)
-        with pytest.raises(TimeoutError, match="within 0.3 s"):
+        with pytest.raises(TimeoutError, match=r"within 0\.3 s"):
             client.act(obs, INSTRUCTIONS[0], noise=first)
         monkeypatch.undo()
         client.request_timeout = 60
@@ -241,7 +241,7 @@ def test_unreachable_server_is_a_clear_connection_error():
     # a socket that accepts TCP but never answers the WebSocket handshake: the timeout bounds the wait
     with socket.create_server(("127.0.0.1", 0)) as silent:
         started = time.perf_counter()
-        with pytest.raises(PolicyConnectionError, match="timeout 0.5 s"):
+        with pytest.raises(PolicyConnectionError, match=r"timeout 0\.5 s"):
             PolicyClient(f"ws://127.0.0.1:{silent.getsockname()[1]}", connect_timeout=0.5)
         assert time.perf_counter() - started < 5
 

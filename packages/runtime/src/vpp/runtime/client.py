@@ -100,8 +100,9 @@ class PolicyClient:
         if metadata["type"] != "metadata" or metadata.get("protocol_version") != PROTOCOL_VERSION:
             self._exit_stack.close()
             raise ProtocolError(
-                f"{url} sent {metadata['type']!r} message with protocol_version {metadata.get('protocol_version')!r} on connecting; "
-                f"this client speaks protocol_version {PROTOCOL_VERSION} (is it a vpp-runtime policy server of the same release?)"
+                f"{url} sent {metadata['type']!r} message with protocol_version "
+                f"{metadata.get('protocol_version')!r} on connecting; this client speaks protocol_version "
+                f"{PROTOCOL_VERSION} (is it a vpp-runtime policy server of the same release?)"
             )
         self.metadata: dict[str, Any] = metadata
 
@@ -159,7 +160,8 @@ class PolicyClient:
         actions = reply.get("actions")
         if reply["type"] != "actions" or not isinstance(actions, np.ndarray):
             raise ProtocolError(
-                f"reply of type {reply['type']!r} with actions {actions!r:.80}; expected an 'actions' reply with an array"
+                f"reply of type {reply['type']!r} with actions {actions!r:.80}; "
+                "expected an 'actions' reply with an array"
             )
         return actions
 
@@ -171,8 +173,8 @@ class PolicyClient:
                 reply = unpack(self._connection.recv(timeout=remaining))
             except TimeoutError:
                 raise TimeoutError(
-                    f"no reply from the policy server at {self.url} within {self.request_timeout} s (request {request_id}); "
-                    "its late reply will be skipped"
+                    f"no reply from the policy server at {self.url} within {self.request_timeout} s "
+                    f"(request {request_id}); its late reply will be skipped"
                 ) from None
             reply_id = message_id(reply)
             # None: the server could not read the request's id, which only a request it could not decode lacks.

@@ -66,9 +66,11 @@ def require_library(needed: dict[str, int], what: str) -> Path:
     path = ort_ops_library()
     if path is None:
         raise CustomOpsUnavailableError(
-            f"{what} uses {DOMAIN} custom ops ({', '.join(sorted(needed))}), and this vpp-runtime was built without "
-            f"{library_name()} (CMake found no onnxruntime_c_api.h). Rebuild it after scripts/ort-headers.sh, or with "
-            f"-DVPP_ORT_INCLUDE_DIR=<ONNX Runtime's include folder>, set {ENVIRONMENT_VARIABLE}, or re-export the policy "
+            f"{what} uses {DOMAIN} custom ops ({', '.join(sorted(needed))}), "
+            f"and this vpp-runtime was built without {library_name()} (CMake found no "
+            "onnxruntime_c_api.h). Rebuild it after scripts/ort-headers.sh, or with "
+            "-DVPP_ORT_INCLUDE_DIR=<ONNX Runtime's include folder>, "
+            f"set {ENVIRONMENT_VARIABLE}, or re-export the policy "
             "with `vpp-export --standard-ops-only`"
         )
     missing = sorted(set(needed) - set(library_ops(path)))

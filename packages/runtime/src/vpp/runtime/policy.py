@@ -205,7 +205,8 @@ class Policy:
         for camera in self.cameras:
             if camera not in observation:
                 raise ObservationError(
-                    f"observation has no camera {camera!r}; it has {sorted(observation)}, the policy needs {self.cameras}"
+                    f"observation has no camera {camera!r}; it has {sorted(observation)}, "
+                    f"the policy needs {self.cameras}"
                 )
             frame = observation[camera]
             if (
@@ -240,8 +241,8 @@ class Policy:
             return self.text_cache[instruction]
         if self.text_session is None:
             raise UnknownInstructionError(
-                f"instruction {instruction!r} is not in this artifact's text cache and the artifact has no text encoder; "
-                f"it holds {self.instructions} (re-export with --instruction to add one)"
+                f"instruction {instruction!r} is not in this artifact's text cache and the artifact has no "
+                f"text encoder; it holds {self.instructions} (re-export with --instruction to add one)"
             )
         ids = np.asarray([self.tokenizer(instruction)], dtype=np.int64)
         hidden, pooled = self.text_session.run(None, {"input_ids": ids})

@@ -10,6 +10,7 @@ which agree with the Unicode classes on letters and decimal digits (not on, e.g.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -78,7 +79,8 @@ class ClipTokenizer:
         symbols = [*word[:-1], word[-1] + "</w>"]
         while len(symbols) > 1:
             pairs = [
-                (self.ranks.get(pair, len(self.ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))
+                (self.ranks.get(pair, len(self.ranks)), i)
+                for i, pair in enumerate(itertools.pairwise(symbols))
             ]
             rank, index = min(pairs)
             if rank == len(self.ranks):
