@@ -21,7 +21,7 @@ import pytest
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from vpp.data.offscreen_gl import ensure_offscreen_gl  # noqa: E402
+from vpp.data.offscreen_gl import ensure_offscreen_gl
 
 ensure_offscreen_gl()
 

@@ -14,9 +14,9 @@ exports it, and times with ``--threads`` threads, side by side in one process:
 
 Both CPU time (``time.process_time``, summed over the process's threads; less sensitive than wall
 time to other processes on the machine, though not to their use of caches and memory bandwidth)
-and wall time are recorded; the ratio column uses CPU time, the rates wall time. The analytic multiply-accumulate count of each
-component comes from the profiled shapes, which says how far a component is from the machine's
-arithmetic limit. Writes ``OUT.json`` (machine described) and ``OUT.md`` (the table).
+and wall time are recorded; the ratio column uses CPU time, the rates wall time. The analytic
+multiply-accumulate count of each component comes from the profiled shapes, which says how far a
+component is from the machine's arithmetic limit. Writes ``OUT.json`` (machine described) and ``OUT.md`` (the table).
 """
 
 from __future__ import annotations
@@ -34,17 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
-
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from vpp.export.writer import export_policy  # noqa: E402
-from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
-from vpp.runtime import Policy  # noqa: E402
-from vpp.tvp.config import TVPConfig  # noqa: E402
-from vpp.tvp.features import predictive_features  # noqa: E402
-from vpp.tvp.model import TextGuidedVideoPredictor  # noqa: E402
+from vpp.export.writer import export_policy
+from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
+from vpp.runtime import Policy
+from vpp.tvp.config import TVPConfig
+from vpp.tvp.features import predictive_features
+from vpp.tvp.model import TextGuidedVideoPredictor
 
 INSTRUCTION = "open the drawer"
 # Top-level module names of the VAE encode in the exported features graph.
@@ -267,10 +265,12 @@ def machine(threads: int) -> dict[str, str | int]:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-        f"{results['machine']['threads_per_process']} thread(s) for torch and for ORT; load average "
-        f"{results['machine']['load_average_at_start']} when the run started. Times are medians of CPU time summed "
-        "over threads (wall time in brackets); Hz from wall time.",
+        (
+            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+            f"{results['machine']['threads_per_process']} thread(s) for torch and for ORT; load average "
+            f"{results['machine']['load_average_at_start']} when the run started. Times are medians of CPU "
+            "time summed over threads (wall time in brackets); Hz from wall time."
+        ),
         "",
     ]
     for preset in results["presets"]:
@@ -290,8 +290,11 @@ def markdown(results: dict) -> str:
             )
         e, o = e2e["eager"], e2e["onnxruntime"]
         lines += [
-            f"| **end to end** (`predict_action_chunk` / `Policy.act`) | | {e['cpu_ms']:.1f} ({e['wall_ms']:.1f}) | "
-            f"{o['cpu_ms']:.1f} ({o['wall_ms']:.1f}) | {e['cpu_ms'] / o['cpu_ms']:.2f}x |",
+            (
+                "| **end to end** (`predict_action_chunk` / `Policy.act`) | | "
+                f"{e['cpu_ms']:.1f} ({e['wall_ms']:.1f}) | "
+                f"{o['cpu_ms']:.1f} ({o['wall_ms']:.1f}) | {e['cpu_ms'] / o['cpu_ms']:.2f}x |"
+            ),
             "",
             f"End to end: eager {1000 / e['wall_ms']:.1f} Hz, onnxruntime {1000 / o['wall_ms']:.1f} Hz (wall time).",
             "",

@@ -160,7 +160,7 @@ def test_stats_are_exact_after_finalize(tmp_path):
     np.testing.assert_allclose(stats["action"]["q99"], np.quantile(actions, 0.99, axis=0), rtol=1e-6)
     assert stats["action"]["count"].tolist() == [39]
     assert stats[TOP]["mean"].shape == (3, 1, 1)
-    assert 0.0 <= stats[TOP]["min"].min() and stats[TOP]["max"].max() <= 1.0
+    assert stats[TOP]["min"].min() >= 0.0 and stats[TOP]["max"].max() <= 1.0
     assert stats["frame_index"]["max"].tolist() == [19]
 
 
@@ -400,7 +400,7 @@ def test_v21_folder_is_refused_with_the_converter_named(tmp_path):
         LeRobotFormatError, match=r"LeRobot v2.1 dataset .*v3.0 only.*convert_dataset_v21_to_v30"
     ):
         LeRobotDataset(root)
-    with pytest.raises(LeRobotFormatError, match="v2.1"):
+    with pytest.raises(LeRobotFormatError, match=r"v2\.1"):
         LeRobotDatasetWriter(root, 30, FEATURES)
 
 
@@ -415,7 +415,8 @@ def test_reader_errors_name_what_is_wrong(tmp_path):
     dataset = LeRobotDataset(root)
     with pytest.raises(
         UnknownKeyError,
-        match=r"no video key 'observation.images.side'; video keys are \['observation.images.top', 'observation.images.wrist'\]",
+        match=r"no video key 'observation.images.side'; video keys are \['observation.images.top', "
+        r"'observation.images.wrist'\]",
     ):
         dataset.episode(0).read_frames("observation.images.side", [0])
     with pytest.raises(UnknownKeyError, match=r"no column 'reward'; known columns are \['action', "):

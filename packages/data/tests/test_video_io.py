@@ -118,12 +118,15 @@ def test_bad_frames_are_refused(tmp_path, frames, message):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.mp4 does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.mp4 does not exist"):
         video_io.read_video(tmp_path / "nope.mp4")
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, vpp.data.video_io, vpp.data.lerobot; print(sorted(m for m in ('torch', 'pandas', 'diffusers') if m in sys.modules))"
+    code = (
+        "import sys, vpp.data.video_io, vpp.data.lerobot; "
+        "print(sorted(m for m in ('torch', 'pandas', 'diffusers') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -148,7 +148,7 @@ def test_folded_temporal_cross_attention_drops_the_per_pixel_broadcast(tmp_path)
 
 
 def test_fold_leaves_masked_or_unusual_attentions_alone():
-    model, (hidden, text, indicator) = _spatio_temporal()
+    model, _ = _spatio_temporal()
     model.temporal_transformer_blocks[0].attn2.rescale_output_factor = 2.0
     with fold_temporal_cross_attention(model) as patched:
         assert patched == 1

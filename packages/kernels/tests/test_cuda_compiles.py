@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
         "-o",
         str(object_file),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
     contents = object_file.read_bytes()
     assert b".nv_fatbin" in contents, "the object carries no device code"
@@ -92,7 +93,9 @@ def cuda_extension_dir(tmp_path_factory) -> Path:
         f"-Dpybind11_DIR={pybind11_dir}",
     ]
     for command in (configure, ["cmake", "--build", str(build_dir), "--parallel", "2"]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+        result = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=300, env=environment
+        )
         assert result.returncode == 0, (
             f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
@@ -101,7 +104,12 @@ def cuda_extension_dir(tmp_path_factory) -> Path:
 
 def _run_with_extension(build_dir: Path, script: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=build_dir
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=build_dir,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -147,7 +155,9 @@ def test_the_custom_op_library_of_a_cuda_build_has_cuda_kernels(tmp_path):
         "-DVPP_CUDA_ARCHITECTURES=90",
     ]
     for command in (configure, ["cmake", "--build", str(build_dir), "--parallel", "2"]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+        result = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=300, env=environment
+        )
         if result.returncode != 0 and "onnxruntime_c_api.h not found" in result.stdout + result.stderr:
             pytest.skip("no ONNX Runtime C API header here (scripts/ort-headers.sh)")
         assert result.returncode == 0, (
@@ -159,23 +169,35 @@ def test_the_custom_op_library_of_a_cuda_build_has_cuda_kernels(tmp_path):
 
 @pytest.mark.slow
 def test_cuda_kernels_match_cpu_kernels_on_a_gpu(cuda_extension_dir):
-    script = (
-        "import _kernels, numpy as np\n"
-        "if _kernels.cuda_device_count() == 0:\n"
-        "    print('no-device'); raise SystemExit\n"
-        "rng = np.random.default_rng(0)\n"
-        "x = rng.standard_normal((2, 320, 14, 16, 16)).astype(np.float32) * 3 + 1\n"
-        "w, b = (rng.standard_normal(320).astype(np.float32) for _ in range(2))\n"
-        "np.testing.assert_allclose(_kernels.cuda_group_norm_silu(x, w, b, 32, 1e-5, True), _kernels.group_norm_silu(x, w, b, 32, 1e-5, True), rtol=1e-4, atol=1e-4)\n"
-        "f = rng.standard_normal(x.shape).astype(np.float32)\n"
-        "np.testing.assert_allclose(_kernels.cuda_geglu(x, f), _kernels.geglu(x, f), rtol=1e-5, atol=1e-5)\n"
-        "for name in ('ddim_step', 'euler_step'):\n"
-        "    for p in ('edm', 'v'):\n"
-        "        np.testing.assert_allclose(getattr(_kernels, 'cuda_' + name)(x, f, 80.0, 40.0, 0.5, p, None), getattr(_kernels, name)(x, f, 80.0, 40.0, 0.5, p, None), rtol=1e-6, atol=1e-5)\n"
-        "q, k, v = (rng.standard_normal((2, 8, 40, 64)).astype(np.float32) for _ in range(3))\n"
-        "mask = np.broadcast_to(rng.random((1, 1, 40, 40)) > 0.3, (2, 8, 40, 40))\n"
-        "np.testing.assert_allclose(_kernels.cuda_scaled_dot_product_attention(q, k, v, mask, True, None), _kernels.scaled_dot_product_attention(q, k, v, mask, True, None), rtol=1e-4, atol=1e-5)\n"
-        "print('ok')\n"
+    script = textwrap.dedent(
+        """
+        import _kernels, numpy as np
+        if _kernels.cuda_device_count() == 0:
+            print('no-device'); raise SystemExit
+        close = np.testing.assert_allclose
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 320, 14, 16, 16)).astype(np.float32) * 3 + 1
+        w, b = (rng.standard_normal(320).astype(np.float32) for _ in range(2))
+        close(
+            _kernels.cuda_group_norm_silu(x, w, b, 32, 1e-5, True),
+            _kernels.group_norm_silu(x, w, b, 32, 1e-5, True), rtol=1e-4, atol=1e-4,
+        )
+        f = rng.standard_normal(x.shape).astype(np.float32)
+        close(_kernels.cuda_geglu(x, f), _kernels.geglu(x, f), rtol=1e-5, atol=1e-5)
+        for name in ('ddim_step', 'euler_step'):
+            for p in ('edm', 'v'):
+                close(
+                    getattr(_kernels, 'cuda_' + name)(x, f, 80.0, 40.0, 0.5, p, None),
+                    getattr(_kernels, name)(x, f, 80.0, 40.0, 0.5, p, None), rtol=1e-6, atol=1e-5,
+                )
+        q, k, v = (rng.standard_normal((2, 8, 40, 64)).astype(np.float32) for _ in range(3))
+        mask = np.broadcast_to(rng.random((1, 1, 40, 40)) > 0.3, (2, 8, 40, 40))
+        close(
+            _kernels.cuda_scaled_dot_product_attention(q, k, v, mask, True, None),
+            _kernels.scaled_dot_product_attention(q, k, v, mask, True, None), rtol=1e-4, atol=1e-5,
+        )
+        print('ok')
+        """
     )
     if _run_with_extension(cuda_extension_dir, script).strip() == "no-device":
         pytest.skip("no CUDA device on this machine: compiled and linked, parity not checked")

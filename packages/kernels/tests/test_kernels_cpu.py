@@ -212,7 +212,7 @@ def test_sampler_step_updates_in_place_and_threads_large_arrays(rng):
 
 
 def test_ten_step_ddim_loop_stays_close_to_the_reference(rng):
-    sigmas = np.exp(np.linspace(np.log(80.0), np.log(1.0), 10)).tolist() + [0.0]
+    sigmas = [*np.exp(np.linspace(np.log(80.0), np.log(1.0), 10)).tolist(), 0.0]
     fused = random_float32(rng, (1, 10, 7), scale=80.0)
     reference = fused.astype(np.float64)
     network_outputs = [random_float32(rng, fused.shape) for _ in range(10)]

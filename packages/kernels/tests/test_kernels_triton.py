@@ -140,7 +140,7 @@ def test_triton_wrappers_reject_bad_input(triton_kernels):
     x = torch.zeros((2, 6, 4), device=device)
     with pytest.raises(ValueError, match=r"channels \(6\) must be divisible by num_groups \(4\)"):
         module.group_norm_silu(x, None, None, 4)
-    with pytest.raises(ValueError, match="float32, got torch.float64"):
+    with pytest.raises(ValueError, match=r"float32, got torch\.float64"):
         module.group_norm_silu(x.double(), None, None, 3)
     with pytest.raises(ValueError, match="contiguous"):
         module.group_norm_silu(x.transpose(1, 2), None, None, 2)

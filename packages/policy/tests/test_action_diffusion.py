@@ -11,7 +11,6 @@ from vpp.policy.action_diffusion import (
 )
 from vpp.policy.config import ConfigError, DiffusionConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py says why
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpp.policy.data import ArrayEpisodeSource, NoValidEpisodes, PolicyWindowDataset, collate_windows
+from vpp.policy.data import ArrayEpisodeSource, NoValidEpisodesError, PolicyWindowDataset, collate_windows
 
 
 def episode(
@@ -58,5 +58,5 @@ def test_bad_episodes_are_rejected_with_the_reason():
 def test_state_required_when_the_policy_uses_it():
     data = episode()
     del data["state"]
-    with pytest.raises(NoValidEpisodes, match="proprioception"):
+    with pytest.raises(NoValidEpisodesError, match="proprioception"):
         PolicyWindowDataset([ArrayEpisodeSource([data])], ["static"], chunk=4, image_size=16, state_dim=3)

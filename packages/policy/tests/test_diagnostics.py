@@ -14,7 +14,7 @@ def noisy_demos(tasks=2, per_task=25, length=40, seed=0):
     Gaussian noise, so the best any predictor can score is NOISE**2 per entry."""
     rng = np.random.default_rng(seed)
     out = []
-    for k in range(per_task):
+    for _ in range(per_task):
         for task in range(tasks):
             goal = rng.uniform(-1, 1, 4).astype(np.float32)
             out.append(

@@ -11,7 +11,12 @@ import torch
 from vpp.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from vpp.policy.cli import keep_first_episodes_per_task
 from vpp.policy.cli import main as policy_cli
-from vpp.policy.data import ArrayEpisodeSource, LeRobotEpisodeSource, NoValidEpisodes, PolicyWindowDataset
+from vpp.policy.data import (
+    ArrayEpisodeSource,
+    LeRobotEpisodeSource,
+    NoValidEpisodesError,
+    PolicyWindowDataset,
+)
 from vpp.policy.feature_cache import FeatureCache
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig
 from vpp.policy.train import PolicyTrainConfig, PolicyTrainer
@@ -286,17 +291,22 @@ def test_nothing_readable_is_a_clear_error(tmp_path, tvp, cache):
     windows = PolicyWindowDataset(
         [LeRobotEpisodeSource(data)], ["corner"], chunk=2, image_size=32, state_dim=3
     )
-    with pytest.raises(NoValidEpisodes, match="no episode with training windows is readable") as error:
-        if cache:
-            FeatureCache(tmp_path / "features", tvp, ["corner"]).build(windows, tvp, progress=False)
-        else:
-            from vpp.policy.train import SampledWindows
+    if cache:
 
+        def read_everything():
+            FeatureCache(tmp_path / "features", tvp, ["corner"]).build(windows, tvp, progress=False)
+    else:
+        from vpp.policy.train import SampledWindows
+
+        def read_everything():
             SampledWindows(windows, seed=0)[0]
+
+    with pytest.raises(NoValidEpisodesError, match="no episode with training windows is readable") as error:
+        read_everything()
     assert str(video_of(data, 0)) in str(error.value) and str(video_of(data, 1)) in str(error.value)
     truncated = write_dataset(tmp_path / "truncated", ["a"])
     truncate(video_of(truncated, 0))
-    with pytest.raises(NoValidEpisodes, match="does not open"):
+    with pytest.raises(NoValidEpisodesError, match="does not open"):
         PolicyWindowDataset(
             [LeRobotEpisodeSource(truncated)], ["corner"], chunk=2, image_size=32, state_dim=3
         )

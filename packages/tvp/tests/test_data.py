@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vpp.tvp.data.mixture import PAPER_TABLE8_MIXTURE, MixtureClipDataset, NoValidClips
-from vpp.tvp.data.sources import ArrayClipSource, BadClip
+from vpp.tvp.data.mixture import PAPER_TABLE8_MIXTURE, MixtureClipDataset, NoValidClipsError
+from vpp.tvp.data.sources import ArrayClipSource, BadClipError
 
 
 def random_video(frames: int = 10, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -19,7 +19,7 @@ def test_stride_and_linspace_clip_sampling():
     internet = ArrayClipSource([random_video(40)], ["a"], sampling="linspace")
     idx = internet.clip_indices(100, 16, rng)
     assert idx[0] == 0 and idx[-1] == 99 and len(idx) == 16
-    with pytest.raises(BadClip, match="too short"):
+    with pytest.raises(BadClipError, match="too short"):
         robot.clip_indices(10, 16, rng)
 
 
@@ -69,7 +69,7 @@ def test_bad_clips_are_skipped_and_reported():
 
 def test_nothing_valid_is_a_clear_error():
     source = ArrayClipSource([random_video(3)], ["a"], name="short")
-    with pytest.raises(NoValidClips, match="too short"):
+    with pytest.raises(NoValidClipsError, match="too short"):
         MixtureClipDataset([source], num_frames=8, image_size=16)
 
 
@@ -86,8 +86,8 @@ def test_paper_mixture_table_sums_to_one():
 def test_video_folder_source_reads_instructions_and_frames(tmp_path):
     import json
 
-    from vpp.tvp.data.sources import VideoFolderSource
     from vpp.data.video_io import write_video
+    from vpp.tvp.data.sources import VideoFolderSource
 
     write_video(tmp_path / "a.mp4", random_video(20, 32, seed=1), fps=10)
     write_video(tmp_path / "b.mp4", random_video(20, 32, seed=2), fps=10)

@@ -60,7 +60,7 @@ def test_loads_a_diffusers_svd_folder_and_a_clip_folder_and_saves_it_as_a_tvp(tm
 
 
 def test_the_fp16_variant_loads_as_float32(tmp_path):
-    unet, vae, _ = save_svd_and_clip(tmp_path, variant="fp16")
+    unet, _, _ = save_svd_and_clip(tmp_path, variant="fp16")
     model = TextGuidedVideoPredictor.from_svd(
         tmp_path / "svd", tmp_path / "clip", image_size=32, num_frames=8, variant="fp16"
     )

@@ -253,7 +253,8 @@ def load_info(root: Path) -> dict:
     major = int(match.group(1))
     if major < 3:
         raise LeRobotFormatError(
-            f"{root} is a LeRobot {version} dataset (codebase_version={version!r}); this reader reads v3.0 only. {CONVERTER_HINT}"
+            f"{root} is a LeRobot {version} dataset (codebase_version={version!r}); this reader "
+            f"reads v3.0 only. {CONVERTER_HINT}"
         )
     if major > 3:
         raise LeRobotFormatError(f"{root} is a LeRobot {version} dataset; this reader knows v3.0 only")
@@ -414,7 +415,8 @@ class LeRobotEpisode:
         )
         if table.num_rows != self.length:
             raise LeRobotFormatError(
-                f"{path}: {table.num_rows} rows with index in [{start}, {stop}) for episode {self.index}; expected {self.length}"
+                f"{path}: {table.num_rows} rows with index in [{start}, {stop}) for episode "
+                f"{self.index}; expected {self.length}"
             )
         order = np.argsort(table.column("index").to_numpy(), kind="stable")
         values = _column_to_numpy(table.column(name))[order]
@@ -436,7 +438,8 @@ class LeRobotDataset:
         self._episodes = _read_episode_rows(self.root, self._pending, with_stats=False)
         if len(self._episodes) != int(self.info["total_episodes"]):
             raise LeRobotFormatError(
-                f"{self.root}: meta/episodes has {len(self._episodes)} episodes, info.json says total_episodes={self.info['total_episodes']}"
+                f"{self.root}: meta/episodes has {len(self._episodes)} episodes, info.json says "
+                f"total_episodes={self.info['total_episodes']}"
             )
         tasks_path = self._resolve(TASKS_PATH, must_exist=False)
         self.tasks: list[str] = _read_tasks(tasks_path) if tasks_path.is_file() else []
@@ -552,7 +555,8 @@ def _same_schema(existing: Mapping[str, dict], wanted: Mapping[str, dict]) -> li
             wanted[key]["shape"],
         ):
             differences.append(
-                f"{key!r} is {wanted[key]['dtype']} {wanted[key]['shape']}, the folder has {existing_user[key]['dtype']} {list(existing_user[key]['shape'])}"
+                f"{key!r} is {wanted[key]['dtype']} {wanted[key]['shape']}, the folder has "
+                f"{existing_user[key]['dtype']} {list(existing_user[key]['shape'])}"
             )
     return differences
 
@@ -651,7 +655,7 @@ class LeRobotDatasetWriter:
     # -- folder state
 
     def _acquire_lock(self) -> Any:
-        handle = open(self.root / LOCK_PATH, "a")
+        handle = open(self.root / LOCK_PATH, "a")  # noqa: SIM115 (held until release_lock())
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -685,7 +689,8 @@ class LeRobotDatasetWriter:
         leftovers = [p for p in self.root.rglob("*") if p.is_file() and p.name != Path(LOCK_PATH).name]
         if leftovers:
             raise ValueError(
-                f"{self.root} has files but no {INFO_PATH} (e.g. {leftovers[0]}); expected an empty folder or a LeRobot v3.0 dataset"
+                f"{self.root} has files but no {INFO_PATH} (e.g. {leftovers[0]}); expected an empty "
+                "folder or a LeRobot v3.0 dataset"
             )
         self.codec = (codec or video_io.default_codec()) if self.video_keys else None
         if self.codec is not None:
@@ -843,7 +848,8 @@ class LeRobotDatasetWriter:
             if bad.any():
                 frame, dim = np.argwhere(bad)[0]
                 raise ValueError(
-                    f"{key!r}: {value[frame, dim]} at frame {frame}, dim {dim} (shape {value.shape}); expected finite values"
+                    f"{key!r}: {value[frame, dim]} at frame {frame}, dim {dim} (shape "
+                    f"{value.shape}); expected finite values"
                 )
         elif dtype == "bool":
             if value.dtype != np.bool_:

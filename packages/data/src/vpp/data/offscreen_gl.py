@@ -35,6 +35,7 @@ def ensure_offscreen_gl() -> str:
         probe = subprocess.run(
             [sys.executable, "-c", _EGL_PROBE],
             env={**os.environ, "MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"},
+            check=False,
             capture_output=True,
             timeout=120,
         )

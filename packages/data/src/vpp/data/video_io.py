@@ -301,7 +301,7 @@ def video_info(path: str | Path) -> dict:
             "video.width": stream.width,
             "video.codec": stream.codec_context.codec.canonical_name,
             "video.pix_fmt": stream.pix_fmt,
-            "video.fps": int(round(float(rate))) if rate else None,
+            "video.fps": round(float(rate)) if rate else None,
             "video.channels": 3,
             "has_audio": bool(container.streams.audio),
         }

@@ -16,6 +16,7 @@ PyTorch model.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,10 +135,7 @@ def multi_head_attention_nodes(module: nn.Module) -> Iterator[int]:
             continue
         if not isinstance(attn.processor, AttnProcessor2_0) or not _plain_attention(attn):
             continue
-        forward = lambda *args, _attn=attn, _original=attn.forward, **kwargs: _plain_attention_forward(
-            _attn, *args, _original=_original, **kwargs
-        )  # noqa: E731
-        replacements.append((attn, forward))
+        replacements.append((attn, functools.partial(_plain_attention_forward, attn, _original=attn.forward)))
     with _forwards_replaced(replacements) as count:
         yield count
 

@@ -45,7 +45,8 @@ def cmd_diagnose(args) -> None:
         f"task mean chunk {mse['task_mean_chunk']:.4f}"
     )
     print(
-        f"image ratio {eyes['image_ratio']}, state ratio {eyes['state_ratio']} (oracle shift {eyes['oracle_shift']:.4f})"
+        f"image ratio {eyes['image_ratio']}, state ratio {eyes['state_ratio']} (oracle shift "
+        f"{eyes['oracle_shift']:.4f})"
     )
     print(f"written to {out / 'diagnostics.json'}")
 
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         "--train-episodes-per-task",
         type=int,
         default=10,
-        help="the first N episodes of each task are the training set (train's --episodes-per-task); the next are held out",
+        help="the first N episodes of each task are the training set (train's --episodes-per-task); "
+        "the next are held out",
     )
     diagnose.add_argument("--held-out-per-task", type=int, default=5)
     diagnose.add_argument("--samples", type=int, default=4, help="action chunks sampled per window")
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--head-preset", default="small", choices=PolicyHeadConfig.preset_names())
     train.add_argument(
         "--feature-cache",
-        help="folder for encoder features computed once (TVP: from the policy's one fixed noise draw; VAE: its latents)",
+        help="folder for encoder features computed once (TVP: from the policy's one fixed noise "
+        "draw; VAE: its latents)",
     )
     train.add_argument(
         "--episodes-per-task",

@@ -26,15 +26,15 @@ from vpp.tvp.data.mixture import resize_frames
 logger = logging.getLogger(__name__)
 
 
-class BadEpisode(ValueError):
+class BadEpisodeError(ValueError):
     """An episode the policy cannot learn from."""
 
 
-class UnreadableEpisode(BadEpisode):
+class UnreadableEpisodeError(BadEpisodeError):
     """An episode whose frames cannot be decoded."""
 
 
-class NoValidEpisodes(RuntimeError):
+class NoValidEpisodesError(RuntimeError):
     """Every episode was rejected."""
 
 
@@ -49,7 +49,7 @@ class PolicyEpisode:
     # Which task the episode demonstrates, unique across sources (LeRobot: dataset + task_index);
     # two tasks may share an instruction text.
     task: str
-    # camera -> raises UnreadableEpisode when the camera's video cannot serve this episode; a
+    # camera -> raises UnreadableEpisodeError when the camera's video cannot serve this episode; a
     # cheap check (no decoding) run once when the dataset is indexed.
     check_video: Callable[[str], None] | None = None
 
@@ -64,36 +64,38 @@ class PolicyEpisode:
 def validate_episode(
     episode: PolicyEpisode, cameras: Sequence[str], chunk: int, state_dim: int | None
 ) -> None:
-    """Raises BadEpisode with the offending value and what was expected."""
+    """Raises BadEpisodeError with the offending value and what was expected."""
     actions = episode.actions
     if actions.ndim != 2:
-        raise BadEpisode(f"{episode.key}: actions have shape {actions.shape}, expected (T, action_dim)")
+        raise BadEpisodeError(f"{episode.key}: actions have shape {actions.shape}, expected (T, action_dim)")
     if not np.isfinite(actions).all():
         step = int(np.argwhere(~np.isfinite(actions))[0][0])
-        raise BadEpisode(f"{episode.key}: actions contain NaN/inf (first at timestep {step})")
+        raise BadEpisodeError(f"{episode.key}: actions contain NaN/inf (first at timestep {step})")
     for camera in cameras:
         if camera not in episode.frame_counts:
-            raise BadEpisode(f"{episode.key}: no camera {camera!r}; it has {sorted(episode.frame_counts)}")
+            raise BadEpisodeError(
+                f"{episode.key}: no camera {camera!r}; it has {sorted(episode.frame_counts)}"
+            )
         if episode.frame_counts[camera] != len(actions):
-            raise BadEpisode(
+            raise BadEpisodeError(
                 f"{episode.key}: camera {camera!r} has {episode.frame_counts[camera]} frames but there are "
                 f"{len(actions)} actions; expected one frame per action"
             )
     if episode.state is not None:
         if len(episode.state) != len(actions):
-            raise BadEpisode(f"{episode.key}: {len(episode.state)} states but {len(actions)} actions")
+            raise BadEpisodeError(f"{episode.key}: {len(episode.state)} states but {len(actions)} actions")
         if not np.isfinite(episode.state).all():
-            raise BadEpisode(f"{episode.key}: state contains NaN/inf")
+            raise BadEpisodeError(f"{episode.key}: state contains NaN/inf")
         if state_dim is not None and episode.state.shape[1] != state_dim:
-            raise BadEpisode(f"{episode.key}: state dim {episode.state.shape[1]}, expected {state_dim}")
+            raise BadEpisodeError(f"{episode.key}: state dim {episode.state.shape[1]}, expected {state_dim}")
     elif state_dim is not None:
-        raise BadEpisode(
+        raise BadEpisodeError(
             f"{episode.key}: no state, but the policy uses a {state_dim}-dim proprioception input"
         )
     if len(actions) < chunk:
-        raise BadEpisode(f"{episode.key}: {len(actions)} steps, shorter than one action chunk ({chunk})")
+        raise BadEpisodeError(f"{episode.key}: {len(actions)} steps, shorter than one action chunk ({chunk})")
     if not episode.instruction.strip():
-        raise BadEpisode(f"{episode.key}: no instruction")
+        raise BadEpisodeError(f"{episode.key}: no instruction")
 
 
 class EpisodeSource(ABC):
@@ -170,11 +172,11 @@ class LeRobotEpisodeSource(EpisodeSource):
         )
         cameras = {key.split(".")[-1]: key for key in self.dataset.video_keys}
         counts = {
-            **{short: episode.length for short in cameras},
-            **{key: episode.length for key in self.dataset.video_keys},
+            **dict.fromkeys(cameras, episode.length),
+            **dict.fromkeys(self.dataset.video_keys, episode.length),
         }
         if episode.task and episode.task not in self.dataset.tasks:
-            raise BadEpisode(
+            raise BadEpisodeError(
                 f"{self.name}/{index}: task {episode.task!r} is not in meta/tasks.parquet {self.dataset.tasks}"
             )
         task_index = self.dataset.tasks.index(episode.task) if episode.task else None
@@ -205,11 +207,11 @@ class LeRobotEpisodeSource(EpisodeSource):
         end = self._video_end(path)
         where = f"{self.name}/{episode.index}: camera {camera!r}: video {path}"
         if isinstance(end, str):
-            raise UnreadableEpisode(f"{where} does not open ({end})")
+            raise UnreadableEpisodeError(f"{where} does not open ({end})")
         last_frame = episode.from_timestamp(key) + (episode.length - 1) / self.dataset.fps
         # a frame shown at t lasts until t + 1/fps; half a frame of slack absorbs timestamp rounding
         if last_frame > end - 0.5 / self.dataset.fps:
-            raise UnreadableEpisode(
+            raise UnreadableEpisodeError(
                 f"{where} ends at {end:.3f} s, before the episode's last frame at {last_frame:.3f} s"
             )
 
@@ -218,8 +220,9 @@ class LeRobotEpisodeSource(EpisodeSource):
         try:
             return episode.read_frames(key, indices)
         except Exception as error:  # a decoder error names the codec call, not the file: add it
-            raise UnreadableEpisode(
-                f"{self.name}/{episode.index}: camera {camera!r}: video {episode.video_path(key)}: {type(error).__name__}: {error}"
+            raise UnreadableEpisodeError(
+                f"{self.name}/{episode.index}: camera {camera!r}: video {episode.video_path(key)}: "
+                f"{type(error).__name__}: {error}"
             ) from error
 
 
@@ -265,28 +268,30 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
                     if episode.check_video is not None:
                         for camera in self.cameras:
                             episode.check_video(camera)
-                except BadEpisode as error:
+                except BadEpisodeError as error:
                     logger.warning("rejecting episode: %s", error)
                     self.report.rejected.append(str(error))
                     continue
                 self.report.accepted += 1
                 self.episodes.append(episode)
         if not self.episodes:
-            raise NoValidEpisodes("no usable episode:\n" + self.report.summary())
+            raise NoValidEpisodesError("no usable episode:\n" + self.report.summary())
         self.windows = [
             (e, t) for e, episode in enumerate(self.episodes) for t in range(episode.length - chunk + 1)
         ]
         self.unreadable: set[int] = set()
 
     def mark_unreadable(self, e: int, error: Exception) -> None:
-        """Leaves episode ``e`` out from now on; raises NoValidEpisodes when no window is left."""
+        """Leaves episode ``e`` out from now on; raises NoValidEpisodesError when no window is left."""
         if e in self.unreadable:
             return
         self.unreadable.add(e)
         self.report.unreadable.append(str(error))
         logger.warning("skipping unreadable episode (%d so far): %s", len(self.unreadable), error)
         if all(w in self.unreadable for w, _ in self.windows):
-            raise NoValidEpisodes("no episode with training windows is readable:\n" + self.report.summary())
+            raise NoValidEpisodesError(
+                "no episode with training windows is readable:\n" + self.report.summary()
+            )
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -300,19 +305,19 @@ class PolicyWindowDataset(torch.utils.data.Dataset):
         return np.concatenate([e.state for e in self.episodes])
 
     def observation(self, index: int) -> torch.Tensor:
-        """(V, 3, S, S); raises UnreadableEpisode (naming episode and camera) when decoding fails."""
+        """(V, 3, S, S); raises UnreadableEpisodeError (naming episode and camera) when decoding fails."""
         e, t = self.windows[index]
         episode = self.episodes[e]
         frames = []
         for camera in self.cameras:
             try:
                 frames.append(episode.read_frames(camera, np.array([t]))[0])
-            except UnreadableEpisode:
+            except UnreadableEpisodeError:
                 raise
             except (
                 Exception
             ) as error:  # whatever the source's decoder raises, the run needs the episode named
-                raise UnreadableEpisode(
+                raise UnreadableEpisodeError(
                     f"{episode.key}: camera {camera!r}, timestep {t}: {type(error).__name__}: {error}"
                 ) from error
         return resize_frames(np.stack(frames), self.image_size)

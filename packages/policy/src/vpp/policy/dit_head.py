@@ -150,7 +150,8 @@ class DiTActionHead(nn.Module):
             or scaled_actions.shape[0] != context.shape[0]
         ):
             raise InputShapeError(
-                f"noisy actions have shape {tuple(scaled_actions.shape)}; expected ({context.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
+                f"noisy actions have shape {tuple(scaled_actions.shape)}; expected "
+                f"({context.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
             )
         if c_noise.shape != (context.shape[0],):
             raise InputShapeError(f"c_noise has shape {tuple(c_noise.shape)}; expected ({context.shape[0]},)")

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vpp.policy.data import PolicyEpisode, PolicyWindowDataset, UnreadableEpisode
+from vpp.policy.data import PolicyEpisode, PolicyWindowDataset, UnreadableEpisodeError
 from vpp.tvp.features import fixed_noise, predictive_features, static_features
 from vpp.tvp.model import TextGuidedVideoPredictor
 
@@ -121,7 +121,7 @@ class FeatureCache:
                             tvp, images, text_hidden=text, noise=noise.expand(len(batch), *noise.shape)
                         )
                     )
-            except UnreadableEpisode as error:
+            except UnreadableEpisodeError as error:
                 dataset.mark_unreadable(e, error)
                 continue
             target = self.path(episode)

@@ -24,7 +24,7 @@ from torch import nn
 from vpp.data.config import Config, ConfigError, config_field
 from vpp.data.errors import ObservationError
 from vpp.policy.config import PolicyHeadConfig, VPPConfig
-from vpp.policy.data import UnreadableEpisode
+from vpp.policy.data import UnreadableEpisodeError
 from vpp.policy.normalization import ActionNormalizer
 from vpp.policy.policy_head import PolicyHead
 from vpp.tvp.config import TVPConfig
@@ -63,7 +63,8 @@ class SavedPolicyConfig(Config):
         if (self.policy.state_dim is None) != (self.state_normalizer is None):
             raise ConfigError(
                 f"policy.state_dim={self.policy.state_dim} with state_normalizer "
-                f"{'absent' if self.state_normalizer is None else 'present'}; expected one exactly when state_dim is set"
+                f"{'absent' if self.state_normalizer is None else 'present'}; expected one exactly "
+                "when state_dim is set"
             )
 
 
@@ -204,7 +205,7 @@ class VideoPredictionPolicy(nn.Module):
                 for i in batch:
                     try:
                         items.append(windows[i])
-                    except UnreadableEpisode as error:  # logged and skipped, as training does
+                    except UnreadableEpisodeError as error:  # logged and skipped, as training does
                         windows.mark_unreadable(windows.windows[i][0], error)
                 if not items:
                     continue

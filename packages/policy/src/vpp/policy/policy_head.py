@@ -122,7 +122,8 @@ class PolicyHead(nn.Module):
         cfg = self.config.dit
         if actions.shape != (features.shape[0], cfg.chunk, cfg.action_dim):
             raise InputShapeError(
-                f"actions have shape {tuple(actions.shape)}; expected ({features.shape[0]}, {cfg.chunk}, {cfg.action_dim})"
+                f"actions have shape {tuple(actions.shape)}; expected ({features.shape[0]}, "
+                f"{cfg.chunk}, {cfg.action_dim})"
             )
         context = self.dit.encode(self.condition_tokens(features, lang, state, generator))
         return self.diffusion.loss(

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vpp.policy.config import PolicyTrainConfig
-from vpp.policy.data import NoValidEpisodes, PolicyWindowDataset, UnreadableEpisode, collate_windows
+from vpp.policy.data import NoValidEpisodesError, PolicyWindowDataset, UnreadableEpisodeError, collate_windows
 from vpp.policy.feature_cache import FeatureCache
 from vpp.policy.policy import POLICY_CONFIG, VideoPredictionPolicy
 from vpp.tvp.trainer import AcceleratedTrainer
@@ -84,9 +84,9 @@ class SampledWindows(torch.utils.data.Dataset):
                 continue
             try:
                 return self._load(index)
-            except UnreadableEpisode as error:
+            except UnreadableEpisodeError as error:
                 self.windows.mark_unreadable(e, error)
-        raise NoValidEpisodes(
+        raise NoValidEpisodesError(
             f"{MAX_REDRAWS} draws in a row hit unreadable episodes:\n{self.windows.report.summary()}"
         )
 

@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
 
     convert = sub.add_parser(
         "convert",
-        help="rewrite a TVP folder of the old layout (tvp_config.json, unet/, vae/...) as config.json + model.safetensors",
+        help="rewrite a TVP folder of the old layout (tvp_config.json, unet/, vae/...) as "
+        "config.json + model.safetensors",
     )
     convert.add_argument("old", help="TVP folder with tvp_config.json")
     convert.add_argument("new", help="folder to write")

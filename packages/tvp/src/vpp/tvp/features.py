@@ -17,7 +17,7 @@ from vpp.tvp import edm
 from vpp.tvp.model import TextGuidedVideoPredictor
 
 
-class _EnoughFeatures(Exception):
+class _EnoughFeatures(Exception):  # noqa: N818 (a control-flow signal, not an error)
     """Raised from a hook to skip the rest of the UNet once every wanted block has run."""
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vpp.tvp.data.mixture import MixtureClipDataset, resize_frames
-from vpp.tvp.data.sources import BadClip
+from vpp.tvp.data.sources import BadClipError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class LatentCache:
     def read(self, key: str, indices: np.ndarray) -> torch.Tensor:
         path = self.path(key)
         if not path.is_file():
-            raise BadClip("not cached", f"{key} has no latents in {self.folder}; build the cache first")
+            raise BadClipError("not cached", f"{key} has no latents in {self.folder}; build the cache first")
         return load_file(path)["latents"][torch.as_tensor(indices)].float()
 
     @torch.no_grad()
@@ -71,7 +71,7 @@ class LatentCache:
             try:
                 frames = episode.read_frames(np.arange(episode.length))
             except Exception as error:  # one broken file is reported, the rest still get cached
-                dataset.report.reject(episode.source, BadClip("unreadable", f"{episode.key}: {error}"))
+                dataset.report.reject(episode.source, BadClipError("unreadable", f"{episode.key}: {error}"))
                 continue
             video = resize_frames(frames, model.config.image_size)
             latents = torch.cat(

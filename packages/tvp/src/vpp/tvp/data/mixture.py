@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vpp.tvp.data.sources import BadClip, ClipSource, Episode
+from vpp.tvp.data.sources import BadClipError, ClipSource, Episode
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PAPER_TABLE8_MIXTURE: dict[str, float] = {
 MAX_REDRAWS = 32
 
 
-class NoValidClips(RuntimeError):
+class NoValidClipsError(RuntimeError):
     """Every episode of every source was rejected."""
 
 
@@ -52,7 +52,7 @@ class DataReport:
     rejected: Counter = field(default_factory=Counter)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def reject(self, source: str, error: BadClip) -> None:
+    def reject(self, source: str, error: BadClipError) -> None:
         self.rejected[(source, error.reason)] += 1
         self.examples.setdefault((source, error.reason), str(error))
 
@@ -92,7 +92,7 @@ class MixtureClipDataset(torch.utils.data.Dataset):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        weights = dict(weights) if weights is not None else {name: 1.0 for name in names}
+        weights = dict(weights) if weights is not None else dict.fromkeys(names, 1.0)
         unknown = sorted(set(weights) - set(names))
         missing = sorted(set(names) - set(weights))
         if unknown or missing:
@@ -114,7 +114,7 @@ class MixtureClipDataset(torch.utils.data.Dataset):
                 self.sources.append(source)
                 self.episodes.append(valid)
         if not self.sources:
-            raise NoValidClips(
+            raise NoValidClipsError(
                 "no valid clip in any source with a positive weight:\n" + self.report.summary()
             )
         raw = np.array([weights[s.name] for s in self.sources], dtype=np.float64)
@@ -127,10 +127,12 @@ class MixtureClipDataset(torch.utils.data.Dataset):
             try:
                 episode = source.episode(index)
                 if not episode.instruction.strip():
-                    raise BadClip("no instruction", episode.key)
+                    raise BadClipError("no instruction", episode.key)
                 if episode.length < self.num_frames:
-                    raise BadClip("too short", f"{episode.key}: {episode.length} frames < {self.num_frames}")
-            except BadClip as error:
+                    raise BadClipError(
+                        "too short", f"{episode.key}: {episode.length} frames < {self.num_frames}"
+                    )
+            except BadClipError as error:
                 self.report.reject(source.name, error)
                 continue
             self.report.accepted[source.name] += 1
@@ -154,23 +156,23 @@ class MixtureClipDataset(torch.utils.data.Dataset):
             _, episode, indices = self.draw(rng)
             try:
                 item = self._load(episode, indices)
-            except BadClip as error:
+            except BadClipError as error:
                 self.report.reject(episode.source, error)
                 logger.warning("skipping clip: %s", error)
                 continue
             item.update(instruction=episode.instruction, source=episode.source)
             return item
-        raise NoValidClips(f"{MAX_REDRAWS} draws in a row failed to decode:\n{self.report.summary()}")
+        raise NoValidClipsError(f"{MAX_REDRAWS} draws in a row failed to decode:\n{self.report.summary()}")
 
     def _load(self, episode: Episode, indices: np.ndarray) -> dict:
         if self.latent_cache is not None:
             return {"latents": self.latent_cache.read(episode.key, indices)}
         try:
             frames = episode.read_frames(indices)
-        except BadClip:
+        except BadClipError:
             raise
         except Exception as error:  # a decoder error in one file must not end the run
-            raise BadClip("unreadable", f"{episode.key}: {error}") from error
+            raise BadClipError("unreadable", f"{episode.key}: {error}") from error
         return {"video": resize_frames(frames, self.image_size)}
 
     def all_episodes(self) -> list[Episode]:

@@ -25,7 +25,7 @@ Sampling = Literal["stride", "linspace"]
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
 
 
-class BadClip(Exception):
+class BadClipError(Exception):
     """An episode that cannot serve as a training clip; ``reason`` is a short category."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -46,11 +46,13 @@ class Episode:
         """uint8 frames (N, H, W, 3) at the given frame indices."""
         frames = self.reader(np.asarray(indices, dtype=np.int64))
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise BadClip(
+            raise BadClipError(
                 "unreadable", f"{self.key}: frames {frames.shape} {frames.dtype}, expected (N, H, W, 3) uint8"
             )
         if len(frames) != len(indices):
-            raise BadClip("unreadable", f"{self.key}: asked for {len(indices)} frames, got {len(frames)}")
+            raise BadClipError(
+                "unreadable", f"{self.key}: asked for {len(indices)} frames, got {len(frames)}"
+            )
         return frames
 
 
@@ -69,12 +71,12 @@ class ClipSource(ABC):
 
     @abstractmethod
     def episode(self, index: int) -> Episode:
-        """The episode's metadata; raises BadClip when even that cannot be read."""
+        """The episode's metadata; raises BadClipError when even that cannot be read."""
 
     def clip_indices(self, length: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         """Frame indices of one clip of ``num_frames`` from an episode of ``length`` frames."""
         if length < num_frames:
-            raise BadClip("too short", f"{length} frames, a clip needs {num_frames}")
+            raise BadClipError("too short", f"{length} frames, a clip needs {num_frames}")
         if self.sampling == "linspace":
             return np.linspace(0, length - 1, num_frames).round().astype(np.int64)
         # Long enough for the configured stride, or the largest stride that fits.
@@ -107,7 +109,7 @@ class ArrayClipSource(ClipSource):
     def episode(self, index: int) -> Episode:
         video = self.videos[index]
         if video.ndim != 4 or video.shape[-1] != 3:
-            raise BadClip(
+            raise BadClipError(
                 "unreadable", f"{self.name}[{index}]: array shape {video.shape}, expected (T, H, W, 3)"
             )
         return Episode(
@@ -160,7 +162,7 @@ class VideoFolderSource(ClipSource):
             try:
                 self._lengths[index] = video_io.count_frames(path)
             except Exception as error:  # any decoder failure makes the clip unusable, not the run
-                raise BadClip("unreadable", f"{path}: {error}") from error
+                raise BadClipError("unreadable", f"{path}: {error}") from error
         return Episode(
             source=self.name,
             index=index,
