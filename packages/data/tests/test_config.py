@@ -204,3 +204,22 @@ def test_frozen_configs_convert_their_values_too():
     assert config.sizes == (3, 4) and hash(config) == hash(Frozen(sizes=(3, 4)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.sizes = (5,)
+
+
+@dataclasses.dataclass
+class Named(Config):
+    width: int = config_field(1, help="a size")
+    preset_name: str = config_field("custom", help="the preset this config was built from")
+
+
+@Named.register_preset("wide")
+def _wide() -> Named:
+    return Named(width=8)
+
+
+def test_a_preset_records_its_name_where_the_config_has_a_field_for_it():
+    assert Named.preset("wide") == Named(width=8, preset_name="wide")
+    assert Named.preset("wide", width=4).preset_name == "wide"
+    assert Named.preset("wide", preset_name="mine").preset_name == "mine"
+    assert Named(width=8).preset_name == "custom"  # built by hand: no preset to record
+    assert not hasattr(Outer.preset("small"), "preset_name")

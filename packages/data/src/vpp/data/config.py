@@ -139,12 +139,16 @@ class Config:
     @classmethod
     def preset(cls: type[C], name: str, **overrides: Any) -> C:
         """The built-in config ``name``; ``overrides`` replace fields, and a dict given for a nested
-        config or dict field updates only the keys it names (``dit={"chunk": 4}``)."""
+        config or dict field updates only the keys it names (``dit={"chunk": 4}``). A config class
+        with a ``preset_name`` field gets ``name`` recorded there."""
         if name not in cls._presets:
             raise ConfigError(
                 f"unknown preset {name!r} for {cls.__name__}; expected one of {cls.preset_names()}"
             )
         config = cls._presets[name]()
+        if "preset_name" in {f.name for f in dataclasses.fields(cls)}:
+            # the record of where a config came from is written here, not in each preset function
+            config = dataclasses.replace(config, preset_name=name)
         if not overrides:
             return config
         return cls.from_dict(_merge(config.to_dict(), _plain(overrides)))

@@ -327,7 +327,6 @@ def _tiny() -> PolicyHeadConfig:
             mlp_dropout=0.0,
         ),
         lang_dim=32,
-        preset_name="tiny",
     )
 
 
@@ -347,10 +346,9 @@ def _small() -> PolicyHeadConfig:
             mlp_dropout=0.05,
         ),
         lang_dim=64,
-        preset_name="small",
     )
 
 
 @PolicyHeadConfig.register_preset("paper")
 def _paper() -> PolicyHeadConfig:
-    return PolicyHeadConfig(preset_name="paper")
+    return PolicyHeadConfig()

@@ -344,7 +344,6 @@ def _byte_level_clip_text(
 def _tiny() -> TVPConfig:
     """Unit tests: a forward pass in well under a second on 2 cores."""
     return TVPConfig(
-        preset_name="tiny",
         image_size=32,
         num_frames=8,
         unet=_svd_unet(
@@ -375,7 +374,6 @@ def _tiny() -> TVPConfig:
 def _small() -> TVPConfig:
     """CPU-trainable end to end on MetaWorld."""
     return TVPConfig(
-        preset_name="small",
         image_size=64,
         num_frames=8,
         unet=_svd_unet(
@@ -413,7 +411,6 @@ def _small() -> TVPConfig:
 def _paper() -> TVPConfig:
     """Stable Video Diffusion's sizes (1.5 B UNet, 16 x 256 x 256) with CLIP's text encoder."""
     return TVPConfig(
-        preset_name="paper",
         image_size=256,
         num_frames=16,
         unet=_svd_unet(),
