@@ -61,6 +61,13 @@ def torch_actions(policy, obs, instruction, noise):
     )
 
 
+def assert_runtime_matches_torch(runtime, policy, obs, instruction="push the button", seed=4):
+    """The artifact's chunk and the torch policy's, from the same noise draw, agree to 1e-4."""
+    noise = runtime.sample_noise(np.random.default_rng(seed))
+    actions = runtime.act(obs, instruction, noise=noise)
+    assert np.abs(actions - torch_actions(policy, obs, instruction, noise)).max() < 1e-4
+
+
 def test_runtime_matches_torch_with_the_same_noise(exported):
     policy, folder = exported
     runtime = Policy.load(folder, threads=1, seed=0)
@@ -169,9 +176,7 @@ def test_fixed_feature_noise_without_state(tmp_path):
     runtime = Policy.load(tmp_path, threads=1)
     np.testing.assert_array_equal(runtime.fixed_feature_noise, policy.feature_noise(1).numpy())
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-    noise = runtime.sample_noise(np.random.default_rng(4))
-    expected = torch_actions(policy, obs, "push the button", noise)
-    assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
+    assert_runtime_matches_torch(runtime, policy, obs)
     with pytest.raises(
         UnknownInstructionError,
         match=r"'open the door' is not in .* no text encoder; it holds \['push the button'\]",
@@ -198,14 +203,7 @@ def test_head_options_export_with_parity(tmp_path):
     export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
     runtime = Policy.load(tmp_path, threads=1)
     obs = observation(np.random.default_rng(0))
-    noise = runtime.sample_noise(np.random.default_rng(4))
-    assert (
-        np.abs(
-            runtime.act(obs, "push the button", noise=noise)
-            - torch_actions(policy, obs, "push the button", noise)
-        ).max()
-        < 1e-4
-    )
+    assert_runtime_matches_torch(runtime, policy, obs)
 
 
 def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
@@ -213,8 +211,9 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     export_policy(policy, tmp_path, ["push the button"], text_encoder=False)
     runtime = Policy.load(tmp_path, threads=1)
     obs = observation(np.random.default_rng(0), state_dim=None)
-    noise = runtime.sample_noise(np.random.default_rng(4))
-    assert set(noise) == {"actions"} and [i.name for i in runtime.feature_session.get_inputs()] == ["images"]
+    assert set(runtime.sample_noise(np.random.default_rng(4))) == {"actions"} and [
+        i.name for i in runtime.feature_session.get_inputs()
+    ] == ["images"]
     # the UNet is not in this graph: no UNet rewrite is claimed
     rewrites = Manifest.read(tmp_path).graphs.features.rewrites
     unet_rewrites = (
@@ -228,8 +227,7 @@ def test_vae_encoder_artifact_takes_no_feature_noise(tmp_path):
     # the VAE encoder's GroupNorms are fused kernels all the same
     vae_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in policy.tvp.vae.encoder.modules())
     assert rewrites["fused_group_norms"] == vae_norms > 0
-    expected = torch_actions(policy, obs, "push the button", noise)
-    assert np.abs(runtime.act(obs, "push the button", noise=noise) - expected).max() < 1e-4
+    assert_runtime_matches_torch(runtime, policy, obs)
 
 
 def test_standard_ops_only_artifact(tmp_path):
@@ -245,14 +243,7 @@ def test_standard_ops_only_artifact(tmp_path):
     assert rewrites["fused_group_norms"] == rewrites["fused_geglu"] == 0 and features.custom_ops is None
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-    noise = runtime.sample_noise(np.random.default_rng(4))
-    assert (
-        np.abs(
-            runtime.act(obs, "push the button", noise=noise)
-            - torch_actions(policy, obs, "push the button", noise)
-        ).max()
-        < 1e-4
-    )
+    assert_runtime_matches_torch(runtime, policy, obs)
 
 
 def test_export_fails_loudly_above_tolerance(tmp_path):
@@ -438,14 +429,7 @@ def test_fused_geglu_artifact(tmp_path):
     assert not any(node.op_type == "Erf" for node in graph.node)
     runtime = Policy.load(tmp_path, threads=1)
     obs = {"corner": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
-    noise = runtime.sample_noise(np.random.default_rng(4))
-    assert (
-        np.abs(
-            runtime.act(obs, "push the button", noise=noise)
-            - torch_actions(policy, obs, "push the button", noise)
-        ).max()
-        < 1e-4
-    )
+    assert_runtime_matches_torch(runtime, policy, obs)
 
 
 def test_a_cuda_provider_without_cuda_kernels_for_the_custom_ops_is_warned_about(exported, caplog):

@@ -134,19 +134,24 @@ def test_evaluation_writes_table_json_and_videos(tmp_path):
     assert "VPP (paper, 50 tasks)" in table and "| vpp (1 tasks)" in table and "1.000 [0.34, 1.00]" in table
 
 
-def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
-    out = tmp_path / "still"
-    first = StillPolicy()
-    evaluate_metaworld(
-        first,
+def evaluate_reach(policy, out, episodes):
+    """Short evaluation runs on reach (10 steps each) into the same output folder."""
+    return evaluate_metaworld(
+        policy,
         ["reach"],
-        episodes=2,
+        episodes=episodes,
         cameras=["corner"],
         image_size=32,
         output=out,
         max_steps=10,
         progress=False,
     )
+
+
+def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
+    out = tmp_path / "still"
+    first = StillPolicy()
+    evaluate_reach(first, out, episodes=2)
     assert first.calls == 4  # two 5-action chunks per 10-step episode
     # a run killed while writing a line leaves it half-written; the resumed run ignores it
     with (out / "episodes.jsonl").open("a") as f:
@@ -154,31 +159,13 @@ def test_evaluation_resumes_and_skips_finished_episodes(tmp_path):
     lines = (out / "episodes.jsonl").read_text().splitlines()
     (out / "episodes.jsonl").write_text("\n".join(lines[:1] + lines[2:]))
     resumed = StillPolicy()
-    results = evaluate_metaworld(
-        resumed,
-        ["reach"],
-        episodes=3,
-        cameras=["corner"],
-        image_size=32,
-        output=out,
-        max_steps=10,
-        progress=False,
-    )
+    results = evaluate_reach(resumed, out, episodes=3)
     assert resumed.calls == 4  # episodes 1 and 2 only
     assert [e["index"] for e in results["episodes"]] == [0, 1, 2] and results["per_task"]["reach"][
         "episodes"
     ] == 3
     again = StillPolicy()
-    evaluate_metaworld(
-        again,
-        ["reach"],
-        episodes=3,
-        cameras=["corner"],
-        image_size=32,
-        output=out,
-        max_steps=10,
-        progress=False,
-    )
+    evaluate_reach(again, out, episodes=3)
     assert again.calls == 0 and len((out / "episodes.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="holds an evaluation with"):
         evaluate_metaworld(
