@@ -48,6 +48,12 @@ class FrankySimProcess:
         self.process.stdin.write("reflex\n")
         self.process.stdin.flush()
 
+    def kill(self) -> None:
+        """A crash: SIGKILL, so the server closes nothing in order (unlike `stop`)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.stdin.close()

@@ -144,6 +144,69 @@ def test_the_loop_stops_the_arm_on_a_driver_fault():
     assert len(arm.received) == 20
 
 
+class BrokenArm(IdealArm):
+    """An IdealArm whose link dies the way franky's does: after `observe_ok` observations (or
+    `send_ok` sends) it raises a bare RuntimeError, not a RobotError; its stop may raise too."""
+
+    def __init__(self, limits, observe_ok=None, send_ok=None, stop_raises=False):
+        super().__init__(limits)
+        self.observe_ok, self.send_ok, self.stop_raises = observe_ok, send_ok, stop_raises
+        self.observations = 0
+
+    def observe(self):
+        self.observations += 1
+        if self.observe_ok is not None and self.observations > self.observe_ok:
+            raise RuntimeError("Net Exception")
+        return super().observe()
+
+    def _send_filtered(self, command):
+        if self.send_ok is not None and len(self.received) >= self.send_ok:
+            raise RuntimeError("Net Exception")
+        super()._send_filtered(command)
+
+    def stop(self):
+        super().stop()
+        if self.stop_raises:
+            raise RuntimeError("Net Exception")
+
+
+@pytest.fixture
+def thread_crashes(monkeypatch):
+    """Exceptions that escaped a thread (the traceback Python prints for them)."""
+    crashes = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    return crashes
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"observe_ok": 30},  # the policy loop's and the servo's reads fail
+        {"send_ok": 20},  # only the servo thread's commands fail
+        {"send_ok": 20, "stop_raises": True},  # and stopping the arm afterwards fails too
+    ],
+)
+def test_any_driver_exception_ends_the_run_with_its_report_and_no_thread_dies(failure, thread_crashes, capfd):
+    arm = BrokenArm(SafetyLimits(control_period_s=1.0 / 200.0), **failure)
+    loop = ControlLoop(arm, [NoiseCamera("scene")], HoldPolicy(), ControlLoopConfig(20.0, 200.0))
+    started = time.monotonic()
+    report = loop.run("hold", seconds=5.0)
+    assert time.monotonic() - started < 2.0
+    assert report.stop_reason == "RuntimeError: Net Exception"
+    assert arm.stopped.is_set()
+    assert thread_crashes == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_dead_arm_at_the_start_gives_a_report_of_no_ticks():
+    arm = BrokenArm(SafetyLimits(control_period_s=1.0 / 200.0), observe_ok=0)
+    loop = ControlLoop(arm, [NoiseCamera("scene")], HoldPolicy(), ControlLoopConfig(20.0, 200.0))
+    report = loop.run("hold", seconds=5.0)
+    assert report.ticks == 0 and report.servo_commands == 0
+    assert report.stop_reason == "RuntimeError: Net Exception"
+    assert arm.stopped.is_set()
+
+
 class WildPolicy:
     """Alternates NaN chunks with huge translations, rotations and gripper values."""
 

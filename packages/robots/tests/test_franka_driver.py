@@ -12,13 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from franky_sim_process import FrankySimProcess
 
-from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
+from vpp.robots.control_loop import ControlLoop, ControlLoopConfig
+from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot, RealtimeKernelError
 from vpp.robots.interfaces import (
     ControllerFaultError,
     EndEffectorDelta,
     GripperCommand,
     JointPositions,
+    RobotConnectionError,
 )
+from vpp.robots.policies import SinePolicy
 from vpp.robots.safety import SafetyFilter, SafetyLimits, SafetyViolationError
 
 PERIOD_S = 0.05
@@ -145,3 +148,47 @@ def test_reflex_raises_a_fault_stops_and_recovers(robot, simulator):
     stream(robot, [EndEffectorDelta([0.0, 0.0, 0.05], [0, 0, 0])] * 5)
     time.sleep(0.3)
     assert robot.observe().ee_position[2] > before[2] + 0.02
+
+
+def kernel_is_realtime() -> bool:
+    """libfranka's own test: /sys/kernel/realtime holds 1 on a PREEMPT_RT kernel."""
+    try:
+        return Path("/sys/kernel/realtime").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def test_realtime_is_enforced_by_default_as_in_libfranka():
+    assert FrankaConfig("172.16.0.2").enforce_realtime is True
+
+
+@pytest.mark.skipif(kernel_is_realtime(), reason="this kernel is real-time, so libfranka accepts Enforce")
+def test_enforced_realtime_on_a_plain_kernel_names_the_flag_that_turns_it_off(simulator):
+    arm = FrankaRobot(FrankaConfig(simulator.host), SafetyFilter(LIMITS))
+    with pytest.raises(RealtimeKernelError, match=r"--no-enforce-realtime.*enforce_realtime=False") as error:
+        arm.connect()
+    assert isinstance(error.value, RobotConnectionError)
+    assert "real-time" in str(error.value)
+    arm.close()  # nothing to close; must not raise
+
+
+def test_observe_after_a_stop_is_not_a_fault(robot):
+    for _ in range(3):
+        stream(robot, [EndEffectorDelta([0.0, 0.0, 0.01], [0, 0, 0])] * 3)
+        robot.stop()
+        # franky reports the stopped motion as "Move command preempted!" on a later poll.
+        for _ in range(10):
+            robot.observe()
+            time.sleep(0.01)
+    before = robot.observe().ee_position
+    stream(robot, [EndEffectorDelta([0.0, 0.0, -0.01], [0, 0, 0])] * 5)
+    time.sleep(0.3)
+    assert robot.observe().ee_position[2] < before[2] - 0.01
+
+
+def test_the_control_loop_runs_again_after_it_stopped_the_arm(robot):
+    config = ControlLoopConfig(policy_rate_hz=10.0, servo_rate_hz=1.0 / PERIOD_S)
+    for run in range(2):
+        report = ControlLoop(robot, [], SinePolicy(radius_m=0.02), config).run("circle", seconds=1.0)
+        assert report.stop_reason is None, f"run {run}: {report.stop_reason}"
+        assert report.servo_commands > 10

@@ -20,7 +20,9 @@ timestamp has passed). With `temporal_ensemble_decay` set, every chunk's predict
 kept and they are averaged with ACT's weights exp(-m * j), j = 0 for the oldest prediction;
 without it the newest chunk replaces the schedule. A tick with no waypoint is a missed deadline:
 the arm holds the last target. A driver fault or a lost connection ends the run in `stop()`,
-with the reason logged and returned in the report.
+with the reason logged and returned in the report; so does any other exception from the driver,
+a camera or the model, in any thread: `run` returns its report rather than raising, and no thread
+dies with an unhandled exception.
 """
 
 from __future__ import annotations
@@ -332,6 +334,13 @@ class ControlLoop:
                 logger.error("control loop stopping: %s", reason)
         self._stop.set()
 
+    def _fail_with(self, error: Exception, where: str) -> None:
+        """Ends the run because `where` raised `error`. A RobotError is the driver doing its job
+        (its message says what happened); anything else is unexpected, so its traceback is logged."""
+        if not isinstance(error, RobotError):
+            logger.error("unexpected %s in %s", type(error).__name__, where, exc_info=error)
+        self._fail(f"{type(error).__name__}: {error}")
+
     # -- threads -------------------------------------------------------------------------------
 
     def _inference_worker(self, instruction: str) -> None:
@@ -363,8 +372,8 @@ class ControlLoop:
             waypoint = interpolator.target(now)
             try:
                 self.robot.send(EndEffectorPose(waypoint[:3], waypoint[3:7], gripper=float(waypoint[7])))
-            except RobotError as error:
-                self._fail(f"{type(error).__name__}: {error}")
+            except Exception as error:  # whatever the driver raises ends the run, not just this thread
+                self._fail_with(error, "the servo thread's send")
                 return
             self._send_latency.append(time.monotonic() - now)
             self._report.servo_commands += 1
@@ -436,7 +445,14 @@ class ControlLoop:
         # A camera's first frame can take seconds (a simulator makes its GL context, a real camera
         # starts streaming): take it before the clock starts, not inside the first tick.
         warmup_images = read_cameras(self.cameras)
-        state = self.robot.observe()
+        try:
+            state = self.robot.observe()
+        except Exception as error:  # the arm is unusable before the start: a run of no ticks
+            self._fail_with(error, "the first observe")
+            self._stop_after_run()
+            report = self._summarise([], time.monotonic())
+            report.stop_reason = self._stop_reason
+            return report
         if config.warmup_inference:
             started = time.monotonic()
             first_chunk = np.asarray(
@@ -483,8 +499,8 @@ class ControlLoop:
                 )
                 try:
                     state, images = self._observe(need_images=wants_inference or self.recorder is not None)
-                except RobotError as error:
-                    self._fail(f"{type(error).__name__}: {error}")
+                except Exception as error:  # the arm or a camera failed: end the run with its report
+                    self._fail_with(error, "the policy loop's observe")
                     break
                 if until is not None and until(state):
                     self._report.ticks -= 1
@@ -536,10 +552,7 @@ class ControlLoop:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=5.0)
-            try:
-                self.robot.stop()
-            except RobotError as error:
-                logger.error("stop() after the run failed: %s", error)
+            self._stop_after_run()
         report = self._summarise(tick_times, start)
         report.stop_reason = self._stop_reason
         logger.info(
@@ -553,6 +566,12 @@ class ControlLoop:
             report.stop_reason,
         )
         return report
+
+    def _stop_after_run(self) -> None:
+        try:
+            self.robot.stop()
+        except Exception as error:  # the run's own outcome is what the report must carry
+            logger.error("stop() after the run failed: %s: %s", type(error).__name__, error)
 
     def _summarise(self, tick_times: list[float], start: float) -> ControlLoopReport:
         report = self._report

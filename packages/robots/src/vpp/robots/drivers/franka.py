@@ -4,6 +4,11 @@ Every `send` starts an asynchronous franky motion to the filtered absolute targe
 a new motion take over a running one smoothly, so streaming targets at the policy rate works
 without a real-time loop in Python. Faults from a running motion surface on the next
 `observe`/`send` (franky re-raises them from `poll_motion`).
+
+Everything franky raises reaches callers as a `RobotError`: a dead link as `RobotConnectionError`
+(libfranka's `NetworkException`, and the bare `RuntimeError("Net Exception")` franky raises on
+every read after the first failed one), a refusal or abort as `ControllerFaultError`, and a kernel
+without real-time capabilities (while `enforce_realtime` is on) as `RealtimeKernelError`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ from vpp.robots.safety import SafetyFilter
 logger = logging.getLogger(__name__)
 
 _RECOVERY_TIMEOUT_S = 2.0
+# How long `stop` waits for the motion it stopped to end (franky hands its outcome over at once).
+_STOP_JOIN_TIMEOUT_S = 1.0
+# franky raises a bare RuntimeError with this text on reads after libfranka's link has failed.
+_FRANKY_NET_FAILURE = "Net Exception"
+# libfranka's text for a motion ended by a stop request (ours) rather than by the controller.
+_PREEMPTED = "preempted"
+
+
+class RealtimeKernelError(RobotConnectionError):
+    """libfranka refused to control the arm: `enforce_realtime` is on and the kernel is not real-time."""
 
 
 def _blocked_modes():
@@ -52,7 +67,8 @@ class FrankaConfig:
     # Targets closer than this to the last commanded width are not resent (gripper commands
     # are slow, blocking actions on the Franka hand, unlike arm targets).
     gripper_deadband_m: float = 0.002
-    # Real robots need a real-time kernel; a simulator or a development PC does not.
+    # libfranka's default (RealtimeConfig.Enforce): a real arm needs a PREEMPT_RT kernel to hold its
+    # 1 kHz loop. A simulator or a development PC without one needs False (`--no-enforce-realtime`).
     enforce_realtime: bool = True
     # The robot clock in each state must advance; a frozen clock means franky's control loop
     # stalled (seen when a reflex lands as a motion ends) and its cached state is stale.
@@ -85,10 +101,23 @@ class FrankaRobot(Robot):
             if self.config.use_gripper:
                 self._gripper = franky.Gripper(self.config.hostname)
                 self._gripper_max_width = float(self._gripper.max_width)
-        except franky.NetworkException as error:
+        except franky.RealtimeException as error:
+            self._robot = self._gripper = None
+            raise RealtimeKernelError(
+                f"cannot control Franka at {self.config.hostname}: libfranka enforces real-time scheduling and "
+                f"this kernel has none ({error}). On a real arm, boot a PREEMPT_RT kernel (Franka's requirement); "
+                "for a simulator or a test without one, pass --no-enforce-realtime "
+                "(FrankaConfig(enforce_realtime=False))"
+            ) from error
+        except (franky.NetworkException, RuntimeError) as error:
             self._robot = self._gripper = None
             raise RobotConnectionError(
                 f"cannot connect to Franka at {self.config.hostname}: {error}"
+            ) from error
+        except franky.Exception as error:
+            self._robot = self._gripper = None
+            raise RobotConnectionError(
+                f"cannot start controlling Franka at {self.config.hostname}: {type(error).__name__}: {error}"
             ) from error
         if self._robot.has_errors:
             logger.warning(
@@ -119,11 +148,22 @@ class FrankaRobot(Robot):
             raise RobotConnectionError(
                 f"lost connection to Franka at {self.config.hostname} during {action}: {error}"
             ) from error
-        except (franky.ControlException, franky.CommandException, franky.GripperException) as error:
+        except RuntimeError as error:
+            if _FRANKY_NET_FAILURE not in str(error):
+                raise
+            self._stop_after_failure()
+            raise RobotConnectionError(
+                f"lost connection to Franka at {self.config.hostname} during {action}: franky: {error}"
+            ) from error
+        except franky.Exception as error:
+            # ControlException, CommandException, GripperException and the rarer protocol, model and
+            # invalid-operation failures: the controller refused or aborted what we asked.
             self._stop_after_failure()
             errors = self._current_errors()
             raise ControllerFaultError(
-                f"Franka controller fault during {action}: {error}; arm stopped, call recover()", code=errors
+                f"Franka controller fault during {action}: {type(error).__name__}: {error}; arm stopped, "
+                "call recover()",
+                code=errors,
             ) from error
 
     def _current_errors(self) -> str | None:
@@ -215,25 +255,38 @@ class FrankaRobot(Robot):
             logger.exception("stopping Franka after a failure also failed")
 
     def stop(self) -> None:
-        import franky
-
         if self._robot is None:
             return
         try:
             self._robot.stop()
-        except (franky.NetworkException, franky.CommandException, franky.ControlException) as error:
+        except Exception as error:  # franky.Exception or RuntimeError: stop must not raise on a dead link
             logger.warning("Franka stop: %s", error)
-        if (
-            self._gripper is not None
-            and self._gripper_future is not None
-            and not self._gripper_future.wait(0)
-        ):
+        else:
+            self._collect_stopped_motion()
+        if self._gripper is not None and self._gripper_future is not None:
             try:
-                self._gripper.stop()
-            except (franky.NetworkException, franky.CommandException, franky.GripperException) as error:
+                if not self._gripper_future.wait(0):
+                    self._gripper.stop()
+            except Exception as error:  # as above
                 logger.warning("Franka gripper stop: %s", error)
         self._gripper_future = None
         self._gripper_target_m = None
+
+    def _collect_stopped_motion(self) -> None:
+        """Takes the outcome of the motion `stop` just ended. franky reports it as a fault
+        (ControlException "Move command preempted!") on the next poll_motion, so left there it
+        would fail the first observe() after every stop; a preemption we asked for is no fault."""
+        import franky
+
+        try:
+            if not self._robot.join_motion(_STOP_JOIN_TIMEOUT_S):
+                logger.warning("Franka motion still running %.1f s after stop", _STOP_JOIN_TIMEOUT_S)
+        except franky.ControlException as error:
+            if _PREEMPTED not in str(error):
+                # A reflex that landed as we stopped: the next observe() reports it from the robot mode.
+                logger.warning("Franka motion ended with %s as it was stopped", error)
+        except Exception as error:  # a dead link: the next observe() reports it
+            logger.warning("Franka stop: %s", error)
 
     def recover(self) -> None:
         robot = self._require_robot()
