@@ -40,6 +40,7 @@ from vpp.robots.drivers.sim import GRASP_LIFT_M, SimConfig, build_sim_arm
 from vpp.robots.envs.metaworld import MetaWorldTask, check_split, check_task
 from vpp.robots.envs.metaworld_tasks import GROUPS, PAPER_TABLE2
 from vpp.robots.interfaces import ActionPolicy
+from vpp.robots.policies import BlindedPolicy
 from vpp.robots.sim_loop import SimulatedTimeConfig, SimulatedTimeLoop
 
 logger = logging.getLogger(__name__)
@@ -224,12 +225,16 @@ def evaluate_metaworld(
     progress: bool = True,
     split: str = "eval",
     videos_per_task: int = 1,
+    blind_cameras: Sequence[str] = (),
+    blind_mode: str = "first",
 ) -> dict:
     """Runs episodes 0..episodes-1 of ``split`` per task. With ``output``: results.json, results.md
     (Table 2 layout and a per-task table), episodes.jsonl and rollout videos of each task's first
     ``videos_per_task`` episodes (``videos/<task>.mp4``, then ``videos/<task>-<i>.mp4``).
     ``policy="oracle"`` runs MetaWorld's scripted policies (the upper bound demonstrations come
-    from); ``max_steps`` shortens episodes below MetaWorld's 500."""
+    from); ``max_steps`` shortens episodes below MetaWorld's 500. ``blind_cameras`` runs the
+    control of :class:`~vpp.robots.policies.BlindedPolicy` (recorded in the settings, so a blinded
+    run never resumes into an unblinded one's folder)."""
     if isinstance(policy, str) and policy != "oracle":
         raise ValueError(f"policy {policy!r}: expected an object with act() or 'oracle'")
     if episodes < 1:
@@ -245,6 +250,13 @@ def evaluate_metaworld(
         "execute": execute,
         "max_steps": max_steps,
     }
+    if blind_cameras:
+        if policy == "oracle":
+            raise ValueError(
+                "the oracle reads the simulator's state, not the cameras: there is nothing to blind"
+            )
+        policy = BlindedPolicy(policy, blind_cameras, blind_mode)
+        settings["blinded"] = {"cameras": list(blind_cameras), "mode": blind_mode}
     finished = _load_finished(output, settings) if output is not None else {}
     wanted = [(task, i) for task in tasks for i in range(episodes)]
     skipped = sum(key in finished for key in wanted)
@@ -314,6 +326,9 @@ class GraspEvalConfig:
     image_size: int = 32
     object_jitter_m: float = 0.1
     lift_m: float = GRASP_LIFT_M
+    # the control of vpp.robots.policies.BlindedPolicy: these cameras show a fixed image
+    blind_cameras: tuple[str, ...] = ()
+    blind_mode: str = "first"
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or not self.max_seconds > 0 or not self.lift_m > 0:
@@ -393,7 +408,9 @@ def evaluate_grasps(
 ) -> GraspEvalResult:
     """``config.episodes`` rollouts of ``policy`` on the simulated arm from evaluation seeds; with
     ``demos``, refuses any start a demonstration attempt used. With ``out``: grasp_eval.json and
-    grasps.mp4."""
+    grasps.mp4 (the live cameras, also when ``config.blind_cameras`` hides them from the policy)."""
+    if config.blind_cameras:
+        policy = BlindedPolicy(policy, config.blind_cameras, config.blind_mode)
     demo_starts = check_disjoint_from_demos(config, demos) if demos is not None else np.zeros((0, 3))
     sim_config = SimConfig(
         image_height=config.image_size,

@@ -1,13 +1,14 @@
-"""Built-in test policies (`hold`, `sine`), and loading of any policy by name, address or folder."""
+"""Built-in test policies (`hold`, `sine`), the blinded-camera control, and loading of any policy
+by name, address or folder."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,6 +76,48 @@ class SinePolicy:
             actions[index, 6] = 0.5 + 0.5 * math.cos(angle)
             previous = point
         return actions
+
+
+BLIND_MODES = ("first", "gray")
+
+
+class BlindedPolicy:
+    """The control for "does the policy use this camera?": ``policy`` acts on observations in which
+    each camera of ``cameras`` shows a fixed image instead of the live one; everything else (the
+    other cameras, the state) passes through unchanged.
+
+    ``mode="first"`` holds the first frame this wrapper saw from that camera for the rest of its
+    life, across episodes: the policy still sees a real scene of the task, only never the current
+    one (an image-blind policy that keys on "a scene is there" scores the same). ``"gray"`` shows
+    a uniform mid-gray image: out of the training distribution, so a drop can also come from the
+    strange input, not only from the missing information. A success rate that holds when the camera
+    is blinded means the policy did not need what the camera showed.
+    """
+
+    def __init__(
+        self, policy: ActionPolicy, cameras: Sequence[str], mode: Literal["first", "gray"] = "first"
+    ):
+        if mode not in BLIND_MODES:
+            raise ValueError(f"blind mode {mode!r}; expected one of {BLIND_MODES}")
+        if not cameras:
+            raise ValueError("BlindedPolicy needs at least one camera name to blind")
+        self.policy = policy
+        self.cameras = tuple(cameras)
+        self.mode = mode
+        self._held: dict[str, np.ndarray] = {}
+
+    def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
+        missing = [name for name in self.cameras if name not in observation]
+        if missing:
+            raise KeyError(f"cannot blind camera(s) {missing}: the observation has {sorted(observation)}")
+        blinded = dict(observation)
+        for name in self.cameras:
+            image = np.asarray(observation[name])
+            if self.mode == "gray":
+                blinded[name] = np.full_like(image, 128)
+            else:
+                blinded[name] = self._held.setdefault(name, image.copy())
+        return self.policy.act(blinded, instruction)
 
 
 BUILT_IN_POLICIES = {"hold": HoldPolicy, "sine": SinePolicy}
