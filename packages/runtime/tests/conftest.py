@@ -32,9 +32,11 @@ from vpp.runtime.manifest import (
     Parity,
     SamplerSpec,
     StateSpec,
+    TextEncoderSpec,
     TextSpec,
     sha256_file,
 )
+from vpp.runtime.tokenizer import byte_symbols
 
 INSTRUCTIONS = ["open the drawer", "close the window"]
 CAMERAS = ("corner", "wrist")
@@ -60,10 +62,56 @@ def _mean(name: str) -> Any:
     return helper.make_node("ReduceMean", [name], [f"{name}_mean"], keepdims=0)
 
 
-def write_tiny_artifact(folder: Path, feature_shape: tuple = FEATURE_SHAPE, chunk: int = CHUNK) -> Path:
+def _write_text_encoder(folder: Path) -> TextEncoderSpec:
+    """A stand-in text encoder: every output value is the mean token id, so different
+    instructions get different embeddings; its tokenizer knows single bytes only (no merges)."""
+    hidden_shape, pooled_shape = (1, TEXT_TOKENS, TEXT_WIDTH), (1, POOLED_DIM)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["ids"], ["mean"], keepdims=1),  # (1, 1)
+            helper.make_node(
+                "Constant",
+                [],
+                ["hidden_shape"],
+                value=helper.make_tensor("h", TensorProto.INT64, [3], hidden_shape),
+            ),
+            helper.make_node(
+                "Constant",
+                [],
+                ["pooled_shape"],
+                value=helper.make_tensor("p", TensorProto.INT64, [2], pooled_shape),
+            ),
+            helper.make_node("Expand", ["mean", "pooled_shape"], ["pooled"]),
+            helper.make_node("Unsqueeze", ["mean", "axis"], ["mean_1x1x1"]),
+            helper.make_node("Expand", ["mean_1x1x1", "hidden_shape"], ["hidden"]),
+        ],
+        "text_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
+        [
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, list(hidden_shape)),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, list(pooled_shape)),
+        ],
+        initializer=[helper.make_tensor("axis", TensorProto.INT64, [1], [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    save(model, str(folder / "text_encoder.onnx"))
+    symbols = byte_symbols()
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    vocab.update({symbol + "</w>": 256 + index for index, symbol in enumerate(symbols)})
+    tokenizer = {"vocab": vocab, "merges": [], "bos_id": 512, "eos_id": 513, "pad_id": 513, "unk_id": 514}
+    (folder / "tokenizer.json").write_text(json.dumps({**tokenizer, "max_length": 16}))
+    return TextEncoderSpec("text_encoder.onnx", "tokenizer.json")
+
+
+def write_tiny_artifact(
+    folder: Path, feature_shape: tuple = FEATURE_SHAPE, chunk: int = CHUNK, text_encoder: bool = False
+) -> Path:
     """Writes the tiny artifact into ``folder``; ``feature_shape`` and ``chunk`` set its graphs'
-    shapes (the manifest always says FEATURE_SHAPE and CHUNK), to build graphs that disagree."""
+    shapes (the manifest always says FEATURE_SHAPE and CHUNK), to build graphs that disagree;
+    ``text_encoder`` adds a stand-in text encoder, which encodes any instruction."""
     folder.mkdir(parents=True, exist_ok=True)
+    encoder = _write_text_encoder(folder) if text_encoder else None
     features_inputs = {
         "images": (1, len(CAMERAS), 3, IMAGE_SIZE, IMAGE_SIZE),
         "text_hidden": (1, TEXT_TOKENS, TEXT_WIDTH),
@@ -137,7 +185,7 @@ def write_tiny_artifact(folder: Path, feature_shape: tuple = FEATURE_SHAPE, chun
             "text/pooled.npy",
             (TEXT_TOKENS, TEXT_WIDTH),
             POOLED_DIM,
-            None,
+            encoder,
         ),
         graphs=GraphsSpec(
             features=GraphSpec("features.onnx", ("images", "text_hidden", "noise"), "features", {}, None),

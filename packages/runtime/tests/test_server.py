@@ -1,5 +1,6 @@
 """The policy server (vpp-runtime serve) and its light client, on loopback only."""
 
+import json
 import os
 import queue
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import msgpack
@@ -17,8 +19,8 @@ from websockets.sync.client import connect
 
 from vpp.runtime import protocol
 from vpp.runtime.cli import main as runtime_cli
-from vpp.runtime.client import PolicyClient, PolicyConnectionError
-from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.client import PolicyClient, PolicyConnectionError, check_health, health_url
+from vpp.runtime.errors import NonFiniteActionsError, ObservationError, UnknownInstructionError
 from vpp.runtime.manifest import FORMAT_VERSION
 from vpp.runtime.protocol import ProtocolError
 
@@ -141,6 +143,8 @@ def test_client_acts_as_the_local_policy(server, client, policy):
     np.testing.assert_array_equal(actions, policy.act(obs, INSTRUCTIONS[1], noise=noise))
     timing = client.last_timing
     assert 0 < timing.infer_ms <= timing.server_total_ms <= timing.round_trip_ms
+    assert timing.queue_ms >= 0 and timing.queue_ms + timing.infer_ms <= timing.server_total_ms
+    assert client.metadata["max_image_side"] == policy.max_image_side
 
 
 def test_bad_input_raises_what_the_local_policy_raises_and_the_connection_stays_usable(client, policy):
@@ -152,9 +156,11 @@ def test_bad_input_raises_what_the_local_policy_raises_and_the_connection_stays_
         (dict(good, state=np.array([0.0, np.nan, 0.0])), INSTRUCTIONS[0]),
         ({k: v for k, v in good.items() if k != "state"}, INSTRUCTIONS[0]),
         (good, "juggle the cups"),
+        (dict(good, state=["a", "b", "c"]), INSTRUCTIONS[0]),
+        (dict(good, state=np.full(3, 3e38)), INSTRUCTIONS[0]),
     ]
     for obs, instruction in cases:
-        with pytest.raises((ObservationError, UnknownInstructionError)) as local:
+        with pytest.raises((ObservationError, UnknownInstructionError, NonFiniteActionsError)) as local:
             policy.act(obs, instruction)
         with pytest.raises(type(local.value)) as remote:
             client.act(obs, instruction)
@@ -224,6 +230,134 @@ def test_request_timeout_skips_the_late_reply(server, policy, monkeypatch):
         np.testing.assert_array_equal(
             client.act(obs, INSTRUCTIONS[0], noise=second), policy.act(obs, INSTRUCTIONS[0], noise=second)
         )
+
+
+def test_compression_is_off_on_both_ends(server, client):
+    """permessage-deflate cost ~10 ms an image message: the server declines it when a client
+    offers it, and PolicyClient does not offer it."""
+    with connect(server.url, proxy=None, open_timeout=5) as offering:  # websockets offers deflate by default
+        assert "permessage-deflate" in offering.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert offering.response.headers.get("Sec-WebSocket-Extensions") is None
+    assert client._connection.request.headers.get("Sec-WebSocket-Extensions") is None
+
+
+def test_health_check_over_http_on_the_same_port(server, client, capsys):
+    assert health_url("ws://gpu-box:8000") == "http://gpu-box:8000/healthz"
+    assert health_url("wss://gpu-box:8443/policy") == "https://gpu-box:8443/healthz"
+    with pytest.raises(ValueError, match="not a policy server address"):
+        health_url("gpu-box:8000")
+    # what a Kubernetes probe or `curl -f` sees: 200, JSON
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(health_url(server.url), timeout=5) as response:
+        assert response.status == 200 and response.headers["Content-Type"] == "application/json"
+        report = json.loads(response.read())
+    assert report["status"] == "ok" and report["protocol_version"] == protocol.PROTOCOL_VERSION
+    assert report["connections"] >= 1 and report["in_flight"] == 0 and report["uptime_s"] > 0
+    served = client.health()["served"]
+    client.act(observation(), INSTRUCTIONS[0])
+    assert check_health(server.url)["served"] == served + 1
+    runtime_cli(["health", server.url])
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+    port = free_port()
+    with pytest.raises(
+        PolicyConnectionError, match=f"no policy server answers http://127.0.0.1:{port}/healthz"
+    ):
+        check_health(f"ws://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(SystemExit, match="vpp-runtime health: no policy server answers"):
+        runtime_cli(["health", f"ws://127.0.0.1:{port}", "--timeout", "2"])
+
+
+def test_replies_report_queueing_apart_from_inference(server, policy, monkeypatch):
+    """With several clients, a request waits for the model while it answers the others: that
+    wait is queue_ms, not infer_ms."""
+    act = policy.act
+
+    def slow_act(*args, **kwargs):
+        time.sleep(0.4)
+        return act(*args, **kwargs)
+
+    monkeypatch.setattr(policy, "act", slow_act)
+    clients = [PolicyClient(server.url, request_timeout=60) for _ in range(2)]
+    try:
+        threads = [
+            threading.Thread(target=client.act, args=(observation(index), INSTRUCTIONS[0]))
+            for index, client in enumerate(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        timings = sorted((client.last_timing for client in clients), key=lambda timing: timing.queue_ms)
+    finally:
+        for client in clients:
+            client.close()
+    assert all(timing.infer_ms >= 400 for timing in timings), timings
+    assert timings[0].queue_ms < 300 and timings[1].queue_ms >= 300, (
+        timings
+    )  # the second waited for the first
+    for timing in timings:
+        assert timing.queue_ms + timing.infer_ms <= timing.server_total_ms <= timing.round_trip_ms, timing
+
+
+def test_shutdown_answers_the_request_in_flight_then_closes(policy, monkeypatch):
+    """SIGTERM's path (PolicyServer.shutdown): the request in inference gets its reply, not a
+    1001 close; new connections are refused and /healthz says so meanwhile; then every
+    connection is closed with 1001."""
+    from vpp.runtime.server import PolicyServer
+
+    act = policy.act
+    in_inference, release = threading.Event(), threading.Event()
+
+    def held_act(*args, **kwargs):
+        in_inference.set()
+        release.wait(timeout=30)
+        return act(*args, **kwargs)
+
+    server = PolicyServer(policy, "127.0.0.1", 0)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    obs, noise = observation(11), policy.sample_noise(np.random.default_rng(11))
+    expected = policy.act(obs, INSTRUCTIONS[0], noise=noise)
+    busy, idle = (PolicyClient(server.url, request_timeout=60) for _ in range(2))
+    replies: dict[str, object] = {}
+
+    def ask():
+        try:
+            replies["actions"] = busy.act(obs, INSTRUCTIONS[0], noise=noise)
+        except Exception as error:  # the test reads it below
+            replies["error"] = error
+
+    monkeypatch.setattr(policy, "act", held_act)
+    asking = threading.Thread(target=ask)
+    asking.start()
+    assert in_inference.wait(timeout=30)
+    stopping = threading.Thread(target=server.shutdown)
+    stopping.start()
+    try:
+        deadline = time.monotonic() + 10
+        while check_health(server.url)["status"] != "shutting_down":
+            assert time.monotonic() < deadline, "the health check never said shutting_down"
+            time.sleep(0.05)
+        assert check_health(server.url)["in_flight"] == 1
+        with pytest.raises(PolicyConnectionError, match="503"):
+            PolicyClient(server.url, connect_timeout=5)
+        assert stopping.is_alive()  # waiting for the request in flight
+    finally:
+        release.set()
+        stopping.join(timeout=30)
+        asking.join(timeout=30)
+    monkeypatch.undo()
+    assert not stopping.is_alive() and not asking.is_alive()
+    assert "error" not in replies, replies.get("error")
+    np.testing.assert_array_equal(replies["actions"], expected)
+    serving.join(timeout=10)
+    assert not serving.is_alive()
+    for client in (busy, idle):
+        with pytest.raises(PolicyConnectionError, match="is closed") as closed:
+            client.act(obs, INSTRUCTIONS[0])
+        assert closed.value.__cause__.rcvd.code == 1001
+        client.close()
+    server.shutdown()  # idempotent
 
 
 def free_port():
@@ -347,7 +481,7 @@ def test_cli_serve_answers_and_stops_on_sigterm(artifact, policy):
     while not lines.empty():
         log.append(lines.get())
     text = "".join(log)
-    assert "warm-up chunk" in text and "request 1 'open the drawer': inference" in text
+    assert "warm-up chunk" in text and "request 1 'open the drawer': inference" in text and "queued" in text
     assert "SIGTERM: closing connections" in text and "policy server stopped" in text
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.errors import NonFiniteActionsError, ObservationError, UnknownInstructionError
 
-__all__ = ["ObservationError", "Policy", "PolicyClient", "PolicyServer", "UnknownInstructionError"]
+__all__ = [
+    "NonFiniteActionsError",
+    "ObservationError",
+    "Policy",
+    "PolicyClient",
+    "PolicyServer",
+    "UnknownInstructionError",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,14 @@
-"""``vpp-runtime``: serve an exported policy artifact to robot PCs, or describe one.
+"""``vpp-runtime``: serve an exported policy artifact to robot PCs, describe one, or check a server.
 
 vpp-runtime serve ARTIFACT [--host 127.0.0.1] [--port 8000] [--threads N] [--providers P ...]
 vpp-runtime info ARTIFACT
+vpp-runtime health [URL] [--timeout 5]   (exit 0: serving; 1: shutting down or unreachable)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -99,6 +101,20 @@ def serve(
     logger.info("policy server stopped")
 
 
+def health(url: str, timeout: float) -> None:
+    """Prints the server's health report; exits 1 unless it is serving (for Docker's
+    HEALTHCHECK and the like, on machines without curl)."""
+    from vpp.runtime.client import PolicyConnectionError, check_health
+
+    try:
+        report = check_health(url, timeout=timeout)
+    except (PolicyConnectionError, ValueError) as error:
+        raise SystemExit(f"vpp-runtime health: {error}") from None
+    print(json.dumps(report))
+    if report["status"] != "ok":
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vpp-runtime", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -128,25 +144,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     info_parser = commands.add_parser("info", help="describe an artifact from its manifest")
     info_parser.add_argument("artifact", type=Path)
+    health_parser = commands.add_parser(
+        "health", help="ask a policy server's GET /healthz; exit 0 when it is serving, 1 otherwise"
+    )
+    health_parser.add_argument(
+        "url", nargs="?", default="ws://127.0.0.1:8000", help="the server's address (default %(default)s)"
+    )
+    health_parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for its answer (default %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     try:
         if args.command == "info":
             info(args.artifact)
             return
+        if args.command == "health":
+            health(args.url, args.timeout)
+            return
         logging.basicConfig(
             level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
-        if args.providers is not None:
-            import onnxruntime
+        from vpp.runtime.policy import onnxruntime_module
 
-            missing = [name for name in args.providers if name not in onnxruntime.get_available_providers()]
+        if args.providers is not None:
+            available = onnxruntime_module().get_available_providers()
+            missing = [name for name in args.providers if name not in available]
             if missing:
-                parser.error(
-                    f"--providers {missing} not in this onnxruntime, which has {onnxruntime.get_available_providers()}"
-                )
+                parser.error(f"--providers {missing} not in this onnxruntime, which has {available}")
         serve(args.artifact, args.host, args.port, args.threads, args.providers, args.seed)
     except ArtifactError as error:
+        raise SystemExit(f"vpp-runtime {args.command}: {error}") from None
+    except ModuleNotFoundError as error:
+        if error.name != "onnxruntime":
+            raise
         raise SystemExit(f"vpp-runtime {args.command}: {error}") from None
 
 

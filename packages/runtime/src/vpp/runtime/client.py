@@ -7,25 +7,32 @@ calling code works with either::
 
     with PolicyClient("ws://gpu-box:8000") as policy:
         actions = policy.act({"corner": frame_uint8_hwc, "state": state}, "open the drawer")
-        policy.last_timing.infer_ms, policy.last_timing.round_trip_ms
+        policy.last_timing.infer_ms, policy.last_timing.queue_ms, policy.last_timing.round_trip_ms
+
+    check_health("ws://gpu-box:8000")["status"]  # "ok": the server's GET /healthz, no WebSocket
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
-from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.errors import NonFiniteActionsError, ObservationError, UnknownInstructionError
 from vpp.runtime.protocol import (
+    HEALTH_PATH,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     PolicyServerError,
@@ -39,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Server-side exceptions re-raised as themselves; any other arrives as PolicyServerError.
 REMOTE_ERRORS: dict[str, type[Exception]] = {
-    cls.__name__: cls for cls in (ObservationError, UnknownInstructionError, ProtocolError)
+    cls.__name__: cls
+    for cls in (ObservationError, UnknownInstructionError, NonFiniteActionsError, ProtocolError)
 }
 
 
@@ -49,13 +57,53 @@ class PolicyConnectionError(ConnectionError):
 
 @dataclass(frozen=True)
 class RequestTiming:
-    """Milliseconds of one ``act``: ``infer_ms`` the server's Policy.act, ``server_total_ms``
-    the server from request to reply (decoding, waiting for the model, inference), and
-    ``round_trip_ms`` the client from sending to the decoded reply (adds the network)."""
+    """Milliseconds of one ``act``: ``infer_ms`` the server's Policy.act, ``queue_ms`` the wait
+    for the model while the server answered other clients (NaN from a server that does not
+    report it), ``server_total_ms`` the server from request to reply (decoding, queueing,
+    inference), and ``round_trip_ms`` the client from sending to the decoded reply (adds the
+    network and the messages' encoding)."""
 
     infer_ms: float
     server_total_ms: float
     round_trip_ms: float
+    queue_ms: float = float("nan")
+
+
+def health_url(url: str) -> str:
+    """The HTTP health-check address of the policy server at ``url`` (ws://, wss://, http:// or https://)."""
+    parts = urlsplit(url)
+    schemes = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{url!r} is not a policy server address; expected ws://HOST:PORT")
+    return urlunsplit((schemes[parts.scheme], parts.netloc, HEALTH_PATH, "", ""))
+
+
+def check_health(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The policy server's ``GET /healthz`` answer, e.g. ``{"status": "ok", "in_flight": 0, ...}``
+    (``status`` "shutting_down" once it is stopping), without opening a WebSocket. Raises
+    :class:`PolicyConnectionError` when no policy server answers within ``timeout`` seconds.
+    Environment proxy settings are ignored, as :class:`PolicyClient` ignores them."""
+    address = health_url(url)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(address, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:  # 503 while shutting down still carries the JSON body
+        body = error.read()
+        error.close()
+    except (OSError, ValueError) as error:  # URLError and timeouts are OSErrors
+        raise PolicyConnectionError(
+            f"no policy server answers {address} (timeout {timeout} s): {type(error).__name__}: {error}"
+        ) from error
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if not (isinstance(health, dict) and isinstance(health.get("status"), str)):
+        raise PolicyConnectionError(
+            f"{address} answered {body[:200]!r}, not a policy server's health report; is it a vpp-runtime server?"
+        )
+    return health
 
 
 class PolicyClient:
@@ -154,6 +202,7 @@ class PolicyClient:
             infer_ms=float(server_timing.get("infer_ms", float("nan"))),
             server_total_ms=float(server_timing.get("total_ms", float("nan"))),
             round_trip_ms=round_trip_ms,
+            queue_ms=float(server_timing.get("queue_ms", float("nan"))),
         )
         if reply["type"] == "error":
             raise self._remote_error(reply.get("error") or {})
@@ -164,6 +213,11 @@ class PolicyClient:
                 "expected an 'actions' reply with an array"
             )
         return actions
+
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The server's health report (:func:`check_health`), over a separate HTTP request, so
+        it answers while this connection waits for a reply."""
+        return check_health(self.url, timeout=timeout)
 
     def _reply_to(self, request_id: int, sent: float) -> dict[str, Any]:
         deadline = None if self.request_timeout is None else sent + self.request_timeout

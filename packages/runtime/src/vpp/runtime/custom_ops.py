@@ -1,12 +1,15 @@
 """vpp-runtime's ONNX Runtime custom ops (domain ``vpp.fused``), and where their library is.
 
-``libvpp_ort_ops.so`` is built from ``cpp/src/ort_ops.cpp`` into the vpp-runtime wheel, beside
-the ``_kernels`` extension, when CMake finds ONNX Runtime's C API header at build time
-(``scripts/ort-headers.sh``). It has no Python in it: C++ deployments can register the same
-file. Graphs exported with fused kernels (``vpp-export``, the default) name their ops in
-the manifest (``graphs.<name>.custom_ops``); :class:`vpp.runtime.Policy` registers the library
-for them, and nothing else needs it. ``VPP_ORT_OPS_LIBRARY=/path/to/libvpp_ort_ops.so``
-overrides where it is looked for. No torch, no onnx: ctypes and the standard library only.
+``libvpp_ort_ops.so`` holds the fused GroupNorm(+SiLU) and GeGLU ops. scikit-build-core builds
+it into the vpp-runtime wheel from the package's C++ sources (``packages/runtime/cpp``:
+``src/ort_ops.cpp`` and the kernels it calls), against ONNX Runtime's C API header; a build
+that finds no header stops, unless ``-Ccmake.define.VPP_REQUIRE_ORT_OPS=OFF`` asks for a wheel
+without the library (``scripts/ort-headers.sh`` fetches the header into a checkout). It has no
+Python in it: C++ deployments can register the same file. Graphs exported with fused kernels
+(``vpp-export``, the default) name their ops in the manifest (``graphs.<name>.custom_ops``);
+:class:`vpp.runtime.Policy` registers the library for them, and nothing else needs it.
+``VPP_ORT_OPS_LIBRARY=/path/to/libvpp_ort_ops.so`` overrides where it is looked for. No torch,
+no onnx: ctypes and the standard library only.
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ def require_library(needed: dict[str, int], what: str) -> Path:
     if path is None:
         raise CustomOpsUnavailableError(
             f"{what} uses {DOMAIN} custom ops ({', '.join(sorted(needed))}), "
-            f"and this vpp-runtime was built without {library_name()} (CMake found no "
-            "onnxruntime_c_api.h). Rebuild it after scripts/ort-headers.sh, or with "
-            "-DVPP_ORT_INCLUDE_DIR=<ONNX Runtime's include folder>, "
-            f"set {ENVIRONMENT_VARIABLE}, or re-export the policy "
+            f"and this vpp-runtime was built without {library_name()} (with VPP_REQUIRE_ORT_OPS=OFF, "
+            "or from a copy that had no onnxruntime_c_api.h). Rebuild it with ONNX Runtime's include "
+            "folder (VPP_ORT_INCLUDE_DIR=<folder> pip install ..., or scripts/ort-headers.sh in a "
+            f"checkout), set {ENVIRONMENT_VARIABLE}, or re-export the policy "
             "with `vpp-export --standard-ops-only`"
         )
     missing = sorted(set(needed) - set(library_ops(path)))

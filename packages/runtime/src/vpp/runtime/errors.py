@@ -1,4 +1,4 @@
-"""The errors a policy raises on bad input, importable without onnxruntime.
+"""The errors a policy raises on bad input or bad output, importable without onnxruntime.
 
 They live apart from ``vpp.runtime.policy`` so that ``vpp.runtime.client`` (numpy, msgpack and
 websockets only) raises the very classes a local :class:`~vpp.runtime.policy.Policy` raises.
@@ -7,7 +7,7 @@ websockets only) raises the very classes a local :class:`~vpp.runtime.policy.Pol
 
 from vpp.data.errors import ObservationError
 
-__all__ = ["ObservationError", "UnknownInstructionError"]
+__all__ = ["NonFiniteActionsError", "ObservationError", "UnknownInstructionError"]
 
 
 class UnknownInstructionError(KeyError):
@@ -16,3 +16,14 @@ class UnknownInstructionError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class NonFiniteActionsError(FloatingPointError):
+    """The policy computed NaN or infinite actions; the chunk is withheld, since no robot
+    should be sent it. The message names the inputs that explain it (a state far outside the
+    training range, non-finite noise) where it can; ``actions`` holds the chunk, for
+    inspection (None when the error came over the wire from a policy server)."""
+
+    def __init__(self, message: str, actions: object = None) -> None:
+        super().__init__(message)
+        self.actions = actions

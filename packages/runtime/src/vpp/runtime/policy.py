@@ -4,28 +4,70 @@
 denormalised action chunk (chunk, action_dim). Two ORT calls per chunk: ``features.onnx`` (VAE +
 hooked TVP UNet) then ``policy.onnx`` (Video Former + DiT with the DDIM loop unrolled). Noise is
 drawn from a seedable numpy Generator; pass ``noise=`` to reproduce a PyTorch run exactly.
+
+onnxruntime is imported when a Policy is built, not with this module: it comes from the
+``vpp-runtime[cpu]`` or ``vpp-runtime[gpu]`` extra, and without it ``Policy.load`` says which to
+install instead of failing on ``import onnxruntime``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from vpp.runtime import custom_ops
 from vpp.runtime.artifact import Artifact
-from vpp.runtime.errors import ObservationError, UnknownInstructionError
+from vpp.runtime.errors import NonFiniteActionsError, ObservationError, UnknownInstructionError
 from vpp.runtime.manifest import GraphSpec
 from vpp.runtime.tokenizer import ClipTokenizer
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 
 # Preference order when the caller names no providers; ORT falls back along the list per node.
 ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# The largest camera image act takes, per side: IMAGE_SIDE_FACTOR times the artifact's input
+# size, or MAX_IMAGE_SIDE when that is more. Every common camera mode up to 1920x1080 passes for
+# any artifact; the resize's working memory grows with the square of the shorter side (about
+# 72 bytes a pixel: a float64 crop, and the taps each output pixel gathers), so 2048x2048 costs
+# ~300 MB, while a 4000x4000 frame took 1.3 GB. A larger frame is refused before any copy: have
+# the camera driver deliver a smaller one, which is also cheaper to send to a policy server.
+MAX_IMAGE_SIDE = 2048
+IMAGE_SIDE_FACTOR = 8
+# Instructions encoded on the fly (artifacts with a text encoder) are kept for the next chunk in
+# a least-recently-used cache of this many; the artifact's own cached instructions always stay.
+# An entry is one instruction's CLIP hidden states and pooled embedding (~40 KB for CLIP-B at 20
+# tokens), so a full cache is ~10 MB; a robot repeating a few instructions never re-encodes.
+TEXT_CACHE_SIZE = 256
+# A normalised state beyond this magnitude is far outside the training range ([-1, 1]); named
+# when it explains non-finite actions.
+FAR_OUT_OF_RANGE = 100.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def onnxruntime_module() -> ModuleType:
+    """The onnxruntime module; when it is not installed, a ModuleNotFoundError saying how to get it."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.partition(".")[0] != "onnxruntime":
+            raise
+        raise ModuleNotFoundError(
+            "vpp.runtime.Policy runs artifacts with ONNX Runtime, which is not installed: "
+            "pip install 'vpp-runtime[cpu]' (onnxruntime), or 'vpp-runtime[gpu]' on a CUDA machine "
+            "(onnxruntime-gpu; not both, as they install the same module). A robot PC that only "
+            "talks to a policy server needs neither: vpp.runtime.client.PolicyClient",
+            name="onnxruntime",
+        ) from error
+    return onnxruntime
 
 
 def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -84,7 +126,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def default_providers() -> list[str]:
-    available = set(ort.get_available_providers())
+    available = set(onnxruntime_module().get_available_providers())
     return [p for p in ACCELERATED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
 
 
@@ -96,7 +138,14 @@ def _signature(values: Sequence[Any]) -> dict[str, list[Any]]:
 class Policy:
     """An exported artifact run by ONNX Runtime: ``act(observation, instruction)`` -> the
     denormalised action chunk. Loading checks the artifact's hashes and its manifest against
-    the graphs ONNX Runtime opened; ``noise=`` reproduces a PyTorch run exactly."""
+    the graphs ONNX Runtime opened; ``noise=`` reproduces a PyTorch run exactly.
+
+    ``act`` refuses, with :class:`ObservationError` naming the field: a missing camera or
+    state, an image that is not uint8 (H, W, 3) or has a side over :attr:`max_image_side`
+    (``max(MAX_IMAGE_SIDE, IMAGE_SIDE_FACTOR * image_size)``), a state that is not
+    ``state_dim`` finite numbers, an instruction that is not a str. It never returns NaN or
+    infinite actions: it raises :class:`NonFiniteActionsError` instead. New instructions (with a
+    text encoder) stay encoded in an LRU cache of ``text_cache_size`` entries."""
 
     def __init__(
         self,
@@ -104,7 +153,13 @@ class Policy:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         seed: int | None = None,
+        text_cache_size: int = TEXT_CACHE_SIZE,
     ) -> None:
+        if not (isinstance(text_cache_size, int) and text_cache_size >= 0):
+            raise ValueError(
+                f"text_cache_size={text_cache_size!r}; expected an int >= 0 (0: encode every time)"
+            )
+        ort = onnxruntime_module()
         self.artifact = artifact
         manifest = artifact.manifest
         options = ort.SessionOptions()
@@ -147,7 +202,11 @@ class Policy:
         self.state_dim = None if manifest.state is None else manifest.state.dim
         self.action_normalizer = manifest.action.normalizer
         self.state_normalizer = None if manifest.state is None else manifest.state.normalizer
+        self.max_image_side = max(MAX_IMAGE_SIDE, IMAGE_SIDE_FACTOR * self.image_size)
+        # The artifact's instructions, then the least recently used first of those encoded here.
         self.text_cache = artifact.text_cache()
+        self.text_cache_size = text_cache_size
+        self.encoded_text: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.feature_noise_shape = manifest.features.noise_shape
         self.fixed_feature_noise = artifact.fixed_feature_noise()
         self.rng = np.random.default_rng(seed)
@@ -188,19 +247,34 @@ class Policy:
         threads: int | None = None,
         seed: int | None = None,
         verify: bool = True,
+        text_cache_size: int = TEXT_CACHE_SIZE,
     ) -> Policy:
         """Opens an artifact folder (checking its hashes unless ``verify=False``) and builds one
         ORT session per graph. ``providers=None``: TensorRT/CUDA when this ORT has them, else CPU."""
-        return cls(Artifact.open(artifact, verify=verify), providers=providers, threads=threads, seed=seed)
+        onnxruntime_module()  # before reading a multi-GB artifact, say what is missing
+        return cls(
+            Artifact.open(artifact, verify=verify),
+            providers=providers,
+            threads=threads,
+            seed=seed,
+            text_cache_size=text_cache_size,
+        )
 
     @property
     def instructions(self) -> list[str]:
-        return list(self.text_cache)
+        """The instructions act answers without the text encoder: the artifact's, then those
+        encoded here that are still in the cache."""
+        return [*self.text_cache, *self.encoded_text]
 
     # -- inputs -----------------------------------------------------------------------------
 
     def preprocess(self, observation: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """-> (pixels (1, V, 3, S, S) float32 in [-1, 1], normalised state (1, S) float32 or None)."""
+        if not isinstance(observation, Mapping):
+            raise ObservationError(
+                f"observation is of type {type(observation).__name__}; expected a mapping of camera names "
+                f"{self.cameras} (and 'state') to arrays"
+            )
         images = []
         for camera in self.cameras:
             if camera not in observation:
@@ -221,6 +295,13 @@ class Policy:
                 )
             if min(frame.shape[:2]) == 0:
                 raise ObservationError(f"camera {camera!r}: empty image of shape {frame.shape}")
+            if max(frame.shape[:2]) > self.max_image_side:
+                raise ObservationError(
+                    f"camera {camera!r}: image of {frame.shape[1]}x{frame.shape[0]} pixels; this policy "
+                    f"resizes to {self.image_size}x{self.image_size} and takes at most {self.max_image_side} "
+                    "pixels a side (resizing a larger frame costs memory in the square of its size): "
+                    "set the camera to a smaller mode, or downscale it before act"
+                )
             images.append(resize_frames(frame[None], self.image_size)[0])
         state = None
         if self.state_dim is not None:
@@ -228,17 +309,43 @@ class Policy:
                 raise ObservationError(
                     f"observation has no 'state'; this policy needs {self.state_dim} values"
                 )
-            raw = np.asarray(observation["state"], dtype=np.float64)
-            if raw.shape != (self.state_dim,) or not np.isfinite(raw).all():
-                raise ObservationError(f"state {raw!r}; expected {self.state_dim} finite values")
-            state = self.state_normalizer.normalize(raw)[None].astype(np.float32)
+            with np.errstate(over="ignore"):
+                state = self.state_normalizer.normalize(self._state_values(observation["state"]))
+            if np.abs(state).max() > _FLOAT32_MAX:
+                raise ObservationError(
+                    f"state {observation['state']!r:.200} normalises to {state!r:.200}, beyond float32's range; "
+                    f"the training data's states normalise into [-1, 1] (check the state's units and order)"
+                )
+            state = state[None].astype(np.float32)
         return np.stack(images)[None], state
+
+    def _state_values(self, state: Any) -> np.ndarray:
+        """The observation's state as float64 (state_dim,), or ObservationError naming what is wrong."""
+        expected = f"expected {self.state_dim} finite numbers (a float array or a list of floats)"
+        try:
+            raw = np.asarray(state)
+        except ValueError as error:  # ragged nesting
+            raise ObservationError(f"state {state!r:.200} is not an array ({error}); {expected}") from None
+        if raw.dtype.kind not in "biuf":
+            raise ObservationError(f"state {state!r:.200} holds values of dtype {raw.dtype}; {expected}")
+        raw = raw.astype(np.float64)
+        if raw.shape != (self.state_dim,) or not np.isfinite(raw).all():
+            raise ObservationError(f"state {raw!r:.200} of shape {raw.shape}; {expected}")
+        return raw
 
     def text(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
         """(CLIP hidden states (1, L, D), pooled embedding (1, P)); new instructions go through
-        the text-encoder graph once and join the cache."""
+        the text-encoder graph and join an LRU cache of ``text_cache_size`` entries."""
+        if not isinstance(instruction, str):
+            raise ObservationError(
+                f"instruction {instruction!r:.200} is of type {type(instruction).__name__}; expected a str, "
+                f"e.g. {self.instructions[0]!r}"
+            )
         if instruction in self.text_cache:
             return self.text_cache[instruction]
+        if instruction in self.encoded_text:
+            self.encoded_text.move_to_end(instruction)
+            return self.encoded_text[instruction]
         if self.text_session is None:
             raise UnknownInstructionError(
                 f"instruction {instruction!r} is not in this artifact's text cache and the artifact has no "
@@ -246,8 +353,12 @@ class Policy:
             )
         ids = np.asarray([self.tokenizer(instruction)], dtype=np.int64)
         hidden, pooled = self.text_session.run(None, {"input_ids": ids})
-        self.text_cache[instruction] = (hidden, pooled)
-        return hidden, pooled
+        encoded = (hidden, pooled)
+        if self.text_cache_size > 0:
+            self.encoded_text[instruction] = encoded
+            while len(self.encoded_text) > self.text_cache_size:
+                self.encoded_text.popitem(last=False)
+        return encoded
 
     def sample_noise(self, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The unit noise of one chunk: {"features": (1, V, T, C, h, w) (absent for the VAE
@@ -272,9 +383,43 @@ class Policy:
         instruction: str,
         noise: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim), float32."""
-        normalized = self.run_graphs(*self.graph_feeds(observation, instruction, noise))
-        return self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
+        """{camera: uint8 (H, W, 3), "state": (S,)} + instruction -> actions (chunk, action_dim),
+        float32, every one finite (else :class:`NonFiniteActionsError`)."""
+        feature_feed, policy_feed = self.graph_feeds(observation, instruction, noise)
+        normalized = self.run_graphs(feature_feed, policy_feed)
+        with np.errstate(over="ignore", invalid="ignore"):
+            actions = self.action_normalizer.denormalize(normalized[0].astype(np.float64)).astype(np.float32)
+        if not np.isfinite(actions).all():
+            raise NonFiniteActionsError(self._explain_non_finite(actions, feature_feed, policy_feed), actions)
+        return actions
+
+    def _explain_non_finite(
+        self,
+        actions: np.ndarray,
+        feature_feed: Mapping[str, np.ndarray],
+        policy_feed: Mapping[str, np.ndarray],
+    ) -> str:
+        bad = ~np.isfinite(actions)
+        reasons = []
+        for graph, feed in (("features", feature_feed), ("policy", policy_feed)):
+            for name, value in feed.items():
+                count = int((~np.isfinite(value)).sum())
+                if count:
+                    reasons.append(f"{graph}.onnx's input {name!r} holds {count} NaN or infinite values")
+        state = policy_feed.get("state")
+        if state is not None and np.abs(state).max() > FAR_OUT_OF_RANGE:
+            reasons.append(
+                f"the state normalises to {np.abs(state).max():.3g} at most, far outside the training "
+                "range ([-1, 1]): check its units and order"
+            )
+        explanation = "; ".join(reasons) or (
+            "every input is finite and the state in range, so the graphs overflowed: "
+            "check the artifact (vpp-export's parity check) on this observation"
+        )
+        return (
+            f"{int(bad.sum())} of the {bad.size} values in the action chunk are NaN or infinite, so the "
+            f"policy withholds it: {explanation}"
+        )
 
     def graph_feeds(
         self,

@@ -11,14 +11,25 @@ Everything else is plain msgpack (dict, list, str, int, float, bool, None).
 Messages (each a msgpack map with a ``type``):
 
 - server -> client on connect: ``{"type": "metadata", "protocol_version": 1, ...}`` (see
-  ``vpp.runtime.server.PolicyServer.metadata``).
+  ``vpp.runtime.server.PolicyServer.metadata``; ``max_image_side`` is the largest image side
+  the policy takes).
 - client -> server: ``{"type": "act", "id": int, "observation": {camera: uint8 (H, W, 3),
   "state": (S,)}, "instruction": str, "noise": {name: float32 array} | None}``.
 - server -> client: ``{"type": "actions", "id": int, "actions": float32 (chunk, action_dim),
-  "server_timing": {"infer_ms": float, "total_ms": float}}`` or ``{"type": "error", "id": int |
-  None, "error": {"type": exception class name, "message": str}, "server_timing": ...}``.
-  ``infer_ms`` is ``Policy.act`` alone; ``total_ms`` runs from the request's arrival to the
-  reply's encoding (decoding, waiting for the model, inference).
+  "server_timing": {"queue_ms": float, "infer_ms": float, "total_ms": float}}`` or ``{"type":
+  "error", "id": int | None, "error": {"type": exception class name, "message": str},
+  "server_timing": ...}``. ``queue_ms`` is the wait for the model while it answered other
+  clients' requests, ``infer_ms`` is ``Policy.act`` alone, ``total_ms`` runs from the request's
+  arrival to the reply's encoding (decoding, queueing, inference).
+
+Beside the WebSocket, the server answers an HTTP ``GET /healthz`` (``HEALTH_PATH``) on the same
+port with a JSON body: 200 ``{"status": "ok", ...}``, or 503 ``{"status": "shutting_down", ...}``
+(see ``vpp.runtime.server``).
+
+Versions: ``PROTOCOL_VERSION`` changes when a message changes meaning, or a field one side needs
+is added, renamed or removed; a client refuses a server of another version on connecting. New
+fields the other side may ignore keep the version (``queue_ms`` and ``max_image_side`` joined
+version 1 this way; a client reads a missing ``queue_ms`` as NaN).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import msgpack
 import numpy as np
 
 PROTOCOL_VERSION = 1
+HEALTH_PATH = "/healthz"
 NDARRAY_EXT = 1
 # Two 480x640 RGB frames are ~1.8 MB; the websockets default (1 MiB) would refuse them.
 MAX_MESSAGE_BYTES = 64 * 2**20
