@@ -10,6 +10,17 @@ The fake records every motion command it received (`received`), whether or not i
 so tests can assert on exactly what reached the controller. Joint and Cartesian targets are
 tracked independently (there is no kinematics): a servo-joint target moves the reported joints
 only, a servo-Cartesian target moves the reported pose only.
+
+The xArm Gripper (`FakeGripper`) hangs off the arm's tool RS485 bus, as on the real arm: the SDK
+reaches it with function code 124 (RS485_RTU), whose payload is the bus host id (9) and a Modbus
+RTU frame without CRC for the gripper (slave 8): 0x03 reads and 0x10 writes of 16-bit registers
+(enable 0x0100, mode 0x0101, error code 0x000F, reset error 0x0109, speed 0x0303, target position
+0x0700 and current position 0x0702 as big-endian s32 pulses, status 0x0000, version 0x0801-0x0803);
+the answer is the host id and the RTU reply. Before its first gripper call the SDK reads the tool
+bus's baud-rate index (function 128, register 0x0A0B) and rewrites it if it is not 2 Mbaud's.
+A gripper error disables the gripper until the error is reset and it is enabled again; a request
+to an absent gripper gets no RTU reply and sets controller error 19 (End Effector Communication
+Error), which is how the SDK's `_check_modbus_code` expects a silent tool bus to show up.
 """
 
 from __future__ import annotations
@@ -35,6 +46,22 @@ MOVE_SERVOJ = 29
 MOVE_SERVO_CART = 30
 GET_TCP_POSE = 41
 GET_JOINT_POS = 42
+RS485_RTU = 124
+TGPIO_W16B = 127
+TGPIO_R16B = 128
+
+TOOL_BUS_HOST_ID = 9
+GRIPPER_SLAVE_ID = 8
+MODBUS_READ = 0x03
+MODBUS_WRITE = 0x10
+BAUD_REGISTER = 0x0A0B
+BAUD_2M_INDEX = 11  # index of 2_000_000 in the SDK's UxbusCmd.BAUDRATES
+END_EFFECTOR_COMMUNICATION_ERROR = 19
+GRIPPER_STATUS, GRIPPER_ERR_CODE = 0x0000, 0x000F
+GRIPPER_ENABLE, GRIPPER_MODE, GRIPPER_RESET_ERR = 0x0100, 0x0101, 0x0109
+GRIPPER_SPEED = 0x0303
+GRIPPER_TARGET, GRIPPER_POSITION = 0x0700, 0x0702
+GRIPPER_VERSION = (0x0801, 0x0802, 0x0803)
 
 STATE_MOVING = 1
 STATE_READY = 2
@@ -56,6 +83,76 @@ class ReceivedMotion:
     executed: bool
 
 
+class FakeGripper:
+    """The xArm Gripper's Modbus registers and a first-order model of its fingers: the position
+    (pulses, 0 closed to 850 open) moves toward the target at `pulses_per_s_per_rpm` * speed while
+    enabled, in position mode (0) and free of errors. Accessed under the controller's lock."""
+
+    def __init__(self, position: float = 850.0, pulses_per_s_per_rpm: float = 0.3):
+        self.installed = True
+        self.enabled = False
+        self.mode = 0
+        self.speed_rpm = 0
+        self.error_code = 0
+        self.position = position
+        self.target = position
+        self.pulses_per_s_per_rpm = pulses_per_s_per_rpm
+        self.version = (3, 4, 3)
+        self.targets: list[int] = []  # every target position written, in order
+        self._updated_at = time.monotonic()
+
+    def update(self) -> None:
+        now = time.monotonic()
+        elapsed, self._updated_at = now - self._updated_at, now
+        if self.enabled and self.mode == 0 and not self.error_code:
+            step = self.pulses_per_s_per_rpm * self.speed_rpm * elapsed
+            self.position += max(-step, min(step, self.target - self.position))
+
+    def moving(self) -> bool:
+        return self.enabled and not self.error_code and abs(self.target - self.position) > 0.5
+
+    def read(self, address: int, count: int) -> bytes | None:
+        self.update()
+        if address == GRIPPER_POSITION and count == 2:
+            return struct.pack(">i", round(self.position))
+        if address == GRIPPER_TARGET and count == 2:
+            return struct.pack(">i", round(self.target))
+        if count != 1:
+            return None
+        value = {
+            GRIPPER_STATUS: 1 if self.moving() else 0,
+            GRIPPER_ERR_CODE: self.error_code,
+            GRIPPER_ENABLE: int(self.enabled),
+            GRIPPER_MODE: self.mode,
+            GRIPPER_SPEED: self.speed_rpm,
+            **dict(zip(GRIPPER_VERSION, self.version, strict=True)),
+        }.get(address)
+        return None if value is None else struct.pack(">H", value)
+
+    def write(self, address: int, data: bytes) -> bool:
+        self.update()
+        if address in (GRIPPER_TARGET, GRIPPER_POSITION) and len(data) == 4:
+            if address == GRIPPER_TARGET:
+                self.target = struct.unpack(">i", data)[0]
+                self.targets.append(self.target)
+            return True
+        if len(data) != 2:
+            return False
+        value = struct.unpack(">H", data)[0]
+        if address == GRIPPER_ENABLE:
+            # A gripper in error refuses to be enabled until the error is reset.
+            self.enabled = bool(value) and not self.error_code
+        elif address == GRIPPER_MODE:
+            self.mode = value
+        elif address == GRIPPER_SPEED:
+            self.speed_rpm = value
+        elif address == GRIPPER_RESET_ERR:
+            self.error_code = 0
+        else:
+            return False
+        return True
+
+
 class FakeXArmController:
     def __init__(self, host: str = "127.0.0.1", report_period_s: float = 0.01):
         self.host = host
@@ -71,6 +168,8 @@ class FakeXArmController:
         self.cmd_count = 0
         self.received: list[ReceivedMotion] = []
         self.function_codes: list[int] = []
+        self.gripper = FakeGripper()
+        self.tool_baud_index = BAUD_2M_INDEX
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connections: list[socket.socket] = []
@@ -119,6 +218,18 @@ class FakeXArmController:
     def inject_warning(self, code: int) -> None:
         with self.lock:
             self.warn_code = code
+
+    def inject_gripper_error(self, code: int) -> None:
+        """A gripper fault (e.g. 11, current overlimit): the fingers stop and the gripper disables."""
+        with self.lock:
+            self.gripper.update()
+            self.gripper.error_code = code
+            self.gripper.enabled = False
+
+    def reset_gripper(self, installed: bool = True, position: float = 850.0) -> None:
+        with self.lock:
+            self.gripper = FakeGripper(position)
+            self.gripper.installed = installed
 
     # plumbing ---------------------------------------------------------------------------------
     def _listen(self) -> socket.socket:
@@ -247,9 +358,40 @@ class FakeXArmController:
                 answer = struct.pack("<6f", *self.pose)
             elif function_code == GET_JOINT_POS:
                 answer = struct.pack("<7f", *self.joints)
+            elif function_code == TGPIO_R16B:
+                # bid, register u16 BE -> the register as a big-endian 32-bit integer.
+                register = struct.unpack(">H", payload[1:3])[0]
+                answer = struct.pack(">i", self.tool_baud_index if register == BAUD_REGISTER else 0)
+            elif function_code == TGPIO_W16B:
+                register = struct.unpack(">H", payload[1:3])[0]
+                if register in (BAUD_REGISTER, 0x1A0B):
+                    self.tool_baud_index = round(struct.unpack("<f", payload[3:7])[0])
+                answer = b""
+            elif function_code == RS485_RTU:
+                answer = self._tool_bus(payload)
             else:
                 answer = b""
             return self._status(), answer
+
+    def _tool_bus(self, payload: bytes) -> bytes:
+        """One Modbus RTU exchange on the tool RS485 bus: host id, slave, function, registers."""
+        host_id, frame = payload[0], payload[1:]
+        if frame[0] != GRIPPER_SLAVE_ID or not self.gripper.installed:
+            # Nobody answers on the bus: the controller flags the end effector link.
+            self.error_code = END_EFFECTOR_COMMUNICATION_ERROR
+            self.state = STATE_STOPPED
+            return bytes([host_id])
+        function, address, count = frame[1], *struct.unpack(">HH", frame[2:6])
+        if function == MODBUS_READ:
+            data = self.gripper.read(address, count)
+            if data is not None:
+                return bytes([host_id, GRIPPER_SLAVE_ID, MODBUS_READ, len(data)]) + data
+        elif function == MODBUS_WRITE:
+            data = frame[7 : 7 + frame[6]]
+            if len(data) == 2 * count and self.gripper.write(address, data):
+                return bytes([host_id]) + frame[:6]
+        # Modbus exception 2: illegal data address.
+        return bytes([host_id, GRIPPER_SLAVE_ID, function | 0x80, 0x02])
 
     def _move(self, kind: str, values: tuple[float, ...]) -> None:
         executable = (

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_xarm_controller import (
     CLEAN_ERR,
+    END_EFFECTOR_COMMUNICATION_ERROR,
     MOTION_EN,
     SET_MODE,
     SET_STATE,
@@ -24,6 +25,7 @@ from vpp.robots.interfaces import (
     ControllerFaultError,
     EndEffectorDelta,
     EndEffectorPose,
+    GripperCommand,
     JointPositions,
     RobotConnectionError,
 )
@@ -72,6 +74,7 @@ def fake_controller():
 def robot(fake_controller):
     fake_controller.inject_error(0)
     fake_controller.inject_warning(0)
+    fake_controller.reset_gripper()
     fake_controller.joints = [0.0, -0.3, 0.0, 0.6, 0.0, 0.9, 0.0]
     fake_controller.pose = [400.0, 0.0, 300.0, math.pi, 0.0, 0.0]
     arm = XArmRobot(XArmConfig("127.0.0.1"), SafetyFilter(LIMITS))
@@ -166,3 +169,104 @@ def test_lost_connection_raises_within_the_report_timeout(fake_controller, robot
     with pytest.raises(RobotConnectionError, match="lost connection"):
         send_for(robot, EndEffectorDelta([0.001, 0, 0], [0, 0, 0]), seconds=3.0, pause_s=0.01)
     assert time.monotonic() - started < 2.5
+
+
+def wait_for_opening(robot, opening, seconds=3.0, tolerance=0.01):
+    deadline = time.monotonic() + seconds
+    while abs(robot.observe().gripper_opening - opening) > tolerance and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return robot.observe().gripper_opening
+
+
+def test_connect_enables_the_gripper_in_position_mode(fake_controller, robot):
+    gripper = fake_controller.gripper
+    assert gripper.enabled and gripper.mode == 0 and gripper.speed_rpm == 5000
+    assert robot.observe().gripper_opening == pytest.approx(1.0)  # the fake starts fully open (850)
+
+
+def test_gripper_targets_drive_the_fingers_and_the_width_reads_back(fake_controller, robot):
+    sent = robot.send(GripperCommand(0.2))
+    assert sent.opening == 0.2
+    assert fake_controller.gripper.targets == [170]  # 0.2 of 0..850 pulses
+    # The fingers take a while (about 0.6 s for the full stroke in the fake), and observe reads it.
+    openings = [robot.observe().gripper_opening]
+    time.sleep(0.2)
+    openings.append(robot.observe().gripper_opening)
+    assert 0.2 < openings[1] < openings[0] == pytest.approx(1.0)
+    assert wait_for_opening(robot, 0.2) == pytest.approx(0.2, abs=0.01)
+    # The arm's own targets carry a gripper opening too.
+    robot.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0], gripper=0.9))
+    assert fake_controller.gripper.targets[-1] == 765
+    assert wait_for_opening(robot, 0.9) == pytest.approx(0.9, abs=0.01)
+
+
+def test_streamed_gripper_targets_are_sent_only_when_they_change(fake_controller, robot):
+    robot.send(GripperCommand(0.5))
+    started = time.monotonic()
+    for opening in [0.5] * 20 + [0.505] * 5 + [0.53]:  # 0.505 is inside the 0.01 deadband
+        robot.send(EndEffectorDelta([0.0005, 0, 0], [0, 0, 0], gripper=opening))
+    per_send = (time.monotonic() - started) / 26
+    assert fake_controller.gripper.targets == [425, 450]
+    assert per_send < 0.02, "a gripper target must not wait for the fingers"
+
+
+def test_gripper_error_is_a_fault_with_its_code_and_recover_clears_it(fake_controller, robot):
+    robot.send(GripperCommand(0.0))
+    fake_controller.inject_gripper_error(11)
+    time.sleep(0.06)  # past the gripper poll period, so observe reads the gripper again
+    with pytest.raises(ControllerFaultError, match=r"gripper error 11: Gripper Current Overlimit") as fault:
+        robot.observe()
+    assert fault.value.code == 11
+    assert fake_controller.state == STATE_STOPPED
+    assert not fake_controller.gripper.enabled
+
+    robot.recover()
+    assert fake_controller.gripper.error_code == 0 and fake_controller.gripper.enabled
+    robot.send(GripperCommand(1.0))
+    assert wait_for_opening(robot, 1.0) == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_missing_gripper_fails_connect_with_how_to_run_without_it(fake_controller):
+    fake_controller.inject_error(0)
+    fake_controller.reset_gripper(installed=False)
+    arm = XArmRobot(XArmConfig("127.0.0.1"), SafetyFilter(LIMITS))
+    try:
+        with pytest.raises(
+            ControllerFaultError, match=r"End Effector Communication.*use_gripper=False"
+        ) as fault:
+            arm.connect()
+        assert fault.value.code == END_EFFECTOR_COMMUNICATION_ERROR
+    finally:
+        arm.close()
+    fake_controller.inject_error(0)
+    without = XArmRobot(XArmConfig("127.0.0.1", use_gripper=False), SafetyFilter(LIMITS))
+    without.connect()
+    try:
+        assert without.observe().gripper_opening is None
+        without.send(EndEffectorDelta([0.001, 0, 0], [0, 0, 0], gripper=0.3))  # ignored, with a warning
+        assert fake_controller.received[-1].executed
+    finally:
+        without.close()
+
+
+def test_gripper_config_is_checked():
+    with pytest.raises(ValueError, match="gripper_open_pulses"):
+        XArmConfig("127.0.0.1", gripper_open_pulses=0.0)
+    with pytest.raises(ValueError, match="gripper_deadband"):
+        XArmConfig("127.0.0.1", gripper_deadband=1.5)
+
+
+def test_lost_connection_during_gripper_targets_is_a_connection_error(fake_controller, robot):
+    robot.send(GripperCommand(0.5))
+    fake_controller.drop_connections()
+    with pytest.raises(RobotConnectionError, match="lost connection"):
+        sweep_gripper(robot, seconds=2.5)
+
+
+def sweep_gripper(robot, seconds):
+    """Sends a new gripper target every 10 ms for ``seconds``."""
+    openings = iter(np.linspace(0.0, 1.0, 1000))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        robot.send(GripperCommand(next(openings)))
+        time.sleep(0.01)
