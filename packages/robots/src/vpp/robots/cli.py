@@ -15,17 +15,27 @@ layout), episodes.jsonl and rollout videos into --out; `eval grasp` writes `gras
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from vpp.robots.cameras import (
+    CameraConfigError,
+    CameraError,
+    GrabberCamera,
+    check_resolution,
+    open_camera,
+    parse_camera_binding,
+)
 from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopReport, RolloutRecorder
-from vpp.robots.drivers.sim import SimArm
+from vpp.robots.drivers.sim import CAMERA_NAMES, SimArm
 from vpp.robots.evaluate import EVAL_SEED
 from vpp.robots.interfaces import Camera, Robot
 from vpp.robots.policies import BUILT_IN_POLICIES, load_policy
@@ -39,6 +49,8 @@ DEFAULT_IMAGE_SIZE = 128
 
 
 def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[Camera]]:
+    """The arm `args.robot` names, not yet connected, and a simulated arm's own cameras (rendered at
+    `image_size`); a real arm's cameras are bound by --camera (`bind_cameras`)."""
     name, host, servo_rate_hz = args.robot, args.host, args.servo_rate
     servo_period = 1.0 / servo_rate_hz
     if name in SIM_ROBOTS:
@@ -58,12 +70,71 @@ def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[
     if name == "franka":
         from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
 
-        return FrankaRobot(
-            FrankaConfig(host), SafetyFilter(SafetyLimits.franka_fr3(control_period_s=servo_period))
-        ), []
+        franka = FrankaConfig(host, enforce_realtime=args.enforce_realtime)
+        return FrankaRobot(franka, SafetyFilter(SafetyLimits.franka_fr3(control_period_s=servo_period))), []
     from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
 
     return XArmRobot(XArmConfig(host), SafetyFilter(SafetyLimits.xarm7(control_period_s=servo_period))), []
+
+
+class CameraBindingError(CameraConfigError):
+    """--camera flags that do not match the robot or the policy's camera names."""
+
+
+def bind_cameras(
+    robot: str, specs: Sequence[str], needed: Sequence[str] | None, image_size: int
+) -> list[GrabberCamera]:
+    """Opens the real cameras of `--camera NAME=SPEC` flags for `robot`, checked against the
+    policy's camera names `needed` (None: a policy that names none, such as the built-ins, whose
+    cameras are recorded only), each serving `image_size`-pixel square frames. Everything is
+    checked here, before any arm connects: names missing or unknown to the policy, devices that are
+    not there, resolutions too small for `image_size`. A simulated arm renders its own cameras, so
+    --camera is refused for it."""
+    if robot in SIM_ROBOTS:
+        if specs:
+            raise CameraBindingError(
+                f"--robot {robot} renders its own cameras {list(CAMERA_NAMES)} at --image-size; "
+                "--camera binds real cameras for --robot franka or xarm: drop the --camera flags"
+            )
+        return []
+    bindings = [parse_camera_binding(spec) for spec in specs]
+    names = [binding.name for binding in bindings]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CameraBindingError(f"--camera binds {repeated} more than once; expected one --camera per name")
+    if needed is not None:
+        example = "--camera NAME=realsense:SERIAL or --camera NAME=opencv:0"
+        unknown = [name for name in names if name not in needed]
+        if unknown:
+            raise CameraBindingError(
+                f"--camera {unknown[0]}=...: the policy has no camera {unknown[0]!r}; its cameras are "
+                f"{list(needed)}: bind those names"
+            )
+        missing = [name for name in needed if name not in names]
+        if missing:
+            flags = " ".join(f"--camera {name}=..." for name in missing)
+            raise CameraBindingError(
+                f"the policy needs cameras {list(needed)}, and {missing} {'is' if len(missing) == 1 else 'are'} "
+                f"not bound: add {flags} ({example.replace('NAME', missing[0])})"
+            )
+    cameras: list[GrabberCamera] = []
+    try:
+        for binding in bindings:
+            camera = open_camera(binding, output_size=image_size)
+            cameras.append(camera)
+            check_resolution(binding.name, binding.spec, camera.resolution, image_size)
+            logger.info(
+                "camera %r: %s at %dx%d, served as %d px squares",
+                binding.name,
+                binding.spec,
+                *camera.resolution,
+                image_size,
+            )
+    except BaseException:
+        for camera in cameras:
+            camera.close()
+        raise
+    return cameras
 
 
 def _progress_line(report: ControlLoopReport) -> None:
@@ -119,17 +190,27 @@ def run(args: argparse.Namespace) -> int:
     )
     policy = load_policy(args.policy, threads=args.inference_threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Rendering at the size the artifact resizes to anyway is the cheapest frame that loses nothing.
+    # Rendering (or cutting a real camera's frames) at the size the artifact resizes to anyway is the
+    # cheapest frame that loses nothing.
     image_size = args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE
-    robot, cameras = build_robot(args, image_size)
-    recorder = RolloutRecorder([camera.name for camera in cameras])
+    needed = getattr(policy, "cameras", None)
     simulated = args.robot in SIM_ROBOTS
-    with robot:
-        object_start = robot.object_position() if simulated else None
-        loop = ControlLoop(robot, cameras, policy, config, recorder=recorder, on_progress=_progress_line)
-        report = loop.run(args.instruction, seconds=args.seconds)
-        scene = _sim_scene_summary(robot, object_start) if simulated else None
+    with contextlib.ExitStack() as stack:
+        # Cameras open, and are checked against the policy, before the arm connects.
+        real_cameras = bind_cameras(args.robot, args.camera or [], needed, image_size)
+        for camera in real_cameras:
+            stack.callback(camera.close)
+        if not simulated and needed is None and not real_cameras:
+            logger.warning("no --camera bound: the policy sees no images and nothing is filmed")
+        robot, sim_cameras = build_robot(args, image_size)
+        cameras = sim_cameras + real_cameras
+        out.mkdir(parents=True, exist_ok=True)
+        recorder = RolloutRecorder([camera.name for camera in cameras])
+        with robot:
+            object_start = robot.object_position() if simulated else None
+            loop = ControlLoop(robot, cameras, policy, config, recorder=recorder, on_progress=_progress_line)
+            report = loop.run(args.instruction, seconds=args.seconds)
+            scene = _sim_scene_summary(robot, object_start) if simulated else None
     fps = round(args.rate)
     _write_video(recorder, out / "rollout.mp4", fps)
     if args.record and len(recorder):
@@ -142,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "instruction": args.instruction,
         "config": dataclasses.asdict(config),
         "image_size": image_size,
+        "cameras": {spec.partition("=")[0]: spec.partition("=")[2] for spec in args.camera or []},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **report.to_dict(),
     }
@@ -259,6 +341,14 @@ POLICY_HELP = (
     "an artifact folder (it holds manifest.json), a saved torch policy folder (vpp-policy train's run/model; needs "
     f"vpp-policy), a policy server's ws://host:port, or a built-in: {', '.join(BUILT_IN_POLICIES)}"
 )
+CAMERA_HELP = (
+    "franka/xarm: bind the policy's camera NAME to a real camera, repeatable: NAME=realsense:SERIAL, "
+    "NAME=opencv:INDEX (or /dev/videoN), or a recording to replay: opencv:VIDEO, opencv:DIR/%%04d.png, "
+    "opencv:DIR, realsense:FILE.db3; options follow with commas: size=WxH, fps=N, depth=1 (realsense), "
+    "loop=1 (recordings), max-age=SECONDS (older frames are an error; default 0.5), timeout=SECONDS "
+    "(no frame that long is a dropped stream; default 2). Every camera the policy names must be bound; "
+    "simulated arms render their own"
+)
 TASKS_HELP = "mt50 | easy | middle | hard | comma-separated MetaWorld task names"
 
 
@@ -272,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--seconds", type=float, default=10.0)
     run_parser.add_argument("--out", default="robot_run")
     run_parser.add_argument("--host", help="controller address (franka, xarm)")
+    run_parser.add_argument("--camera", action="append", default=None, metavar="NAME=SPEC", help=CAMERA_HELP)
+    run_parser.add_argument(
+        "--enforce-realtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="franka: have libfranka require a real-time (PREEMPT_RT) kernel, as franky and libfranka do by "
+        "default; a PC without one (or a simulator such as franky-sim) needs --no-enforce-realtime",
+    )
     run_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
     run_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
     run_parser.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk")
@@ -282,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "--image-size",
         type=int,
         default=None,
-        help=f"simulated camera side, pixels (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})",
+        help="side of the square camera images, pixels: simulated cameras render it, real ones are cropped to "
+        f"their centred square and resized to it (default: the artifact's image size, else {DEFAULT_IMAGE_SIZE})",
     )
     run_parser.add_argument(
         "--inference-threads",
@@ -405,7 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The filter logs every clamp at INFO, 100 times a second while streaming; the readout is the live view.
     logging.getLogger("vpp.robots.safety").setLevel(logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CameraError as error:
+        # Camera set-up problems are the user's to fix: the message says what to change.
+        print(f"vpp-robot {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
