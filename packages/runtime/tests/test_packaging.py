@@ -1,6 +1,7 @@
 """vpp-runtime builds a wheel and a self-contained sdist without network access, the sdist
 installs alone into a fresh venv (as `pip install vpp-runtime[cpu]` would on a robot PC) and
-brings the custom-op library, and a build that cannot make that library says so and stops."""
+brings the custom-op library, and a build that cannot make that library says so and stops
+(unless told to build without it, which it then says)."""
 
 from __future__ import annotations
 
@@ -123,3 +124,40 @@ def test_a_build_without_the_ort_header_stops_and_says_how_to_fix_it(distributio
     assert result.returncode != 0, output[-4000:]
     assert "onnxruntime_c_api.h not found" in output and "VPP_ORT_INCLUDE_DIR" in output, output[-4000:]
     assert not list(tmp_path.glob("out/*.whl"))
+
+
+def test_a_named_header_folder_without_the_header_stops_the_build(tmp_path):
+    """From the checkout, whose .cache holds the header: an explicit VPP_ORT_INCLUDE_DIR that lacks
+    it is an error, not a silent fallback to another copy."""
+    empty = tmp_path / "include"
+    empty.mkdir()
+    environment = {**os.environ, "VPP_ORT_INCLUDE_DIR": str(empty)}
+    out = tmp_path / "out"
+    wheel = [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out), str(RUNTIME)]
+    result = run(wheel, env=environment)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    words = " ".join(output.split())  # CMake wraps its messages
+    assert f"VPP_ORT_INCLUDE_DIR={empty} holds no onnxruntime_c_api.h" in words, output[-4000:]
+    assert not list(out.glob("*.whl"))
+
+
+def test_a_build_told_to_skip_the_custom_ops_says_so_and_leaves_them_out(distributions, tmp_path):
+    """The explicit opt-out: a wheel without libvpp_ort_ops, and a warning in the build's output."""
+    with tarfile.open(distributions["sdist"]) as archive:
+        archive.extractall(tmp_path, filter="data")
+    (source,) = tmp_path.glob("vpp_runtime-*")
+    environment = {key: value for key, value in os.environ.items() if key != "VPP_ORT_INCLUDE_DIR"}
+    out = tmp_path / "out"
+    wheel = [
+        *(sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out)),
+        *("-C", "cmake.define.VPP_REQUIRE_ORT_OPS=OFF", str(source)),
+    ]
+    result = run(wheel, env=environment)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "building WITHOUT the ONNX Runtime custom ops" in output, output[-4000:]
+    (built,) = out.glob("vpp_runtime-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        names = set(archive.namelist())
+    assert "vpp/runtime/policy.py" in names and not any(name.endswith(".so") for name in names), sorted(names)

@@ -95,7 +95,7 @@ def serve(
     serving = threading.Thread(target=server.serve_forever, name="policy-server")
     serving.start()
     stop.wait()
-    logger.info("%s: closing connections (requests in flight finish first)", received[0])
+    logger.info("%s: closing connections once the requests already received are answered", received[0])
     server.shutdown()
     serving.join()
     logger.info("policy server stopped")
