@@ -1,15 +1,19 @@
 """`vpp-robot run`: a policy on a simulated or real arm, with a live rate/latency readout;
-`vpp-robot collect metaworld|grasp`: scripted-expert demonstrations in simulation;
+`vpp-robot collect metaworld|grasp`: scripted-expert demonstrations in simulation; `collect replay`:
+a LeRobot dataset's actions replayed on a real arm while its cameras are recorded;
 `vpp-robot eval metaworld|grasp`: a torch policy or an exported artifact on MetaWorld tasks or on
 the simulated arm's cube grasp, from starts no demonstration used.
 
 `run` writes into --out: `rollout.mp4` (all cameras side by side), `latency_report.json` (the
 ControlLoop report, including the achieved policy rate and whether it held the target, plus the
 run's settings) and, unless --no-record, `dataset/`, the rollout as a LeRobotDataset v3 episode.
-`collect` writes a LeRobotDataset v3 folder of MetaWorld oracle or `GraspCubeExpert` episodes
-(see vpp.robots.collect). `eval metaworld` writes results.json, results.md (the paper's Table 2
-layout), episodes.jsonl and rollout videos into --out; `eval grasp` writes `grasp_eval.json` and
-`grasps.mp4` and prints `grasped K/N` (see vpp.robots.evaluate).
+`collect` writes a LeRobotDataset v3 folder of MetaWorld oracle, `GraspCubeExpert` or replayed
+episodes (see vpp.robots.collect and vpp.robots.replay). `eval metaworld` writes results.json,
+results.md (the paper's Table 2 layout), episodes.jsonl and rollout videos into --out; `eval grasp`
+writes `grasp_eval.json` and `grasps.mp4` and prints `grasped K/N` (see vpp.robots.evaluate).
+
+Real arms (franka, xarm) see through real cameras bound with `--camera NAME=SPEC` (see
+vpp.robots.cameras); simulated arms render their own.
 """
 
 from __future__ import annotations
@@ -288,6 +292,41 @@ def collect_grasp(args: argparse.Namespace) -> int:
     return _report_collection(args, state, [GRASP_TASK], args.episodes)
 
 
+def collect_replay(args: argparse.Namespace) -> int:
+    """Replays a LeRobot dataset's episodes on a real arm while recording its cameras (see
+    vpp.robots.replay); everything is checked before the arm connects."""
+    from vpp.robots.collect import collect
+    from vpp.robots.replay import ReplayedDemonstrations, ReplayError, open_source, parse_episodes
+
+    try:
+        dataset, _ = open_source(args.source, args.start, args.rate)
+        episodes = parse_episodes(args.episodes, dataset.num_episodes)
+        if not args.camera:
+            raise ReplayError("collect replay records cameras: bind at least one with --camera NAME=SPEC")
+        with contextlib.ExitStack() as stack:
+            cameras = bind_cameras(args.robot, args.camera, None, args.image_size)
+            for camera in cameras:
+                stack.callback(camera.close)
+            robot, _ = build_robot(args, args.image_size)
+            with robot:
+                source = ReplayedDemonstrations(
+                    args.source,
+                    robot,
+                    args.robot,
+                    cameras,
+                    args.image_size,
+                    rate_hz=args.rate,
+                    servo_rate_hz=args.servo_rate,
+                    start=args.start,
+                )
+                tasks = source.tasks(episodes)
+                state = collect(args.out, source, tasks, 1, args.max_attempts)
+    except ReplayError as error:
+        print(f"vpp-robot collect replay: {error}", file=sys.stderr)
+        return 2
+    return _report_collection(args, state, tasks, 1)
+
+
 def eval_metaworld(args: argparse.Namespace) -> int:
     from vpp.robots.envs.metaworld_tasks import select_tasks
     from vpp.robots.evaluate import evaluate_metaworld
@@ -349,6 +388,12 @@ CAMERA_HELP = (
     "(no frame that long is a dropped stream; default 2). Every camera the policy names must be bound; "
     "simulated arms render their own"
 )
+ENFORCE_REALTIME_HELP = (
+    "franka: have libfranka require a real-time (PREEMPT_RT) kernel, as franky and libfranka do by default; "
+    "a PC without one (or a simulator such as franky-sim) needs --no-enforce-realtime"
+)
+# vpp.robots.replay.START_POSES, without importing the collector for every command.
+START_CHOICES = ("current", "recorded")
 TASKS_HELP = "mt50 | easy | middle | hard | comma-separated MetaWorld task names"
 
 
@@ -367,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "--enforce-realtime",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="franka: have libfranka require a real-time (PREEMPT_RT) kernel, as franky and libfranka do by "
-        "default; a PC without one (or a simulator such as franky-sim) needs --no-enforce-realtime",
+        help=ENFORCE_REALTIME_HELP,
     )
     run_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
     run_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
@@ -439,6 +483,40 @@ def main(argv: list[str] | None = None) -> int:
         "--object-jitter", type=float, default=0.1, help="cube spawn range, +-metres on x and y"
     )
     grasp.set_defaults(func=collect_grasp)
+    replay = collect_sources.add_parser(
+        "replay",
+        help="a LeRobot dataset's actions replayed on a real arm while its --camera flags are recorded (resumable)",
+    )
+    replay.add_argument(
+        "--source", required=True, help="LeRobot v3 dataset whose episodes' actions are replayed"
+    )
+    replay.add_argument("--episodes", default=None, help="source episodes: all (default), or e.g. 0,3,5-9")
+    replay.add_argument("--robot", choices=("franka", "xarm"), required=True)
+    replay.add_argument("--host", required=True, help="controller address")
+    replay.add_argument("--camera", action="append", default=None, metavar="NAME=SPEC", help=CAMERA_HELP)
+    replay.add_argument("--out", required=True, help="dataset folder (extended if it exists)")
+    replay.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        help="side of the recorded square images, pixels",
+    )
+    replay.add_argument(
+        "--rate", type=float, default=None, help="replay (and recording) rate, Hz (default: the source's fps)"
+    )
+    replay.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
+    replay.add_argument(
+        "--start",
+        choices=START_CHOICES,
+        default="current",
+        help="where each replay starts: current (the pose the arm had when the collection began) or recorded "
+        "(the source episode's first observation.state pose, in the arm's base frame)",
+    )
+    replay.add_argument("--max-attempts", type=int, default=2, help="attempts per source episode")
+    replay.add_argument(
+        "--enforce-realtime", action=argparse.BooleanOptionalAction, default=True, help=ENFORCE_REALTIME_HELP
+    )
+    replay.set_defaults(func=collect_replay)
 
     eval_parser = commands.add_parser(
         "eval", help="a torch policy or an exported artifact in simulation, from starts no demonstration used"
