@@ -342,3 +342,110 @@ def test_every_manifest_error_is_an_artifact_error_with_a_field():
         and isinstance(error, ValueError)
         and error.field == "action.normalizer.low[1]"
     )
+
+
+QUANTIZATION = {
+    "scheme": "int8-hybrid",
+    "graph": "features",
+    "static": {
+        "op_types": ["Conv"],
+        "activations": "uint8 per tensor (MinMax)",
+        "weights": "int8 per channel",
+    },
+    "dynamic": {
+        "op_types": ["MatMul", "Gemm"],
+        "activations": "uint8 per call",
+        "weights": "int8 per channel",
+    },
+    "quantized_nodes": {"Conv": 50, "MatMul": 120, "Gemm": 20},
+    "fp32_nodes": ["/quant_conv/Conv"],
+    "fp32_node_gains": {"/quant_conv/Conv": 5e-5, "/encoder/conv_in/Conv": -1e-6},
+    "calibration": {
+        "dataset": "/data/demos",
+        "video_keys": {"corner": "observation.images.corner", "wrist": "observation.images.wrist"},
+        "state": "observation.state",
+        "frames": 32,
+        "held_out_frames": 8,
+        "instructions": ["open the drawer"],
+        "seed": 0,
+    },
+    "held_out": {
+        "feature_cosine_min": 0.9978,
+        "feature_cosine_mean": 0.998,
+        "normalized_action_max_abs": 0.02,
+        "normalized_action_mean_max_abs": 0.01,
+    },
+    "seconds": 40.0,
+}
+
+
+def test_the_optional_quantization_record_is_absent_from_fp32_artifacts_and_round_trips(
+    tiny_artifact, artifact_copy, rewrite_manifest
+):
+    # an fp32 artifact's manifest has no key for it, so runtimes older than the field read it
+    assert "quantization" not in json.loads((tiny_artifact / MANIFEST).read_text())
+    assert Manifest.read(tiny_artifact).quantization is None
+    rewrite_manifest(artifact_copy, _set(QUANTIZATION, "quantization"))
+    manifest = Artifact.open(artifact_copy).manifest
+    record = manifest.quantization
+    assert record.quantized_nodes["Conv"] == 50 and record.static.op_types == ("Conv",)
+    assert record.calibration.video_keys["wrist"] == "observation.images.wrist"
+    assert record.held_out.feature_cosine_min == 0.9978
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert json.loads(manifest.to_json())["quantization"] == QUANTIZATION
+
+
+def _quantization(change):
+    def apply(data):
+        data["quantization"] = json.loads(json.dumps(QUANTIZATION))
+        change(data["quantization"])
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "field"),
+    [
+        (
+            _set(1.5, "held_out", "feature_cosine_min"),
+            ManifestValueError,
+            "quantization.held_out.feature_cosine_min",
+        ),
+        (
+            _set(0.5, "held_out", "feature_cosine_mean"),
+            ManifestValueError,
+            "quantization.held_out.feature_cosine_mean",
+        ),
+        (
+            _set(-0.1, "held_out", "normalized_action_max_abs"),
+            ManifestValueError,
+            "quantization.held_out.normalized_action_max_abs",
+        ),
+        (_set("int4", "scheme"), ManifestValueError, "quantization.scheme"),
+        (_set(["/unet/conv_in/Conv"], "fp32_nodes"), ManifestValueError, "quantization.fp32_nodes"),
+        (_set({"Conv": 0}, "quantized_nodes"), ManifestValueError, "quantization.quantized_nodes"),
+        (_set(0, "calibration", "frames"), ManifestValueError, "quantization.calibration.frames"),
+        (_set("32", "calibration", "frames"), ManifestTypeError, "quantization.calibration.frames"),
+        (_delete("calibration", "dataset"), ManifestMissingKeyError, "quantization.calibration.dataset"),
+        (_set(1, "bits"), ManifestUnknownKeyError, "quantization.bits"),
+    ],
+    ids=[
+        "cosine>1",
+        "mean<min",
+        "negative-error",
+        "scheme",
+        "unmeasured-fp32-node",
+        "nothing-quantised",
+        "no-frames",
+        "string-frames",
+        "no-dataset",
+        "unknown-key",
+    ],
+)
+def test_a_malformed_quantization_record_is_refused_naming_the_field(
+    artifact_copy, rewrite_manifest, change, error, field
+):
+    rewrite_manifest(artifact_copy, _quantization(change))
+    with pytest.raises(error) as raised:
+        Artifact.open(artifact_copy)
+    assert raised.value.field == field, str(raised.value)

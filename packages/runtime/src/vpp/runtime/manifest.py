@@ -11,7 +11,9 @@ graph's input and output names and shapes, which ONNX Runtime reports when it op
 The manifest's own sha256 is kept beside it in ``manifest.json.sha256`` (``sha256sum -c``
 format) and checked on every read; the manifest holds the sha256 of every other file.
 Format version 2 introduced the typed manifest and its sidecar: older artifacts must be
-exported again.
+exported again. Within a version, a field may be added as optional (a dataclass default): a
+manifest without it still loads, and it is written only when set, so an artifact that does not
+use it reads in runtimes that predate it (``quantization``, for an int8 features graph).
 
 Only numpy and the standard library: this module runs on a robot PC without torch.
 """
@@ -218,7 +220,12 @@ class _Record:
         """Value checks beyond the types (ranges, consistency); raise ManifestValueError."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {field.name: _to_json(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        """Every field, but an optional one (with a default) still at its default."""
+        return {
+            field.name: _to_json(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default
+        }
 
     @classmethod
     def from_json_dict(cls, data: Any, where: str = "") -> typing.Self:
@@ -230,11 +237,16 @@ class _Record:
             raise ManifestUnknownKeyError(
                 _join(where, unknown[0]), f"unknown key; {cls.__name__} has {names}"
             )
-        missing = [name for name in names if name not in data]
+        required = [field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
         if missing:
-            raise ManifestMissingKeyError(_join(where, missing[0]), f"missing; {cls.__name__} needs {names}")
+            raise ManifestMissingKeyError(
+                _join(where, missing[0]), f"missing; {cls.__name__} needs {required}"
+            )
         hints = _hints(cls)
-        values = {name: _from_json(data[name], hints[name], _join(where, name)) for name in names}
+        values = {
+            name: _from_json(data[name], hints[name], _join(where, name)) for name in names if name in data
+        }
         try:
             return cls(**values)
         except ManifestError as error:
@@ -453,11 +465,112 @@ class Parity(_Record):
     tolerance: dict[str, float]
 
 
+def _fraction(value: float, name: str, low: float = 0.0) -> None:
+    if not low <= value <= 1.0:
+        raise ManifestValueError(name, f"{value}; expected a value in [{low}, 1]")
+
+
+@dataclass(frozen=True)
+class QuantizedOps(_Record):
+    """One quantisation pass: the op types it took, and how their activations and weights are
+    quantised (in words: "uint8 per tensor (MinMax)", "int8 per channel")."""
+
+    op_types: tuple[str, ...]
+    activations: str
+    weights: str
+
+    def _check(self) -> None:
+        if not self.op_types or not all(self.op_types):
+            raise ManifestValueError(
+                "op_types", f"{list(self.op_types)}; expected the ONNX op types quantised"
+            )
+
+
+@dataclass(frozen=True)
+class CalibrationRecord(_Record):
+    """Where the static ranges came from: a LeRobot dataset (``video_keys``: the video of each
+    camera; ``state``: the state column, None for the normaliser's midpoint), the number of
+    calibration frames and of held-out frames the agreement was measured on, the instructions
+    the frames were fed with, and the seed of their feature noise."""
+
+    dataset: str
+    video_keys: dict[str, str]
+    state: str | None
+    frames: int
+    held_out_frames: int
+    instructions: tuple[str, ...]
+    seed: int
+
+    def _check(self) -> None:
+        _positive([self.frames], "frames")
+        _positive([self.held_out_frames], "held_out_frames")
+        if not self.video_keys:
+            raise ManifestValueError("video_keys", "empty; expected the video key of every camera")
+
+
+@dataclass(frozen=True)
+class HeldOutAgreement(_Record):
+    """The quantised graph against fp32 on held-out frames (same inputs and noise): the cosine
+    of the features (worst and mean frame) and the max-abs difference of the normalised action
+    chunk, in [-1, 1] units (worst and mean frame)."""
+
+    feature_cosine_min: float
+    feature_cosine_mean: float
+    normalized_action_max_abs: float
+    normalized_action_mean_max_abs: float
+
+    def _check(self) -> None:
+        _fraction(self.feature_cosine_min, "feature_cosine_min", -1.0)
+        _fraction(self.feature_cosine_mean, "feature_cosine_mean", -1.0)
+        if self.feature_cosine_mean < self.feature_cosine_min:
+            raise ManifestValueError(
+                "feature_cosine_mean",
+                f"{self.feature_cosine_mean} < feature_cosine_min {self.feature_cosine_min}",
+            )
+        for name in ("normalized_action_max_abs", "normalized_action_mean_max_abs"):
+            if getattr(self, name) < 0:
+                raise ManifestValueError(name, f"{getattr(self, name)}; expected a non-negative error")
+
+
+@dataclass(frozen=True)
+class Quantization(_Record):
+    """A graph of the artifact in lower precision, as ``vpp-export --quantize`` made it: the
+    scheme ("int8-hybrid": static QDQ for ``static``'s op types, dynamic for ``dynamic``'s), the
+    graph ("features"), how many nodes of each op type run quantised, the nodes kept in fp32
+    with the feature-cosine gain each measured when kept (``fp32_node_gains`` holds every
+    candidate measured), the calibration data, the agreement with fp32 on held-out frames, and
+    the seconds quantisation took. Recorded for people and tools; the runtime needs nothing of
+    it to run the graph."""
+
+    scheme: Literal["int8-hybrid"]
+    graph: Literal["features"]
+    static: QuantizedOps
+    dynamic: QuantizedOps
+    quantized_nodes: dict[str, int]
+    fp32_nodes: tuple[str, ...]
+    fp32_node_gains: dict[str, float]
+    calibration: CalibrationRecord
+    held_out: HeldOutAgreement
+    seconds: float
+
+    def _check(self) -> None:
+        if not self.quantized_nodes or any(count < 0 for count in self.quantized_nodes.values()):
+            raise ManifestValueError("quantized_nodes", f"{self.quantized_nodes}; expected node counts >= 0")
+        if not any(self.quantized_nodes.values()):
+            raise ManifestValueError("quantized_nodes", f"{self.quantized_nodes}; no node is quantised")
+        unmeasured = [name for name in self.fp32_nodes if name not in self.fp32_node_gains]
+        if unmeasured:
+            raise ManifestValueError(
+                "fp32_nodes", f"{unmeasured[0]!r} has no measured gain; expected a key of fp32_node_gains"
+            )
+
+
 @dataclass(frozen=True)
 class Manifest(_Record):
     """Everything the runtime needs to know about an artifact, and what export measured.
     ``parity`` is None only inside the exporter, until it has run the written graphs; a manifest
-    read from disk must have it."""
+    read from disk must have it. ``quantization`` (optional) is set for an artifact whose
+    features graph is int8."""
 
     format_version: int
     producer: str
@@ -474,6 +587,7 @@ class Manifest(_Record):
     parity: Parity | None
     export_seconds: float
     files: dict[str, str]
+    quantization: Quantization | None = None
 
     def _check(self) -> None:
         if self.format_version != FORMAT_VERSION:
