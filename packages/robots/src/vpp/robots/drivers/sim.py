@@ -25,7 +25,6 @@ thread at a time.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import threading
@@ -62,6 +61,8 @@ CUBE_HALF_SIZE_M = 0.025
 # A grasp counts once the cube's centre is this far above where it rests on the table while both
 # fingers touch it: a cube pushed, tipped or pinched against the table stays below it.
 GRASP_LIFT_M = 0.03
+# Command period the default safety filter assumes (SafetyLimits' default); build_sim_arm sizes it.
+_DEFAULT_COMMAND_PERIOD_S = 0.1
 # Real-time stepping gives up on catching up after this much lag (a stalled process), instead of
 # fast-forwarding the physics in one burst.
 _MAX_CATCH_UP_S = 0.1
@@ -177,7 +178,8 @@ class SimArm(Robot):
     finger_bodies: tuple[tuple[str, ...], tuple[str, ...]]
 
     def __init__(self, config: SimConfig | None = None, safety_filter: SafetyFilter | None = None):
-        super().__init__(safety_filter or SafetyFilter(self.default_limits()))
+        # The clock is read only once commands flow, after the physics below exists.
+        super().__init__(safety_filter or self.make_safety_filter(_DEFAULT_COMMAND_PERIOD_S))
         self.config = config or SimConfig()
         ensure_offscreen_gl()
         import mujoco
@@ -228,10 +230,18 @@ class SimArm(Robot):
     # -- model -----------------------------------------------------------------------------
 
     base_body_name: str
+    # The arm kind of `SafetyFilter.for_arm`: its limits and forward kinematics.
+    safety_kind: str
 
     @classmethod
-    @abstractmethod
-    def default_limits(cls) -> SafetyLimits: ...
+    def default_limits(cls) -> SafetyLimits:
+        return SafetyLimits.for_arm(cls.safety_kind)
+
+    def make_safety_filter(self, control_period_s: float) -> SafetyFilter:
+        """This arm's filter for commands every `control_period_s`, with its forward kinematics, on
+        simulated time: the physics may run behind the wall clock (a busy machine, or
+        realtime=False, where it moves only in advance()), and the speed caps hold for the arm."""
+        return SafetyFilter.for_arm(self.safety_kind, control_period_s, clock=self.simulated_time)
 
     @abstractmethod
     def _build_spec(self):
@@ -628,13 +638,10 @@ class SimPanda(SimArm):
     ready_tcp_position = (0.45, 0.0, 0.3)
     finger_bodies = (("left_finger",), ("right_finger",))
     base_body_name = "base"
+    safety_kind = "sim-panda"
     # Franka's flange-to-fingertip-centre offset, along the hand's z axis.
     _TCP_OFFSET_M = 0.1034
     _FINGER_TRAVEL_M = 0.04
-
-    @classmethod
-    def default_limits(cls) -> SafetyLimits:
-        return SafetyLimits.franka_fr3(workspace_min=(0.25, -0.4, 0.02), workspace_max=(0.75, 0.4, 0.7))
 
     def _build_spec(self):
         mujoco = self._mujoco
@@ -693,13 +700,9 @@ class SimXArm(SimArm):
         ("right_outer_knuckle", "right_inner_knuckle"),
     )
     base_body_name = "link0"
+    safety_kind = "sim-xarm"
     _GRIPPER_CLOSED_RAD = 0.85
     _GRIPPER_GAIN = 20.0
-
-    @classmethod
-    def default_limits(cls) -> SafetyLimits:
-        # In this scene the table top lies 0.11 m below the arm's base.
-        return SafetyLimits.xarm7(workspace_min=(0.15, -0.4, -0.09), workspace_max=(0.65, 0.4, 0.5))
 
     def _build_spec(self):
         mujoco = self._mujoco
@@ -740,13 +743,12 @@ SIM_ARMS: dict[str, type[SimArm]] = {"sim-panda": SimPanda, "sim-xarm": SimXArm}
 
 
 def build_sim_arm(name: str, config: SimConfig, servo_rate_hz: float) -> SimArm:
-    """A simulated arm by CLI name, its safety filter's per-step caps sized for `servo_rate_hz`."""
+    """A simulated arm by CLI name, its safety filter (`SimArm.make_safety_filter`) sized for
+    commands at `servo_rate_hz`."""
     if name not in SIM_ARMS:
         raise ValueError(f"simulated arm {name!r}; expected one of {sorted(SIM_ARMS)}")
-    arm_class = SIM_ARMS[name]
-    limits = dataclasses.replace(arm_class.default_limits(), control_period_s=1.0 / servo_rate_hz)
-    arm = arm_class(config, SafetyFilter(limits))
-    if not config.realtime:
-        # Physics moves only in advance(): the filter's rate limits must run on simulated time.
-        arm.safety_filter = SafetyFilter(limits, arm.forward_kinematics, clock=arm.simulated_time)
+    if not (servo_rate_hz > 0 and np.isfinite(servo_rate_hz)):
+        raise ValueError(f"servo_rate_hz={servo_rate_hz}; expected a finite positive rate")
+    arm = SIM_ARMS[name](config)
+    arm.safety_filter = arm.make_safety_filter(1.0 / servo_rate_hz)
     return arm
