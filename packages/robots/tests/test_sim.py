@@ -1,4 +1,5 @@
-"""Simulated arms: stepping, both cameras, differential IK, joint targets and the gripper."""
+"""Simulated arms: stepping, both cameras, differential IK, joint targets, the gripper, and what the
+safety filter lets through to them."""
 
 import importlib.util
 import itertools
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 
 from vpp.robots import kinematics
-from vpp.robots.drivers.sim import CAMERA_NAMES, SimConfig, SimPanda, SimXArm
+from vpp.robots.drivers.sim import CAMERA_NAMES, SimConfig, SimPanda, SimXArm, build_sim_arm
 from vpp.robots.interfaces import EndEffectorDelta, EndEffectorPose, GripperCommand, JointPositions
 from vpp.robots.rotations import quaternion_multiply, rotation_angle_between, rotvec_to_quaternion
-from vpp.robots.safety import SafetyViolationError
+from vpp.robots.safety import SafetyLimits, SafetyViolationError
 
 ARMS = [
     SimPanda,
@@ -207,3 +208,18 @@ def test_no_bad_command_reaches_a_simulated_arm_under_garbage_and_streams(arm):
     assert arm_speeds.max() <= 1.1 * limits.max_linear_velocity_m_s
     assert max(map(outside, arm_positions)) < 1e-3
     assert low[2] - 1e-3 <= arm_positions[:, 2].min() < low[2] + 0.05
+
+
+def test_build_sim_arm_gives_the_filter_the_arms_kinematics_and_simulated_time():
+    with pytest.raises(ValueError, match="servo_rate_hz=0"):
+        build_sim_arm("sim-panda", SimConfig(realtime=False), 0.0)
+    arm = build_sim_arm("sim-panda", SimConfig(realtime=False, image_height=16, image_width=16), 50.0)
+    try:
+        safety = arm.safety_filter
+        assert safety.limits == SafetyLimits.for_arm("sim-panda", control_period_s=0.02)
+        assert safety.forward_kinematics == kinematics.for_arm("sim-panda")
+        before = safety._clock()
+        arm.advance(0.3)
+        assert safety._clock() == pytest.approx(before + 0.3)
+    finally:
+        arm.close()
