@@ -264,3 +264,23 @@ def test_run_on_an_xarm_with_replayed_cameras_feeds_and_records_them(tmp_path, r
     assert rollout.shape[1:] == (IMAGE_SIZE, 2 * IMAGE_SIZE, 3)
     episode = LeRobotDataset(out / "dataset").episode(0)
     assert episode.task == "pick" and episode.length == report["ticks"] == len(rollout)
+
+
+@pytest.mark.usefixtures("arms_must_not_connect")
+def test_a_torch_policy_names_its_cameras_and_image_size_through_its_configs(
+    tmp_path, recordings, monkeypatch, capsys
+):
+    from types import SimpleNamespace
+
+    torch_like = SimpleNamespace(
+        config=SimpleNamespace(cameras=("static", "gripper")),
+        tvp=SimpleNamespace(config=SimpleNamespace(image_size=64)),
+    )
+    assert cli.policy_cameras(torch_like) == ["static", "gripper"] and cli.policy_image_size(torch_like) == 64
+    assert cli.policy_cameras(cli.BUILT_IN_POLICIES["hold"]()) is None
+    monkeypatch.setattr(cli, "load_policy", lambda path, threads=None: torch_like)
+    assert run(tmp_path, "xarm", "--camera", f"static={recordings['scene']}") == 2
+    assert (
+        "the policy needs cameras ['static', 'gripper'], and ['gripper'] is not bound"
+        in capsys.readouterr().err
+    )

@@ -422,6 +422,11 @@ class OpenCVCamera(GrabberCamera):
             int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         )
+        granted_fps = capture.get(cv2.CAP_PROP_FPS)
+        if settings.fps is not None and granted_fps > 0 and abs(granted_fps - settings.fps) > 0.5:
+            logger.warning(
+                "%s: asked for %g fps, the device reports %g", self._label(), settings.fps, granted_fps
+            )
         if settings.size is not None and self.resolution != tuple(settings.size):
             capture.release()
             wanted = "x".join(map(str, settings.size))

@@ -81,6 +81,23 @@ def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[
     return XArmRobot(XArmConfig(host), SafetyFilter(SafetyLimits.xarm7(control_period_s=servo_period))), []
 
 
+def policy_cameras(policy) -> list[str] | None:
+    """The camera names a policy reads: an artifact's or a policy server's `cameras`, a torch
+    policy's `config.cameras`; None for a policy that names none (the built-ins)."""
+    cameras = getattr(policy, "cameras", None)
+    if cameras is None:
+        cameras = getattr(getattr(policy, "config", None), "cameras", None)
+    return None if cameras is None else list(cameras)
+
+
+def policy_image_size(policy) -> int | None:
+    """The side of the square images a policy resizes its cameras to, where it says."""
+    size = getattr(policy, "image_size", None)
+    if size is None:
+        size = getattr(getattr(getattr(policy, "tvp", None), "config", None), "image_size", None)
+    return None if size is None else int(size)
+
+
 class CameraBindingError(CameraConfigError):
     """--camera flags that do not match the robot or the policy's camera names."""
 
@@ -196,8 +213,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # Rendering (or cutting a real camera's frames) at the size the artifact resizes to anyway is the
     # cheapest frame that loses nothing.
-    image_size = args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE
-    needed = getattr(policy, "cameras", None)
+    image_size = args.image_size or policy_image_size(policy) or DEFAULT_IMAGE_SIZE
+    needed = policy_cameras(policy)
     simulated = args.robot in SIM_ROBOTS
     with contextlib.ExitStack() as stack:
         # Cameras open, and are checked against the policy, before the arm connects.
