@@ -41,6 +41,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -60,6 +62,18 @@ from vpp.export.graph_passes import (
     project_before_broadcast,
 )
 from vpp.export.patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
+from vpp.export.quantize import (
+    DYNAMIC_OP_TYPES,
+    STATIC_OP_TYPES,
+    CalibrationSource,
+    QuantizationError,
+    QuantizeOptions,
+    cpu_session,
+    graph_feeds,
+    open_calibration_source,
+    quantize_features,
+    read_frames,
+)
 from vpp.policy.policy import VideoPredictionPolicy
 from vpp.runtime import custom_ops
 from vpp.runtime.artifact import Artifact
@@ -68,13 +82,17 @@ from vpp.runtime.manifest import (
     MANIFEST,
     MANIFEST_SHA256,
     ActionSpec,
+    CalibrationRecord,
     CustomOps,
     FeatureSpec,
     GraphSpec,
     GraphsSpec,
+    HeldOutAgreement,
     Manifest,
     Normalizer,
     Parity,
+    Quantization,
+    QuantizedOps,
     SamplerSpec,
     StateSpec,
     TextEncoderSpec,
@@ -90,6 +108,13 @@ OPSET = 17
 # Max-abs error allowed between ONNX Runtime and PyTorch on the same inputs and noise. Features
 # are compared relative to their largest magnitude (an untrained UNet's can be large).
 PARITY_TOLERANCE = {"features_relative": 1e-3, "normalized_actions": 1e-3, "text": 1e-3}
+# The same check for an int8 features graph (``quantize=``), on the same random images: these lie
+# far outside the calibration frames' ranges, so single feature values clip; measured (tiny
+# preset) 0.095 of the features' largest magnitude at a feature cosine of 0.998, and 0.003 on the
+# normalised actions. The bounds catch a broken graph (a wrong scale, a dropped node: errors of
+# order 1), not int8's own error, which the manifest's quantization record measures on real
+# held-out frames.
+QUANTIZED_PARITY_TOLERANCE = {"features_relative": 0.3, "normalized_actions": 0.05, "text": 1e-3}
 
 
 class ExportError(RuntimeError):
@@ -506,6 +531,96 @@ def check_parity(
     return parity
 
 
+def quantize_artifact(
+    artifact: Artifact, options: QuantizeOptions, source: CalibrationSource
+) -> Quantization:
+    """Replaces the checked fp32 artifact's ``features.onnx`` with its int8 hybrid, calibrated on
+    ``source``'s frames fed as the artifact's own ``vpp.runtime.Policy`` feeds them, and measures
+    it against the fp32 graph on held-out frames: the feature cosine and the normalised action
+    chunk's max-abs difference (policy.onnx on either graph's features, the same noise)."""
+    started = time.perf_counter()
+    runtime = Policy(artifact, providers=["CPUExecutionProvider"])
+    midpoint = None if runtime.state_normalizer is None else runtime.state_normalizer.midpoint()
+    frames = read_frames(source, options.calibration_frames + options.held_out_frames, midpoint)
+    feature_feeds, policy_feeds, instructions = graph_feeds(runtime, frames, options.seed)
+    # every k-th frame is held out, so both sets span the whole dataset
+    stride = max(1, len(frames) // options.held_out_frames)
+    held = set(range(stride // 2, len(frames), stride)[: options.held_out_frames])
+    calibration = [feed for index, feed in enumerate(feature_feeds) if index not in held]
+    held_out = sorted(held)
+    features_file = artifact.path(artifact.manifest.graphs.features.file)
+    with tempfile.TemporaryDirectory(prefix="vpp-fp32-") as tmp:
+        fp32_file = Path(tmp) / "features.onnx"
+        shutil.copyfile(features_file, fp32_file)
+        try:
+            result = quantize_features(
+                fp32_file,
+                features_file,
+                calibration,
+                [feature_feeds[i] for i in held_out],
+                runtime.custom_ops_library,
+                candidates=options.candidates,
+                keep_fp32=options.keep_fp32,
+            )
+        except QuantizationError:
+            raise
+        except Exception as error:  # ORT's quantiser raises bare ValueError/RuntimeError/KeyError
+            shutil.copyfile(fp32_file, features_file)
+            raise QuantizationError(
+                f"ONNX Runtime's quantisation of {features_file} failed ({type(error).__name__}: {error}); the fp32 "
+                "graph was put back. Export without --quantize, or report the error with the policy's config"
+            ) from error
+        int8_session = cpu_session(features_file, runtime.custom_ops_library)
+        action_errors = []
+        for index in held_out:
+            fp32_features = runtime.feature_session.run(None, feature_feeds[index])[0]
+            int8_features = int8_session.run(None, feature_feeds[index])[0]
+            chunks = [
+                runtime.policy_session.run(None, {**policy_feeds[index], "features": features})[0]
+                for features in (fp32_features, int8_features)
+            ]
+            action_errors.append(_max_abs(*chunks))
+    cosines = result.held_out.feature_cosines
+    record = Quantization(
+        scheme="int8-hybrid",
+        graph="features",
+        static=QuantizedOps(
+            op_types=STATIC_OP_TYPES, activations="uint8 per tensor (MinMax)", weights="int8 per channel"
+        ),
+        dynamic=QuantizedOps(
+            op_types=DYNAMIC_OP_TYPES, activations="uint8 per call", weights="int8 per channel"
+        ),
+        quantized_nodes=dict(result.node_counts),
+        fp32_nodes=tuple(result.fp32_nodes),
+        fp32_node_gains={name: float(gain) for name, gain in result.sensitivity.items()},
+        calibration=CalibrationRecord(
+            dataset=str(source.dataset.resolve()),
+            video_keys=dict(source.video_keys),
+            state=source.state_key,
+            frames=len(calibration),
+            held_out_frames=len(held_out),
+            instructions=tuple(dict.fromkeys(instructions)),
+            seed=options.seed,
+        ),
+        held_out=HeldOutAgreement(
+            feature_cosine_min=min(cosines),
+            feature_cosine_mean=float(np.mean(cosines)),
+            normalized_action_max_abs=max(action_errors),
+            normalized_action_mean_max_abs=float(np.mean(action_errors)),
+        ),
+        seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "int8 features graph: %s quantised, %d kept fp32; held-out feature cosine >= %.5f, "
+        "normalised action error <= %.4f",
+        record.quantized_nodes,
+        len(record.fp32_nodes),
+        record.held_out.feature_cosine_min,
+        record.held_out.normalized_action_max_abs,
+    )
+    return record
+
+
 @torch.no_grad()
 def export_policy(
     policy: VideoPredictionPolicy,
@@ -517,6 +632,7 @@ def export_policy(
     attention_nodes: bool = True,
     fused_kernels: bool = True,
     fused_geglu: bool = False,
+    quantize: QuantizeOptions | None = None,
 ) -> Path:
     """Writes the artifact folder ``out`` and returns the manifest path; raises
     :class:`ExportError` when ONNX Runtime and PyTorch disagree beyond ``tolerance`` (then no
@@ -531,7 +647,12 @@ def export_policy(
     ``fused_geglu=True`` (with ``fused_kernels``) also makes each GEGLU activation one
     ``vpp.fused.GeGLU`` node: one memory pass instead of ORT's Gelu and Mul, meant for the CUDA
     provider, where those passes are memory-bound; on the CPU it measured no faster (0.99x of
-    the small feature pass), ORT's own Gelu being as fast, so it is off by default."""
+    the small feature pass), ORT's own Gelu being as fast, so it is off by default.
+    ``quantize``: the features graph in int8 (:mod:`vpp.export.quantize`), calibrated on the
+    LeRobot dataset it names, which is checked first (:class:`CalibrationDataError` before any
+    tracing); the fp32 graphs pass the usual parity check before quantisation, the int8 artifact
+    then passes it within :data:`QUANTIZED_PARITY_TOLERANCE` (unless ``tolerance`` is given), and
+    the manifest's ``quantization`` records what was quantised and its measured agreement with fp32."""
     if not instructions:
         raise ExportError("no instructions given: the artifact's text cache would be empty")
     if len(set(instructions)) != len(instructions):
@@ -543,6 +664,11 @@ def export_policy(
             "noise inside the TVP; export supports noise_aug_strength=0 only"
         )
     _require_custom_ops(fused_kernels, fused_geglu)
+    calibration = (
+        None
+        if quantize is None
+        else open_calibration_source(quantize, policy.config.cameras, policy.config.state_dim)
+    )
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -562,6 +688,18 @@ def export_policy(
     artifact = Artifact(out, manifest)
     artifact.check_files()
     parity = check_parity(artifact, text, traced, tolerance)
+    if quantize is not None:
+        record = quantize_artifact(artifact, quantize, calibration)
+        export_seconds = time.perf_counter() - started
+        manifest = dataclasses.replace(
+            build_manifest(policy, out, instructions, text, traced, rewrites, export_seconds),
+            quantization=record,
+        )
+        artifact = Artifact(out, manifest)
+        artifact.check_files()
+        parity = check_parity(
+            artifact, text, traced, QUANTIZED_PARITY_TOLERANCE if tolerance is PARITY_TOLERANCE else tolerance
+        )
     manifest_path = dataclasses.replace(manifest, parity=parity).write(out)
     sizes = {name: (out / name).stat().st_size for name in ("features.onnx", "policy.onnx")}
     logger.info("exported %s in %.1f s: %s bytes", out, export_seconds, sizes)
