@@ -127,8 +127,13 @@ def build(work: Path, with_cuda: bool, configure_only: bool) -> dict[str, Any]:
     result.update(
         built=True, module=str(overlay / modules[0].name), probe=json.loads(output.strip().splitlines()[-1])
     )
+    if Path(result["probe"]["file"]).parent != overlay:
+        raise KernelStageError(
+            f"vpp.kernels._kernels imported from {result['probe']['file']}, not the overlay {overlay}: an installed "
+            "vpp-kernels (an editable install's import hook, say) shadows it; run where none is installed"
+        )
     if with_cuda and not result["probe"]["built_with_cuda"]:
-        raise KernelStageError(f"the overlay imported a module without CUDA: {result['probe']}")
+        raise KernelStageError(f"the overlay's module was built without CUDA: {result['probe']}")
     return result
 
 

@@ -30,14 +30,18 @@ fi
 # The orchestrator keeps to --budget (450 s; dry run 240 s) by itself; this outer limit (15 s
 # more, then SIGKILL 10 s later) stops it even if it hangs, within the 8 minutes.
 budget=450
+copy_to=""
+dry_run=0
 previous=""
 for arg in "$@"; do
     case "$arg" in
-        --dry-run) [[ "$budget" == 450 ]] && budget=240 ;;
+        --dry-run) dry_run=1; [[ "$budget" == 450 ]] && budget=240 ;;
         --budget=*) budget=${arg#--budget=} ;;
+        --copy-to=*) copy_to=${arg#--copy-to=} ;;
         -h|--help) exec "$python" bench/gpu/orchestrate.py --help ;;
     esac
     [[ "$previous" == "--budget" ]] && budget=$arg
+    [[ "$previous" == "--copy-to" ]] && copy_to=$arg
     previous=$arg
 done
 if ! [[ "$budget" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
@@ -50,5 +54,9 @@ timeout -k 10 "$limit" "$python" bench/gpu/orchestrate.py "$@"
 status=$?
 if [[ $status -eq 124 || $status -eq 137 ]]; then
     echo "run.sh: the orchestrator was stopped after ${limit} s; its JSON holds the stages it finished" >&2
+    # it copies its files itself when it ends normally
+    if [[ -n "$copy_to" && $dry_run -eq 0 ]]; then
+        mkdir -p "$copy_to" && cp -f bench/results/gpu_*.json "$copy_to"/ 2>/dev/null
+    fi
 fi
 exit $status
