@@ -2,8 +2,11 @@
 
 Every frame of an episode is encoded once (as the official code does) and stored as one
 safetensors file per episode under a folder named by the VAE's fingerprint, so a cache made with
-another VAE or image size is never read by mistake. Building is resumable: finished episodes are
-skipped, and each file is written under a temporary name and renamed.
+another VAE or image size is never read by mistake. Each file is named by the episode's key and
+its content (``Episode.content_id``: the video file's identity, or a hash of an in-memory array),
+so changed data is encoded again instead of being served another episode's latents. Building is
+resumable: finished episodes are skipped, and each file is written under a temporary name and
+renamed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vpp.tvp.data.mixture import MixtureClipDataset, resize_frames
-from vpp.tvp.data.sources import BadClipError
+from vpp.tvp.data.sources import BadClipError, Episode
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +51,22 @@ class LatentCache:
     def for_model(cls, root: str | Path, model) -> LatentCache:
         return cls(root, vae_fingerprint(model))
 
-    def path(self, key: str) -> Path:
-        return self.folder / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
+    def path(self, episode: Episode) -> Path:
+        digest = hashlib.sha256(episode.key.encode())
+        digest.update(f"|{episode.length}|{episode.content_id}".encode())
+        return self.folder / (digest.hexdigest()[:24] + ".safetensors")
 
-    def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+    def __contains__(self, episode: Episode) -> bool:
+        return self.path(episode).is_file()
 
-    def read(self, key: str, indices: np.ndarray) -> torch.Tensor:
-        path = self.path(key)
+    def read(self, episode: Episode, indices: np.ndarray) -> torch.Tensor:
+        path = self.path(episode)
         if not path.is_file():
-            raise BadClipError("not cached", f"{key} has no latents in {self.folder}; build the cache first")
+            raise BadClipError(
+                "not cached",
+                f"{episode.key} (as it is now: {episode.content_id or 'no content id'}) has no latents in "
+                f"{self.folder}; build the cache first",
+            )
         return load_file(path)["latents"][torch.as_tensor(indices)].float()
 
     @torch.no_grad()
@@ -66,7 +75,7 @@ class LatentCache:
     ) -> int:
         """Encodes every valid episode of ``dataset`` not yet cached; returns how many it encoded."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        todo = [e for e in dataset.all_episodes() if e.key not in self]
+        todo = [e for e in dataset.all_episodes() if e not in self]
         for episode in tqdm(todo, desc="encoding latents", disable=not progress):
             try:
                 frames = episode.read_frames(np.arange(episode.length))
@@ -77,7 +86,7 @@ class LatentCache:
             latents = torch.cat(
                 [model.encode_video(part.unsqueeze(0))[0] for part in video.split(frames_per_batch)]
             )
-            target = self.path(episode.key)
+            target = self.path(episode)
             tmp = target.with_suffix(".tmp")
             save_file({"latents": latents.to(torch.float16).contiguous()}, tmp, metadata={"key": episode.key})
             os.replace(tmp, target)

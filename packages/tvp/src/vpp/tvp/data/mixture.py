@@ -166,7 +166,7 @@ class MixtureClipDataset(torch.utils.data.Dataset):
 
     def _load(self, episode: Episode, indices: np.ndarray) -> dict:
         if self.latent_cache is not None:
-            return {"latents": self.latent_cache.read(episode.key, indices)}
+            return {"latents": self.latent_cache.read(episode, indices)}
         try:
             frames = episode.read_frames(indices)
         except BadClipError:

@@ -9,6 +9,7 @@ clips: frames spread evenly over the whole clip).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -23,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 Sampling = Literal["stride", "linspace"]
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
+
+
+def file_identity(path: Path) -> str:
+    """A file's resolved path, size and modification time: changes when the file is written again."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise BadClipError("unreadable", f"{path}: {error}") from error
+    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 class BadClipError(Exception):
@@ -41,6 +51,11 @@ class Episode:
     instruction: str
     key: str
     reader: Callable[[np.ndarray], np.ndarray]
+    # What the frames are, as cheaply as it can be known without decoding them: a hash of an
+    # in-memory array, or a video file's resolved path, size and modification time. Caches of
+    # derived data (the VAE latents) are named by it, so a folder collected again, or another
+    # dataset under the same source name, never reads the old episode's latents.
+    content_id: str = ""
 
     def read_frames(self, indices: np.ndarray) -> np.ndarray:
         """uint8 frames (N, H, W, 3) at the given frame indices."""
@@ -102,6 +117,7 @@ class ArrayClipSource(ClipSource):
             raise ValueError(f"{len(videos)} videos but {len(instructions)} instructions")
         self.videos = list(videos)
         self.instructions = list(instructions)
+        self._content_ids: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -119,7 +135,15 @@ class ArrayClipSource(ClipSource):
             instruction=self.instructions[index],
             key=f"{self.name}/{index}",
             reader=lambda idx, video=video: np.ascontiguousarray(video[idx]).astype(np.uint8, copy=False),
+            content_id=self._content_id(index, video),
         )
+
+    def _content_id(self, index: int, video: np.ndarray) -> str:
+        if index not in self._content_ids:
+            digest = hashlib.sha256(f"{video.shape}{video.dtype}".encode())
+            digest.update(np.ascontiguousarray(video).tobytes())
+            self._content_ids[index] = "array:" + digest.hexdigest()
+        return self._content_ids[index]
 
 
 class VideoFolderSource(ClipSource):
@@ -170,6 +194,7 @@ class VideoFolderSource(ClipSource):
             instruction=self._instruction(path),
             key=f"{self.name}/{path.relative_to(self.folder)}",
             reader=lambda idx, path=path: video_io.read_video(path, idx),
+            content_id=file_identity(path),
         )
 
 
@@ -212,4 +237,8 @@ class LeRobotClipSource(ClipSource):
             instruction=episode.task or "",
             key=f"{self.name}/{self.camera}/{index}",
             reader=lambda idx, episode=episode: episode.read_frames(self.camera, idx),
+            content_id=(
+                f"{file_identity(episode.video_path(self.camera))}:"
+                f"from{episode.metadata.get(f'videos/{self.camera}/from_timestamp')}:length{episode.length}"
+            ),
         )
