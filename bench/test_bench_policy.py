@@ -12,6 +12,14 @@ Groups, per preset: ``end-to-end`` (uint8 observation + instruction -> denormali
 shared 2-core VM, where two threads per process measured noise. Each benchmark first checks the
 two sides agree, so ``--benchmark-disable`` (the test suite's smoke run) is a parity test.
 ``bench/components.py`` splits the same graphs further, into the per-component table.
+
+Groups ``artifact variants {preset}, N thread(s)`` time ``Policy.act`` of four artifacts side by
+side, on one and on two ORT threads: ``fp32`` (the artifact above), ``int8`` (``--quantize int8``,
+calibrated on a LeRobot dataset written here; 2 fp32 candidates measured, at most 1 kept, to bound
+the export time), ``early-exit`` (a policy whose TVP reads up-blocks (0, 1), the official code's
+early exit, as the small UNet's three up-blocks allow; (0,) of the tiny UNet's two) and
+``early-exit+int8``. Each first checks its chunk against PyTorch from the same noise (int8 within
+``QUANTIZED_PARITY_TOLERANCE``, in normalised units).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vpp.export.writer import export_policy, reference_actions  # noqa: E402
+from vpp.data.lerobot import LeRobotDatasetWriter  # noqa: E402
+from vpp.export.quantize import QuantizeOptions  # noqa: E402
+from vpp.export.writer import QUANTIZED_PARITY_TOLERANCE, export_policy, reference_actions  # noqa: E402
 from vpp.policy.policy import VideoPredictionPolicy, VPPConfig  # noqa: E402
 from vpp.runtime import Policy  # noqa: E402
 from vpp.tvp.features import predictive_features  # noqa: E402
@@ -157,3 +167,83 @@ def test_bench_head(benchmark, policies, implementation):
         timed(benchmark, torch_head)
     else:
         timed(benchmark, runtime.policy_session.run, None, feed)
+
+
+VARIANTS = ["fp32", "int8", "early-exit", "early-exit+int8"]
+
+
+def build_policy(preset, rng, **tvp_overrides):
+    torch.manual_seed(0)
+    tvp = TextGuidedVideoPredictor.from_preset(preset, **tvp_overrides)
+    config = VPPConfig(cameras=["corner", "wrist"], action_dim=7, chunk=10, state_dim=7)
+    return VideoPredictionPolicy.build(
+        tvp, config, rng.normal(size=(100, 7)), rng.normal(size=(100, 7)), head_preset=preset
+    ).eval()
+
+
+def write_calibration_dataset(root, side, frames=24):
+    """Two episodes of random frames (the benchmark's observations are random too) and states."""
+    features = {
+        f"observation.images.{c}": {"dtype": "video", "shape": (side, side, 3)} for c in ("corner", "wrist")
+    }
+    features["action"] = {"dtype": "float32", "shape": (7,)}
+    features["observation.state"] = {"dtype": "float32", "shape": (7,)}
+    rng = np.random.default_rng(2)
+    with LeRobotDatasetWriter(root, fps=10, features=features) as writer:
+        for _ in range(2):
+            episode = {
+                key: rng.integers(0, 256, (frames // 2, side, side, 3), dtype=np.uint8) for key in features
+            }
+            episode["action"] = rng.normal(size=(frames // 2, 7)).astype(np.float32)
+            episode["observation.state"] = rng.normal(size=(frames // 2, 7)).astype(np.float32)
+            writer.add_episode(episode, task=INSTRUCTION)
+    return root
+
+
+@pytest.fixture(scope="module")
+def variants(policies, tmp_path_factory):
+    """{variant: (torch policy, artifact folder)} for the four artifacts of the preset."""
+    preset, eager, runtime, _ = policies
+    tvp_config = eager.tvp.config
+    early_blocks = (0, 1) if tvp_config.num_up_blocks > 2 else (0,)
+    early = build_policy(preset, np.random.default_rng(0), features={"blocks": early_blocks})
+    calibration = write_calibration_dataset(
+        tmp_path_factory.mktemp(f"calibration-{preset}") / "demos", 2 * tvp_config.image_size
+    )
+    quantize = QuantizeOptions(
+        str(calibration), calibration_frames=16, held_out_frames=4, candidates=2, keep_fp32=1
+    )
+    folders = {"fp32": (eager, runtime.folder)}
+    for name, policy, options in (
+        ("int8", eager, quantize),
+        ("early-exit", early, None),
+        ("early-exit+int8", early, quantize),
+    ):
+        folder = tmp_path_factory.mktemp(f"artifact-{preset}-{name}")
+        export_policy(policy, folder, [INSTRUCTION], quantize=options)
+        folders[name] = (policy, folder)
+    return folders
+
+
+def check_variant(policy, runtime, observation, variant):
+    noise = runtime.sample_noise(np.random.default_rng(1))
+    pixels, _ = policy.observation_tensors(observation)
+    expected = reference_actions(
+        policy, pixels, INSTRUCTION, observation["state"], noise["features"], noise["actions"]
+    )
+    actions = runtime.act(observation, INSTRUCTION, noise=noise)
+    normalizer = runtime.action_normalizer
+    error = np.abs(normalizer.normalize(actions) - normalizer.normalize(expected)).max()
+    tolerance = QUANTIZED_PARITY_TOLERANCE["normalized_actions"] if "int8" in variant else 1e-4
+    assert error < tolerance, f"{variant}: normalised action error {error:.3g} >= {tolerance}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bench_artifact_variants(benchmark, policies, variants, variant, threads):
+    preset, _, _, observation = policies
+    benchmark.group = f"artifact variants {preset} 2 views, {threads} thread{'s' if threads > 1 else ''}"
+    policy, folder = variants[variant]
+    runtime = Policy.load(folder, threads=threads, seed=0)
+    check_variant(policy, runtime, observation, variant)
+    timed(benchmark, runtime.act, observation, INSTRUCTION)
