@@ -289,9 +289,15 @@ def _resnet2d_fusable(block: ResnetBlock2D) -> bool:
     )
 
 
+def act_path_modules(core: ActCore) -> list[nn.Module]:
+    """The TVP modules an act runs through that hold ResNet blocks or GEGLUs: the UNet and the
+    VAE's encoder (the decoder is not on the path)."""
+    return [core.tvp.unet, core.tvp.vae.encoder]
+
+
 @contextlib.contextmanager
-def fused_kernels(module: nn.Module, kernels: Any) -> Iterator[dict[str, int]]:
-    """While open, every ResNet block and GEGLU under ``module`` that the Triton kernels fit runs
+def fused_kernels(modules: Sequence[nn.Module], kernels: Any) -> Iterator[dict[str, int]]:
+    """While open, every ResNet block and GEGLU under ``modules`` that the Triton kernels fit runs
     through ``kernels`` (``vpp.kernels.triton_kernels``); yields the counts of patched and
     unpatched sites, and restores every module on exit."""
     replacements: list[tuple[nn.Module, Callable[..., Any]]] = []
@@ -302,7 +308,7 @@ def fused_kernels(module: nn.Module, kernels: Any) -> Iterator[dict[str, int]]:
         "group_norms_total": 0,
         "geglu_total": 0,
     }
-    for sub in module.modules():
+    for sub in (sub for module in modules for sub in module.modules()):
         if type(sub) is ResnetBlock2D:
             if _resnet2d_fusable(sub):
                 replacements.append((sub, _bind(_fused_resnet2d_forward, kernels, sub)))

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import fastpath
+    import fastpath  # pants: no-infer-dep (bench/gpu/fastpath.py, loaded by path; in :test_utils too)
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -185,10 +185,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "views": len(CAMERAS),
         "instruction": INSTRUCTION,
         "warmup": args.warmup,
+        # torch's defaults, left as they are
         "tf32": {
             "matmul": torch.backends.cuda.matmul.allow_tf32,
             "cudnn": torch.backends.cudnn.allow_tf32,
         },
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
     log(f"{args.variant}: building the {args.preset} policy on {device}")
     policy = build_policy(args.preset, device, args.dit_steps).to(dtype)
@@ -249,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    with torch.no_grad(), fastpath_context(fastpath, tvp, kernels, result):
+    with torch.no_grad(), fastpath_context(fastpath, fastpath.act_path_modules(core), kernels, result):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if variant["compile"]:
@@ -301,8 +303,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 class fastpath_context:  # noqa: N801 (used as a context manager, like contextlib's)
     """The Triton patches for the triton variant, nothing otherwise; records what they patched."""
 
-    def __init__(self, fastpath, tvp, kernels, result: dict[str, Any]) -> None:
-        self._manager = fastpath.fused_kernels(tvp, kernels) if kernels is not None else None
+    def __init__(self, fastpath, modules, kernels, result: dict[str, Any]) -> None:
+        self._manager = fastpath.fused_kernels(modules, kernels) if kernels is not None else None
         self._result = result
 
     def __enter__(self):
@@ -322,10 +324,13 @@ def dynamo_counters() -> dict[str, Any]:
 
     breaks = dict(dynamo_utils.counters.get("graph_break", {}))
     stats = dict(dynamo_utils.counters.get("stats", {}))
+    inductor = dict(dynamo_utils.counters.get("inductor", {}))
     return {
         "graph_breaks": int(sum(breaks.values())),
         "graph_break_reasons": sorted(breaks, key=breaks.get, reverse=True)[:5],
         "unique_graphs": int(stats.get("unique_graphs", 0)),
+        # a skip means the graph ran without CUDA graphs (the log says why)
+        "cudagraph_counters": {key: int(value) for key, value in inductor.items() if "cudagraph" in key},
     }
 
 
