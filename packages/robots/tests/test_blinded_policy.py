@@ -83,3 +83,14 @@ def test_a_blinded_metaworld_evaluation_keeps_its_own_folder(tmp_path):
         evaluate_metaworld(Recorder(chunk=4, action_dim=4), output=tmp_path, **common)
     with pytest.raises(ValueError, match="nothing to blind"):
         evaluate_metaworld("oracle", output=tmp_path / "oracle", blind_cameras=["corner"], **common)
+
+
+def test_the_cli_runs_a_blinded_grasp_evaluation(tmp_path, capsys):
+    from vpp.robots.cli import main
+
+    argv = ["eval", "grasp", "--policy", "hold", "--instruction", "grasp the red cube", "--episodes", "1"]
+    argv += ["--image-size", "32", "--max-seconds", "0.3", "--out", str(tmp_path), "--blind-camera", "wrist"]
+    assert main([*argv, "--blind-mode", "gray"]) == 0
+    saved = json.loads((tmp_path / "grasp_eval.json").read_text())
+    assert saved["config"]["blind_cameras"] == ["wrist"] and saved["config"]["blind_mode"] == "gray"
+    assert "grasped 0/1" in capsys.readouterr().out

@@ -42,8 +42,8 @@ from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopR
 from vpp.robots.drivers.sim import CAMERA_NAMES, SimArm
 from vpp.robots.evaluate import EVAL_SEED
 from vpp.robots.interfaces import Camera, Robot
-from vpp.robots.policies import BUILT_IN_POLICIES, load_policy
-from vpp.robots.safety import SafetyFilter, SafetyLimits
+from vpp.robots.policies import BLIND_MODES, BUILT_IN_POLICIES, load_policy
+from vpp.robots.safety import SafetyFilter
 
 logger = logging.getLogger("vpp.robots.cli")
 
@@ -75,10 +75,10 @@ def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[
         from vpp.robots.drivers.franka import FrankaConfig, FrankaRobot
 
         franka = FrankaConfig(host, enforce_realtime=args.enforce_realtime)
-        return FrankaRobot(franka, SafetyFilter(SafetyLimits.franka_fr3(control_period_s=servo_period))), []
+        return FrankaRobot(franka, SafetyFilter.for_arm("franka", servo_period)), []
     from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
 
-    return XArmRobot(XArmConfig(host), SafetyFilter(SafetyLimits.xarm7(control_period_s=servo_period))), []
+    return XArmRobot(XArmConfig(host), SafetyFilter.for_arm("xarm", servo_period)), []
 
 
 def policy_cameras(policy) -> list[str] | None:
@@ -364,6 +364,8 @@ def eval_metaworld(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         split=args.split,
         videos_per_task=args.videos_per_task,
+        blind_cameras=args.blind_camera or (),
+        blind_mode=args.blind_mode,
     )
     return 0
 
@@ -382,6 +384,8 @@ def eval_grasp(args: argparse.Namespace) -> int:
         execute_steps=args.execute_steps,
         image_size=args.image_size or getattr(policy, "image_size", None) or DEFAULT_IMAGE_SIZE,
         object_jitter_m=args.object_jitter,
+        blind_cameras=tuple(args.blind_camera or ()),
+        blind_mode=args.blind_mode,
     )
     result = evaluate_grasps(policy, args.instruction, config, demos=args.demos, out=args.out)
     seconds = [rollout.wall_s for rollout in result.rollouts]
@@ -391,6 +395,24 @@ def eval_grasp(args: argparse.Namespace) -> int:
         f"{np.mean(seconds):.1f} s per rollout)"
     )
     return 0
+
+
+def _add_blind_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--blind-camera",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="the control for 'does the policy use this camera?' (repeatable): the policy sees a fixed "
+        "image from camera NAME instead of the live one; compare its success with an unblinded run's",
+    )
+    parser.add_argument(
+        "--blind-mode",
+        choices=BLIND_MODES,
+        default="first",
+        help="first: the first frame the camera showed, held for the whole evaluation (a real scene, never "
+        "the current one); gray: a uniform gray image (out of distribution)",
+    )
 
 
 POLICY_HELP = (
@@ -568,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact"
     )
     metaworld.add_argument("--out", required=True)
+    _add_blind_arguments(metaworld)
     metaworld.set_defaults(func=eval_metaworld)
     grasp = eval_tasks.add_parser(
         "grasp", help="grasp success on the simulated arm, from cube positions not in the demonstrations"
@@ -594,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     grasp.add_argument(
         "--inference-threads", type=int, default=None, help="ONNX Runtime threads for an artifact"
     )
+    _add_blind_arguments(grasp)
     grasp.set_defaults(func=eval_grasp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
