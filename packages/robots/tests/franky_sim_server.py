@@ -7,6 +7,11 @@ that wildcard to the same loopback address, so nothing the tests start listens b
 Prints READY once the servers accept connections and exits when stdin closes or on SIGTERM.
 A line "reflex" on stdin makes the robot abort its motion with a joint-position-limit reflex,
 as a real controller would (franky-sim itself never raises errors); error recovery clears it.
+
+A gripper Stop answers the move or grasp it interrupts with status Aborted, as the Franka Hand
+does (libfranka's Gripper::move then returns false). franky-sim 1.0.4 drops that answer, so the
+client's pending move never ends: franky's next gripper command and its Gripper destructor then
+wait for it forever.
 """
 
 import ipaddress
@@ -91,6 +96,35 @@ def _install_reflex_injection() -> list:
     return servers
 
 
+def _install_gripper_stop_that_answers_the_interrupted_move() -> None:
+    from franky_sim import franka_gripper_server
+    from franky_sim.franka_gripper_protocol import GripperCommandStatus
+    from franky_sim.franka_server import BaseCommand
+
+    original_stop = franka_gripper_server.FrankaGripperServer.stop
+
+    def stop(self, command_id, tcp_socket):
+        # Commands are handled on the simulation thread, which also answers settled moves: no race.
+        command_type, pending_id, pending_socket = (
+            self._pending_command_type,
+            self._pending_command_id,
+            self._pending_tcp_socket,
+        )
+        self._pending_command_id = self._pending_tcp_socket = None
+        if pending_id is not None and pending_socket is not None:
+            BaseCommand.send_response(
+                pending_socket,
+                command_type,
+                pending_id,
+                GripperCommandStatus.kAborted,
+                command_type_struct="H",
+                status_type_struct="H",
+            )
+        original_stop(self, command_id, tcp_socket)
+
+    franka_gripper_server.FrankaGripperServer.stop = stop
+
+
 def _read_commands(servers: list, stop: threading.Event) -> None:
     for line in sys.stdin:
         if line.strip() == "reflex":
@@ -105,6 +139,7 @@ def main() -> None:
 
     franka_server.socket = _loopback_only_socket_module()
     servers = _install_reflex_injection()
+    _install_gripper_stop_that_answers_the_interrupted_move()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_read_commands, args=(servers, stop), daemon=True).start()

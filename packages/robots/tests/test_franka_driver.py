@@ -192,3 +192,18 @@ def test_the_control_loop_runs_again_after_it_stopped_the_arm(robot):
         report = ControlLoop(robot, [], SinePolicy(radius_m=0.02), config).run("circle", seconds=1.0)
         assert report.stop_reason is None, f"run {run}: {report.stop_reason}"
         assert report.servo_commands > 10
+
+
+def test_a_gripper_move_stopped_midway_leaves_the_hand_usable(robot):
+    """The hand answers a move that a stop interrupts; franky's next gripper command waits for
+    that answer (franky_sim_server.py gives it, as the Franka Hand does)."""
+    robot.send(GripperCommand(0.0))
+    time.sleep(0.1)
+    started = time.monotonic()
+    robot.stop()
+    assert time.monotonic() - started < 0.5
+    robot.send(GripperCommand(0.6))
+    deadline = time.monotonic() + 3.0
+    while abs(robot.observe().gripper_opening - 0.6) > 0.03 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert robot.observe().gripper_opening == pytest.approx(0.6, abs=0.03)

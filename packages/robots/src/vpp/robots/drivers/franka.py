@@ -267,6 +267,12 @@ class FrankaRobot(Robot):
             try:
                 if not self._gripper_future.wait(0):
                     self._gripper.stop()
+                    # The hand answers the interrupted move (Aborted); until it has, franky's next
+                    # gripper command and the Gripper's destructor wait for that answer.
+                    if not self._gripper_future.wait(_STOP_JOIN_TIMEOUT_S):
+                        logger.warning(
+                            "Franka hand has not ended its move %.1f s after stop", _STOP_JOIN_TIMEOUT_S
+                        )
             except Exception as error:  # as above
                 logger.warning("Franka gripper stop: %s", error)
         self._gripper_future = None
