@@ -199,8 +199,8 @@ def test_the_calibration_spec_and_options_are_checked():
         split_calibration_spec("#top")
     with pytest.raises(CalibrationDataError, match=r"calibration_frames=0; expected an integer >= 1"):
         QuantizeOptions("/data/demos", calibration_frames=0)
-    with pytest.raises(CalibrationDataError, match=r"keep_fp32=3 > candidates=2"):
-        QuantizeOptions("/data/demos", candidates=2, keep_fp32=3)
+    with pytest.raises(CalibrationDataError, match=r"candidates=-1; expected an integer >= 0"):
+        QuantizeOptions("/data/demos", candidates=-1)
 
 
 @pytest.mark.parametrize(
@@ -279,3 +279,23 @@ def test_an_early_exit_policy_traces_only_the_up_blocks_it_reads(tmp_path):
         policy, pixels, INSTRUCTIONS[0], observation["state"], noise["features"], noise["actions"]
     )
     assert np.abs(runtime.act(observation, INSTRUCTIONS[0], noise=noise) - expected).max() < 1e-4
+
+
+def test_ort_quantiser_chatter_is_dropped_but_vpp_logs_and_real_warnings_pass(caplog):
+    import logging
+
+    from vpp.export.quantize import _quiet_ort_root_logging
+
+    caplog.set_level(logging.INFO)
+    ort_style = logging.getLogger()  # ORT's quantiser logs through the module-level functions, on root
+    with _quiet_ort_root_logging():
+        ort_style.info('Quantization parameters for tensor:"x" not specified')
+        ort_style.warning("Please consider to run pre-processing before quantization.")
+        ort_style.warning("something ORT really warns about")
+        logging.getLogger("vpp.export.quantize").info("a vpp progress line")
+    ort_style.info("after the context, root INFO passes again")
+    assert [record.getMessage() for record in caplog.records] == [
+        "something ORT really warns about",
+        "a vpp progress line",
+        "after the context, root INFO passes again",
+    ]

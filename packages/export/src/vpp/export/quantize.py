@@ -78,7 +78,8 @@ class QuantizeOptions:
     """What ``vpp-export --quantize int8`` was asked for. ``calibration_data`` is
     ``DATASET[#KEY,...]``: a LeRobot v3 folder and, optionally, one video key (or its last
     component) per policy camera in the policy's camera order; without them each camera is the
-    video key of its name or ending in ``.<camera>``."""
+    video key of its name or ending in ``.<camera>``. Of the ``candidates`` convolutions measured
+    (0: no search), at most ``keep_fp32`` stay fp32."""
 
     calibration_data: str
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
@@ -97,16 +98,12 @@ class QuantizeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise CalibrationDataError(f"{name}={value!r}; expected an integer >= {least}")
-        if self.keep_fp32 > self.candidates:
-            raise CalibrationDataError(
-                f"keep_fp32={self.keep_fp32} > candidates={self.candidates}: only measured candidates can stay fp32"
-            )
 
 
 @dataclass(frozen=True)
 class CalibrationSource:
     """A checked calibration dataset: its folder, the video key of each policy camera, the state
-    column (None: the state normaliser's midpoint is fed) and the frames drawn from it."""
+    column (None: the state normaliser's midpoint is fed) and how many frames it holds."""
 
     dataset: Path
     video_keys: dict[str, str]
@@ -297,14 +294,16 @@ def fused_op_schemas() -> Iterator[None]:
 
 class _OrtQuantizerChatter(logging.Filter):
     """ORT's quantiser logs on the root logger: a line per tensor it leaves unquantised (thousands
-    for a UNet) and, for the dynamic pass over the static pass's output, advice to pre-process,
-    which was done. Set on the root logger itself, the filter sees only what is logged there
-    directly, never the records of named loggers (vpp's) passing through."""
+    for a UNet) and, for the dynamic pass over the static pass's output, advice to pre-process
+    (done) and a warning that the model is already quantised (by design: the hybrid's second
+    pass). Set on the root logger itself, the filter sees only what is logged there directly,
+    never the records of named loggers (vpp's) passing through."""
+
+    EXPECTED = ("consider to run pre-processing", "check if the model is already quantized")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (
-            record.levelno >= logging.WARNING and "consider to run pre-processing" not in record.getMessage()
-        )
+        message = record.getMessage()
+        return record.levelno >= logging.WARNING and not any(text in message for text in self.EXPECTED)
 
 
 @contextlib.contextmanager
