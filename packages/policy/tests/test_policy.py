@@ -1,3 +1,4 @@
+import copy
 import json
 import logging
 from pathlib import Path
@@ -419,3 +420,15 @@ def predictive_features_of(tvp, item):
 
     noise = fixed_noise(tvp, 1, 0)[None]
     return predictive_features(tvp, item["images"][None], [item["instruction"]], noise=noise)[0]
+
+
+def test_a_bfloat16_policy_with_a_state_acts(tvp):
+    """The state reaches the head in the head's dtype (it used to arrive as float32: 'mat1 and mat2
+    must have the same dtype'), as it must on a GPU in bf16."""
+    windows = PolicyWindowDataset(
+        [ArrayEpisodeSource(episodes())], ["corner"], chunk=4, image_size=32, state_dim=4
+    )
+    policy = copy.deepcopy(make_policy(tvp, windows)).eval().to(torch.bfloat16)
+    obs = {"corner": episodes()[0]["frames"]["corner"][0], "state": np.full(4, 0.5, np.float32)}
+    actions = policy.predict_action_chunk(obs, "open the drawer", torch.Generator().manual_seed(5))
+    assert actions.shape == (4, 4) and np.isfinite(np.asarray(actions, dtype=np.float32)).all()

@@ -345,7 +345,10 @@ class VideoPredictionPolicy(nn.Module):
             return None
         if state is None:
             raise ObservationError(f"this policy needs a {self.config.state_dim}-dim state")
-        return self.state_normalizer.normalize(state.double()).float()
+        # normalised in float64 (the statistics are float64), then handed over in the head's own
+        # device and dtype: a bf16 or GPU head would otherwise get a float32 CPU state
+        head = next(self.head.parameters())
+        return self.state_normalizer.normalize(state.double()).to(head.device, head.dtype)
 
     # -- training -----------------------------------------------------------------------------
 
