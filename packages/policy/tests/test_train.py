@@ -1,5 +1,6 @@
 """Policy training on LeRobot data: seeding, optimiser groups, task selection, broken videos."""
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -197,6 +198,24 @@ def test_cli_passes_optimiser_and_head_options(tmp_path, tvp):
     train_cli([data], tmp_path / "no_state", "--steps", "2", "--no-state")
     head = json.loads((tmp_path / "no_state" / "model" / "config.json").read_text())["head"]
     assert head["state_dim"] is None and head["state_dropout"] == 0.0
+
+
+def test_cli_trains_on_the_early_exit_features(tmp_path):
+    """--feature-blocks: the head trains on the named up-blocks' features only, and the saved
+    policy keeps that choice (the export then traces the UNet only that far)."""
+    data = write_dataset(tmp_path / "data", ["reach the goal"])
+    train_cli([data], tmp_path / "run", "--steps", "1", "--feature-blocks", "0")
+    policy = VideoPredictionPolicy.from_pretrained(tmp_path / "run" / "model")
+    assert policy.tvp.config.features.blocks == (0,)
+    assert policy.head.config.video_former.input_channels == policy.tvp.config.feature_channels
+    assert (
+        policy.tvp.config.feature_channels
+        < dataclasses.replace(
+            policy.tvp.config, features=dataclasses.replace(policy.tvp.config.features, blocks=None)
+        ).feature_channels
+    )
+    with pytest.raises(SystemExit):
+        train_cli([data], tmp_path / "bad", "--steps", "1", "--feature-blocks", "1,0")
 
 
 # -- which episodes ---------------------------------------------------------------------------
