@@ -194,14 +194,16 @@ def test_the_control_loop_runs_again_after_it_stopped_the_arm(robot):
         assert report.servo_commands > 10
 
 
-def test_a_gripper_move_stopped_midway_leaves_the_hand_usable(robot):
-    """The hand answers a move that a stop interrupts; franky's next gripper command waits for
-    that answer (franky_sim_server.py gives it, as the Franka Hand does)."""
-    robot.send(GripperCommand(0.0))
-    time.sleep(0.1)
-    started = time.monotonic()
-    robot.stop()
-    assert time.monotonic() - started < 0.5
+def test_a_gripper_move_stopped_midway_leaves_the_hand_usable(robot, caplog):
+    """A stop ends the hand's move at once and the next target is taken. (The hang seen when the
+    interrupted move was never answered needed the timing of a whole run to show; the end-to-end
+    Franka runs in test_real_robot_e2e.py are its regression test.)"""
+    for target in (0.6, 0.0):
+        robot.send(GripperCommand(target))
+        time.sleep(0.15)
+        assert robot._gripper_future is not None and not robot._gripper_future.wait(0), "the hand is moving"
+        robot.stop()
+        assert "has not ended its move" not in caplog.text
     robot.send(GripperCommand(0.6))
     deadline = time.monotonic() + 3.0
     while abs(robot.observe().gripper_opening - 0.6) > 0.03 and time.monotonic() < deadline:
