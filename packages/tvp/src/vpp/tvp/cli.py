@@ -96,14 +96,11 @@ def prediction_scores(truth: torch.Tensor, predicted: torch.Tensor) -> dict:
     real ones, per frame, beside the trivial prediction that holds the first frame. A model that
     predicts motion beats the held frame on the later frames; one that learned only to copy, or
     blurs, does not."""
-
-    def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).flatten(2).mean(-1).mean(0)  # (T,)
-        return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    from vpp.tvp.metrics import psnr
 
     truth, predicted = truth.float(), predicted.float()
-    model = psnr(predicted, truth)
-    held = psnr(truth[:, :1].expand_as(truth), truth)
+    model = psnr(predicted, truth, per_frame=True)
+    held = psnr(truth[:, :1].expand_as(truth), truth, per_frame=True)
     later = slice(1, None)
     return {
         "clips": truth.shape[0],

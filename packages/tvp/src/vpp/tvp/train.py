@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from vpp.tvp.config import CONFIG_NAME, TrainConfig
 from vpp.tvp.data.mixture import MixtureClipDataset, collate_clips
+from vpp.tvp.metrics import psnr
 from vpp.tvp.model import LEGACY_CONFIG_NAME, TextGuidedVideoPredictor
 from vpp.tvp.plots import write_loss_curve
 from vpp.tvp.trainer import AcceleratedTrainer
@@ -223,14 +223,11 @@ def _measure_fit(
     model.config.vae["scaling_factor"] = scaling_factor
     recon = model.decode_latents((latents * scaling_factor).unflatten(0, video.shape[:2])).float().cpu()
 
-    def psnr(prediction: torch.Tensor) -> float:
-        return 10 * math.log10(4 / torch.mean((prediction - video) ** 2).item())
-
     fit = VAEFit(
         steps=steps,
         losses=losses,
-        psnr=psnr(recon),
-        mean_frame_psnr=psnr(video.mean(dim=(0, 1), keepdim=True).expand_as(video)),
+        psnr=float(psnr(recon, video)),
+        mean_frame_psnr=float(psnr(video.mean(dim=(0, 1), keepdim=True).expand_as(video), video)),
         latent_std=latent_std,
         scaling_factor=scaling_factor,
     )
