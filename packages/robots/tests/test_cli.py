@@ -71,3 +71,12 @@ def test_a_policy_server_url_connects_through_the_runtime_client():
         port = probe.getsockname()[1]
     with pytest.raises(PolicyConnectionError, match=f"127.0.0.1:{port}"):
         load_policy(f"ws://127.0.0.1:{port}")
+
+
+def test_a_controller_that_cannot_be_reached_is_a_message_not_a_traceback(tmp_path, capsys):
+    # nothing serves FCI on this loopback address (franky-sim, when a test runs one, is on 127.0.0.1)
+    argv = ["run", "--robot", "franka", "--host", "127.0.0.3", "--policy", "hold", "--instruction", "x"]
+    assert main([*argv, "--seconds", "1", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "vpp-robot run: RobotConnectionError: cannot connect to Franka at 127.0.0.3" in err
+    assert "Traceback" not in err

@@ -41,7 +41,7 @@ from vpp.robots.cameras import (
 from vpp.robots.control_loop import ControlLoop, ControlLoopConfig, ControlLoopReport, RolloutRecorder
 from vpp.robots.drivers.sim import CAMERA_NAMES, SimArm
 from vpp.robots.evaluate import EVAL_SEED
-from vpp.robots.interfaces import Camera, Robot
+from vpp.robots.interfaces import Camera, Robot, RobotError
 from vpp.robots.policies import BLIND_MODES, BUILT_IN_POLICIES, load_policy
 from vpp.robots.safety import SafetyFilter
 
@@ -629,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         # Camera set-up problems are the user's to fix: the message says what to change.
         print(f"vpp-robot {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    except RobotError as error:
+        # Raised before the control loop runs (a loop failure ends in its report instead): a
+        # controller that cannot be reached, a kernel without realtime, a missing gripper. The
+        # message names the fix; a traceback would bury it.
+        print(f"vpp-robot {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
