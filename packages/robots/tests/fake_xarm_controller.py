@@ -426,3 +426,37 @@ class FakeXArmController:
             report += struct.pack("<3f", 0.0, 0.0, -1.0)
         assert len(report) == NORMAL_REPORT_LENGTH
         return report
+
+
+@contextlib.contextmanager
+def serving_fake_xarm(joints=None, pose=None):
+    """A started FakeXArmController that ``XArmAPI("127.0.0.1")`` connects to: the SDK's control and
+    report ports are pointed at the fake's (and its report layout, which it picks by the well-known
+    port number, mapped onto ours) until the block ends. ``joints`` / ``pose`` set the reported
+    start state."""
+    import pytest
+    from xarm.core.config.x_config import XCONF
+    from xarm.x3.report import ReportDataStructure
+
+    fake = FakeXArmController().start()
+    if joints is not None:
+        fake.joints = list(joints)
+    if pose is not None:
+        fake.pose = list(pose)
+    original_create = ReportDataStructure.create.__func__
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(XCONF.SocketConf, "TCP_CONTROL_PORT", fake.control_port)
+            patch.setattr(XCONF.SocketConf, "TCP_REPORT_NORM_PORT", fake.report_port)
+            patch.setattr(
+                ReportDataStructure,
+                "create",
+                classmethod(
+                    lambda cls, port, **kw: original_create(
+                        cls, 30001 if port == fake.report_port else port, **kw
+                    )
+                ),
+            )
+            yield fake
+    finally:
+        fake.stop()

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_xarm_controller import STATE_STOPPED, FakeXArmController
+from fake_xarm_controller import STATE_STOPPED, serving_fake_xarm
 from franky_sim_process import FrankySimProcess
 from tiny_robot_artifact import IMAGE_SIZE as ARTIFACT_IMAGE_SIZE
 from tiny_robot_artifact import INSTRUCTIONS, write_tiny_robot_artifact
@@ -61,27 +61,8 @@ def franky_sim():
 
 @pytest.fixture
 def fake_xarm():
-    from xarm.core.config.x_config import XCONF
-    from xarm.x3.report import ReportDataStructure
-
-    fake = FakeXArmController().start()
-    fake.pose = [400.0, 0.0, 300.0, math.pi, 0.0, 0.0]
-    original_create = ReportDataStructure.create.__func__
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(XCONF.SocketConf, "TCP_CONTROL_PORT", fake.control_port)
-        patch.setattr(XCONF.SocketConf, "TCP_REPORT_NORM_PORT", fake.report_port)
-        # The SDK picks the report layout by the well-known port number; map ours onto it.
-        patch.setattr(
-            ReportDataStructure,
-            "create",
-            classmethod(
-                lambda cls, port, **kw: original_create(
-                    cls, 30001 if port == fake.report_port else port, **kw
-                )
-            ),
-        )
+    with serving_fake_xarm(pose=[400.0, 0.0, 300.0, math.pi, 0.0, 0.0]) as fake:
         yield fake
-    fake.stop()
 
 
 def run_arguments(robot: str, host: str, policy: str, instruction: str, out: Path, video: Path) -> list[str]:

@@ -17,7 +17,7 @@ from fake_xarm_controller import (
     SET_MODE,
     SET_STATE,
     STATE_STOPPED,
-    FakeXArmController,
+    serving_fake_xarm,
 )
 
 from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
@@ -48,26 +48,8 @@ TOLERANCE = 1e-4  # fp32 on the wire
 
 @pytest.fixture(scope="module")
 def fake_controller():
-    from xarm.core.config.x_config import XCONF
-    from xarm.x3.report import ReportDataStructure
-
-    fake = FakeXArmController().start()
-    original_create = ReportDataStructure.create.__func__
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(XCONF.SocketConf, "TCP_CONTROL_PORT", fake.control_port)
-        patch.setattr(XCONF.SocketConf, "TCP_REPORT_NORM_PORT", fake.report_port)
-        # The SDK picks the report layout by the well-known port number; map ours onto it.
-        patch.setattr(
-            ReportDataStructure,
-            "create",
-            classmethod(
-                lambda cls, port, **kw: original_create(
-                    cls, 30001 if port == fake.report_port else port, **kw
-                )
-            ),
-        )
+    with serving_fake_xarm() as fake:
         yield fake
-    fake.stop()
 
 
 @pytest.fixture
