@@ -96,3 +96,23 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     assert LeRobotDataset(out / "demos").num_episodes == 2
     assert (out / "rollout" / "latency_report.json").is_file()
     assert re.search(r"^== grasped \d+/2\b", again, flags=re.MULTILINE)
+
+    # The controls of the main job's score (scripts/grasp_controls.sh): the same artifact from the
+    # same cube positions with the wrist camera blinded, and as an int8 artifact, in one table.
+    controls = subprocess.run(
+        ["bash", str(SCRIPT.parent / "grasp_controls.sh"), str(out), "2"],
+        check=False,
+        env={**os.environ, **SMALL},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert controls.returncode == 0, controls.stdout[-3000:] + controls.stderr[-3000:]
+    summary = json.loads((out / "controls" / "summary.json").read_text())
+    runs = ("deployed", "blind-first", "blind-gray", "int8")
+    assert all(summary[name]["episodes"] == 2 for name in runs)
+    blinded = json.loads((out / "controls" / "blind-gray" / "grasp_eval.json").read_text())
+    assert blinded["config"]["blind_cameras"] == ["wrist"] and blinded["config"]["blind_mode"] == "gray"
+    assert [r["seed"] for r in blinded["rollouts"]] == [r["seed"] for r in grasps["rollouts"]]
+    assert summary["int8_quantization"]["calibration"]["video_keys"] == {"wrist": "observation.images.wrist"}
+    assert "| int8 | " in controls.stdout
