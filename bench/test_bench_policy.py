@@ -13,16 +13,20 @@ shared 2-core VM, where two threads per process measured noise. Each benchmark f
 two sides agree, so ``--benchmark-disable`` (the test suite's smoke run) is a parity test.
 ``bench/components.py`` splits the same graphs further, into the per-component table.
 
-Groups ``artifact variants {preset}, N thread(s)`` time ``Policy.act`` of four artifacts side by
+Groups ``artifact variants {preset}, N thread(s)`` time ``Policy.act`` of six artifacts side by
 side, on one and on two ORT threads: ``fp32`` (the artifact above), ``int8`` (``--quantize int8``,
 calibrated on a LeRobot dataset written here; 2 fp32 candidates measured, at most 1 kept, to bound
 the export time), ``early-exit`` (a policy whose TVP reads up-blocks (0, 1), the official code's
 early exit, as the small UNet's three up-blocks allow; (0,) of the tiny UNet's two) and
-``early-exit+int8``. Each first checks its chunk against PyTorch from the same noise (int8 within
+``early-exit+int8``, and the ``int8-dynamic`` pair (``--quantize int8-dynamic``: the matrix
+products alone, which kept a trained policy's closed-loop success where the hybrid lost it). Each
+first checks its chunk against PyTorch from the same noise (int8 within
 ``QUANTIZED_PARITY_TOLERANCE``, in normalised units).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -169,7 +173,7 @@ def test_bench_head(benchmark, policies, implementation):
         timed(benchmark, runtime.policy_session.run, None, feed)
 
 
-VARIANTS = ["fp32", "int8", "early-exit", "early-exit+int8"]
+VARIANTS = ["fp32", "int8", "int8-dynamic", "early-exit", "early-exit+int8", "early-exit+int8-dynamic"]
 
 
 def build_policy(preset, rng, **tvp_overrides):
@@ -214,10 +218,13 @@ def variants(policies, tmp_path_factory):
         str(calibration), calibration_frames=16, held_out_frames=4, candidates=2, keep_fp32=1
     )
     folders = {"fp32": (eager, runtime.folder)}
+    dynamic = dataclasses.replace(quantize, scheme="dynamic")
     for name, policy, options in (
         ("int8", eager, quantize),
+        ("int8-dynamic", eager, dynamic),
         ("early-exit", early, None),
         ("early-exit+int8", early, quantize),
+        ("early-exit+int8-dynamic", early, dynamic),
     ):
         folder = tmp_path_factory.mktemp(f"artifact-{preset}-{name}")
         export_policy(policy, folder, [INSTRUCTION], quantize=options)

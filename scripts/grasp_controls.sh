@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # What the main job's grasp score means: the same artifact on the same unseen cube positions
-# (1) as deployed, (2) with the wrist camera blinded to a fixed real frame, (3) to gray, and
-# (4) exported with an int8 features graph; then a table with Wilson 95% intervals and the
-# paired (same seed) differences.
+# (1) as deployed, (2) with the wrist camera blinded to a fixed real frame, (3) to gray,
+# (4) exported with an int8 features graph (static convolutions + dynamic matrix products) and
+# (5) with only the matrix products int8; then a table with Wilson 95% intervals and the paired
+# (same seed) differences.
 #
 #   bash scripts/grasp_controls.sh OUT [ROLLOUTS]     # OUT: a finished `bash scripts/demo.sh OUT`
 #
 # If the blinded policy grasps as often as the deployed one, the score does not show that the
-# policy uses its camera. The int8 artifact counts as equivalent only if its rate lies inside the
+# policy uses its camera. An int8 artifact counts as equivalent only if its rate lies inside the
 # float32 interval. Every stage is simulated time (the physics waits for each chunk), so the
 # machine's load cannot change a result; finished stages are skipped when run again.
 set -euo pipefail
@@ -43,10 +44,16 @@ if [[ ! -e $controls/artifact-int8/manifest.json.sha256 ]]; then
     "$python" -m vpp.export.cli "$out/policy/model" --out "$controls/artifact-int8" \
         --instruction "$instruction" --quantize int8 --calibration-data "$out/demos"
 fi
+if [[ ! -e $controls/artifact-int8-dynamic/manifest.json.sha256 ]]; then
+    echo "== export int8-dynamic"
+    "$python" -m vpp.export.cli "$out/policy/model" --out "$controls/artifact-int8-dynamic" \
+        --instruction "$instruction" --quantize int8-dynamic --calibration-data "$out/demos"
+fi
 evaluate deployed "$out/artifact"
 evaluate blind-first "$out/artifact" --blind-camera wrist --blind-mode first
 evaluate blind-gray "$out/artifact" --blind-camera wrist --blind-mode gray
 evaluate int8 "$controls/artifact-int8"
+evaluate int8-dynamic "$controls/artifact-int8-dynamic"
 
 "$python" - "$controls" <<'PY'
 import json
@@ -56,7 +63,7 @@ from pathlib import Path
 from vpp.robots.evaluate import wilson_interval
 
 controls = Path(sys.argv[1])
-names = ["deployed", "blind-first", "blind-gray", "int8"]
+names = ["deployed", "blind-first", "blind-gray", "int8", "int8-dynamic"]
 runs = {name: json.loads((controls / name / "grasp_eval.json").read_text()) for name in names}
 base = {r["seed"]: r["grasped"] for r in runs["deployed"]["rollouts"]}
 rows, summary = [], {}
@@ -77,8 +84,9 @@ for name in names:
     rows.append(
         f"| {name} | {grasped}/{episodes} | [{low:.2f}, {high:.2f}] | {only_deployed} | {only_this} |"
     )
-quant = json.loads((controls / "artifact-int8" / "manifest.json").read_text()).get("quantization")
-summary["int8_quantization"] = quant
+for name in ("int8", "int8-dynamic"):
+    manifest = json.loads((controls / f"artifact-{name}" / "manifest.json").read_text())
+    summary[f"{name}_quantization"] = manifest.get("quantization")
 (controls / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print("| run | grasped | Wilson 95% | grasped by deployed only | by this run only |")
 print("|---|---|---|---|---|")

@@ -109,7 +109,7 @@ def test_the_main_job_makes_an_artifact_and_runs_it_on_the_sim_arm(tmp_path):
     )
     assert controls.returncode == 0, controls.stdout[-3000:] + controls.stderr[-3000:]
     summary = json.loads((out / "controls" / "summary.json").read_text())
-    runs = ("deployed", "blind-first", "blind-gray", "int8")
+    runs = ("deployed", "blind-first", "blind-gray", "int8", "int8-dynamic")
     assert all(summary[name]["episodes"] == 2 for name in runs)
     blinded = json.loads((out / "controls" / "blind-gray" / "grasp_eval.json").read_text())
     assert blinded["config"]["blind_cameras"] == ["wrist"] and blinded["config"]["blind_mode"] == "gray"

@@ -102,6 +102,26 @@ def test_the_int8_graph_holds_qdq_convs_and_dynamic_int8_matmuls(quantized):
     assert any(node.domain == FUSED_DOMAIN for node in graph.node)
 
 
+def test_the_dynamic_scheme_leaves_every_convolution_float(tmp_path, dataset, quantized):
+    """--quantize int8-dynamic: only the matrix products are int8 (no calibrated ranges), and its
+    features err less than the hybrid's (the static convolutions' per-tensor activations are the
+    hybrid's largest error)."""
+    policy, hybrid_folder = quantized
+    export_policy(
+        policy, tmp_path, INSTRUCTIONS, quantize=QuantizeOptions(str(dataset), **OPTIONS, scheme="dynamic")
+    )
+    graph = onnx.load(str(tmp_path / "features.onnx")).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["QuantizeLinear"] == 0 and ops["MatMulInteger"] and ops["DynamicQuantizeLinear"]
+    record = Manifest.read(tmp_path).quantization
+    assert record.scheme == "int8-dynamic" and record.static is None and record.fp32_nodes == ()
+    assert record.quantized_nodes["Conv"] == 0 and record.quantized_nodes["MatMul"] > 0
+    hybrid = Manifest.read(hybrid_folder).quantization
+    assert record.held_out.feature_cosine_min >= hybrid.held_out.feature_cosine_min
+    with pytest.raises(CalibrationDataError, match="scheme='static'; expected 'hybrid' or 'dynamic'"):
+        QuantizeOptions(str(dataset), scheme="static")
+
+
 def test_the_manifest_records_the_quantisation_and_its_calibration(quantized, dataset):
     _, folder = quantized
     manifest = Manifest.read(folder)

@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = parser.add_argument_group("int8 features graph (vpp.export.quantize)")
     quantize.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "int8-dynamic"],
         help="int8 features graph: static QDQ Convs (uint8 activations calibrated on --calibration-data, int8 "
-        "per-channel weights) and dynamic int8 MatMul/Gemm, checked against fp32 on held-out frames",
+        "per-channel weights) and dynamic int8 MatMul/Gemm, checked against fp32 on held-out frames; "
+        "int8-dynamic: the MatMul/Gemm pass alone (less speed, far less error in what the head reads)",
     )
     quantize.add_argument(
         "--calibration-data",
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 candidates=args.fp32_candidates,
                 keep_fp32=args.keep_fp32,
                 seed=args.seed,
+                scheme="dynamic" if args.quantize == "int8-dynamic" else "hybrid",
             )
         except CalibrationDataError as error:
             parser.error(str(error))

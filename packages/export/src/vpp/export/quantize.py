@@ -45,6 +45,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -87,8 +88,14 @@ class QuantizeOptions:
     candidates: int = DEFAULT_CANDIDATES
     keep_fp32: int = DEFAULT_KEEP_FP32
     seed: int = 0
+    # "hybrid": static Conv + dynamic MatMul/Gemm; "dynamic": MatMul/Gemm only (no calibration:
+    # the frames are only measured on). The static convolutions' per-tensor uint8 activations
+    # cost the head most: see docs/main-job.md.
+    scheme: Literal["hybrid", "dynamic"] = "hybrid"
 
     def __post_init__(self) -> None:
+        if self.scheme not in ("hybrid", "dynamic"):
+            raise CalibrationDataError(f"scheme={self.scheme!r}; expected 'hybrid' or 'dynamic'")
         for name, least in (
             ("calibration_frames", 1),
             ("held_out_frames", 1),
@@ -364,9 +371,10 @@ def calibrate(
     return cache
 
 
-def quantize_graph(model: Path, out: Path, cache: Path, fp32_nodes: Sequence[str], work: Path) -> None:
+def quantize_graph(model: Path, out: Path, cache: Path | None, fp32_nodes: Sequence[str], work: Path) -> None:
     """The hybrid recipe on ``model`` (pre-processed): static QDQ Convs from the calibration
-    ``cache``, then dynamic MatMul/Gemm; ``fp32_nodes`` stay as they are."""
+    ``cache``, then dynamic MatMul/Gemm; ``fp32_nodes`` stay as they are. Without a ``cache``,
+    the dynamic pass alone."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -376,19 +384,22 @@ def quantize_graph(model: Path, out: Path, cache: Path, fp32_nodes: Sequence[str
     )
 
     static = work / "static.onnx"
-    quantize_static(
-        str(model),
-        str(static),
-        None,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(STATIC_OP_TYPES),
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(fp32_nodes),
-        calibrate_method=CalibrationMethod.MinMax,
-        calibration_cache_path=str(cache),
-    )
+    if cache is None:
+        shutil.copyfile(model, static)
+    else:
+        quantize_static(
+            str(model),
+            str(static),
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(STATIC_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(fp32_nodes),
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=str(cache),
+        )
     quantize_dynamic(
         str(static),
         str(out),
@@ -487,10 +498,12 @@ def quantize_features(
     candidates: int = DEFAULT_CANDIDATES,
     keep_fp32: int = DEFAULT_KEEP_FP32,
     threads: int | None = None,
+    static: bool = True,
 ) -> QuantizationResult:
     """Writes the int8 hybrid of ``fp32_model`` to ``out`` (calibrated on ``calibration`` feeds),
     keeping in fp32 the ``keep_fp32`` most harmful of the ``candidates`` noisiest Convs as
-    measured by the feature cosine on ``held_out`` feeds (see the module docstring)."""
+    measured by the feature cosine on ``held_out`` feeds (see the module docstring).
+    ``static=False``: the dynamic MatMul/Gemm pass alone (no calibration, no search)."""
     from onnxruntime.quantization import quant_pre_process
 
     reference_session = cpu_session(fp32_model, library, threads)
@@ -504,7 +517,7 @@ def quantize_features(
         work = Path(tmp)
         prepared = work / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-        cache = calibrate(prepared, calibration, library, work)
+        cache = calibrate(prepared, calibration, library, work) if static else None
 
         def measure(fp32_nodes: Sequence[str], path: Path) -> Agreement:
             quantize_graph(prepared, path, cache, fp32_nodes, work)
@@ -513,7 +526,7 @@ def quantize_features(
         baseline = measure((), out)
         logger.info("int8, every Conv/MatMul/Gemm: worst held-out feature cosine %.5f", baseline.worst_cosine)
         sensitivity: dict[str, float] = {}
-        if candidates and keep_fp32:
+        if static and candidates and keep_fp32:
             noise = conv_input_noise(work / "static.onnx", prepared, calibration[0], library, work)
             for name in sorted(noise, key=noise.get)[:candidates]:
                 gain = measure([name], work / "candidate.onnx").worst_cosine - baseline.worst_cosine

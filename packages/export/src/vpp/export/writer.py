@@ -561,6 +561,7 @@ def quantize_artifact(
                 runtime.custom_ops_library,
                 candidates=options.candidates,
                 keep_fp32=options.keep_fp32,
+                static=options.scheme == "hybrid",
             )
         except QuantizationError:
             raise
@@ -582,11 +583,13 @@ def quantize_artifact(
             action_errors.append(_max_abs(*chunks))
     cosines = result.held_out.feature_cosines
     record = Quantization(
-        scheme="int8-hybrid",
+        scheme=f"int8-{options.scheme}",
         graph="features",
         static=QuantizedOps(
             op_types=STATIC_OP_TYPES, activations="uint8 per tensor (MinMax)", weights="int8 per channel"
-        ),
+        )
+        if options.scheme == "hybrid"
+        else None,
         dynamic=QuantizedOps(
             op_types=DYNAMIC_OP_TYPES, activations="uint8 per call", weights="int8 per channel"
         ),

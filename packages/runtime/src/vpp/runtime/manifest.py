@@ -535,16 +535,17 @@ class HeldOutAgreement(_Record):
 @dataclass(frozen=True)
 class Quantization(_Record):
     """A graph of the artifact in lower precision, as ``vpp-export --quantize`` made it: the
-    scheme ("int8-hybrid": static QDQ for ``static``'s op types, dynamic for ``dynamic``'s), the
+    scheme ("int8-hybrid": static QDQ for ``static``'s op types, dynamic for ``dynamic``'s;
+    "int8-dynamic": ``dynamic``'s op types only, ``static`` None, the frames used only to measure), the
     graph ("features"), how many nodes of each op type run quantised, the nodes kept in fp32
     with the feature-cosine gain each measured when kept (``fp32_node_gains`` holds every
     candidate measured), the calibration data, the agreement with fp32 on held-out frames, and
     the seconds quantisation took. Recorded for people and tools; the runtime needs nothing of
     it to run the graph."""
 
-    scheme: Literal["int8-hybrid"]
+    scheme: Literal["int8-hybrid", "int8-dynamic"]
     graph: Literal["features"]
-    static: QuantizedOps
+    static: QuantizedOps | None
     dynamic: QuantizedOps
     quantized_nodes: dict[str, int]
     fp32_nodes: tuple[str, ...]
@@ -554,6 +555,10 @@ class Quantization(_Record):
     seconds: float
 
     def _check(self) -> None:
+        if (self.static is None) != (self.scheme == "int8-dynamic"):
+            raise ManifestValueError(
+                "static", f"{self.static}; expected a static pass for int8-hybrid and none for int8-dynamic"
+            )
         if not self.quantized_nodes or any(count < 0 for count in self.quantized_nodes.values()):
             raise ManifestValueError("quantized_nodes", f"{self.quantized_nodes}; expected node counts >= 0")
         if not any(self.quantized_nodes.values()):
