@@ -245,6 +245,8 @@ def check_variant(policy, runtime, observation, variant):
     assert error < tolerance, f"{variant}: normalised action error {error:.3g} >= {tolerance}"
 
 
+# slow: building the six artifacts (four int8 exports with calibration) takes ~3 minutes on 2 cores
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bench_artifact_variants(benchmark, policies, variants, variant, threads):
