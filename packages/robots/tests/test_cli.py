@@ -80,3 +80,23 @@ def test_a_controller_that_cannot_be_reached_is_a_message_not_a_traceback(tmp_pa
     err = capsys.readouterr().err
     assert "vpp-robot run: RobotConnectionError: cannot connect to Franka at 127.0.0.3" in err
     assert "Traceback" not in err
+
+
+def test_the_report_timeout_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "run",
+                "--robot",
+                "xarm",
+                "--host",
+                "127.0.0.3",
+                "--policy",
+                "hold",
+                "--instruction",
+                "x",
+                "--report-timeout",
+                "0",
+            ]
+        )
+    assert exit_info.value.code == 2 and "expected a positive number of seconds" in capsys.readouterr().err

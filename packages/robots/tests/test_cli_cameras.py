@@ -81,6 +81,9 @@ def run(tmp_path, robot="xarm", *extra):
             "pick",
             "--out",
             str(tmp_path / "out"),
+            # the fake controller's reports share this process: see test_real_robot_e2e.py
+            "--report-timeout",
+            "1.0",
             *extra,
         ]
     )

@@ -62,7 +62,7 @@ def collect(source, camera, out, *extra):
     return cli.main(
         [
             *("collect", "replay", "--source", str(source), "--robot", "xarm", "--host", "127.0.0.1"),
-            *("--camera", camera, "--out", str(out), "--image-size", "16", *extra),
+            *("--camera", camera, "--out", str(out), "--image-size", "16", "--report-timeout", "1.0", *extra),
         ]
     )
 

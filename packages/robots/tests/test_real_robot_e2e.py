@@ -33,6 +33,9 @@ from vpp.robots.safety import SafetyFilter, SafetyLimits
 pytest.importorskip("cv2")
 
 SECONDS, RATE_HZ, SERVO_HZ = 10.0, 10.0, 100.0
+# The fake controller's report thread shares the test's process (and its GIL): on a loaded
+# machine its 100 Hz reports can stall past the 0.3 s default, which reads as a lost link.
+FAKE_REPORT_TIMEOUT = "1.0"
 SINE_IMAGE_SIZE = 32
 
 
@@ -75,6 +78,8 @@ def run_arguments(robot: str, host: str, policy: str, instruction: str, out: Pat
         arguments += ["--image-size", str(SINE_IMAGE_SIZE)]
     if robot == "franka":
         arguments.append("--no-enforce-realtime")
+    else:
+        arguments += ["--report-timeout", FAKE_REPORT_TIMEOUT]
     return arguments
 
 

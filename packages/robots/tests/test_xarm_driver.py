@@ -59,7 +59,9 @@ def robot(fake_controller):
     fake_controller.reset_gripper()
     fake_controller.joints = [0.0, -0.3, 0.0, 0.6, 0.0, 0.9, 0.0]
     fake_controller.pose = [400.0, 0.0, 300.0, math.pi, 0.0, 0.0]
-    arm = XArmRobot(XArmConfig("127.0.0.1"), SafetyFilter(LIMITS))
+    # The fake's report thread shares this process (and its GIL): on a loaded machine its 100 Hz
+    # reports can stall past the 0.3 s default, which would read as a lost link.
+    arm = XArmRobot(XArmConfig("127.0.0.1", report_timeout_s=1.0), SafetyFilter(LIMITS))
     arm.connect()
     fake_controller.received.clear()
     yield arm

@@ -78,7 +78,8 @@ def build_robot(args: argparse.Namespace, image_size: int) -> tuple[Robot, list[
         return FrankaRobot(franka, SafetyFilter.for_arm("franka", servo_period)), []
     from vpp.robots.drivers.xarm import XArmConfig, XArmRobot
 
-    return XArmRobot(XArmConfig(host), SafetyFilter.for_arm("xarm", servo_period)), []
+    xarm = XArmConfig(host, report_timeout_s=args.report_timeout)
+    return XArmRobot(xarm, SafetyFilter.for_arm("xarm", servo_period)), []
 
 
 def policy_cameras(policy) -> list[str] | None:
@@ -427,6 +428,22 @@ CAMERA_HELP = (
     "(no frame that long is a dropped stream; default 2). Every camera the policy names must be bound; "
     "simulated arms render their own"
 )
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected seconds, e.g. 0.3") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}; expected a positive number of seconds")
+    return value
+
+
+REPORT_TIMEOUT_HELP = (
+    "xarm: a controller state report older than this many seconds counts as a lost link (the arm is stopped); "
+    "the reports come at 100 Hz, so the default allows 0.3 s of network or scheduling hiccup"
+)
 ENFORCE_REALTIME_HELP = (
     "franka: have libfranka require a real-time (PREEMPT_RT) kernel, as franky and libfranka do by default; "
     "a PC without one (or a simulator such as franky-sim) needs --no-enforce-realtime"
@@ -452,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help=ENFORCE_REALTIME_HELP,
+    )
+    run_parser.add_argument(
+        "--report-timeout", type=positive_seconds, default=0.3, metavar="SECONDS", help=REPORT_TIMEOUT_HELP
     )
     run_parser.add_argument("--rate", type=float, default=10.0, help="policy rate, Hz")
     run_parser.add_argument("--servo-rate", type=float, default=100.0, help="interpolation/command rate, Hz")
@@ -552,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         "(the source episode's first observation.state pose, in the arm's base frame)",
     )
     replay.add_argument("--max-attempts", type=int, default=2, help="attempts per source episode")
+    replay.add_argument(
+        "--report-timeout", type=positive_seconds, default=0.3, metavar="SECONDS", help=REPORT_TIMEOUT_HELP
+    )
     replay.add_argument(
         "--enforce-realtime", action=argparse.BooleanOptionalAction, default=True, help=ENFORCE_REALTIME_HELP
     )
