@@ -37,6 +37,9 @@ POLICY_LR=${POLICY_LR:-3e-4}
 POLICY_FLAGS=${POLICY_FLAGS:---state-dropout 0 --feature-position-embedding}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 EVAL_MAX_STEPS=${EVAL_MAX_STEPS:-150}
+# stage names not to run, space-separated, e.g. "policy-vae eval-vae diagnose-vae" when only the VPP
+# policy is wanted (the summary leaves a skipped row null)
+SKIP_STAGES=${SKIP_STAGES:-}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 BIN=.venv/bin
@@ -49,6 +52,10 @@ log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$RUN/logs/repro.log"; }
 stage() {
     local name=$1 done_path=$2
     shift 2
+    if [[ " $SKIP_STAGES " == *" $name "* ]]; then
+        log "$name: skipped (SKIP_STAGES)"
+        return 0
+    fi
     if [[ -e $done_path ]]; then
         log "$name: already done ($done_path)"
         return 0
@@ -87,8 +94,13 @@ log "settings: tasks $TASKS; demos/task $DEMOS_PER_TASK ($HELD_OUT_PER_TASK held
     "tvp $TVP_STEPS x $TVP_BATCH; window stride $WINDOW_STRIDE; policy $POLICY_STEPS x $POLICY_BATCH lr $POLICY_LR" \
     "($POLICY_FLAGS); eval $EVAL_EPISODES unseen configurations/task <= $EVAL_MAX_STEPS steps"
 
-stage collect "$RUN/demos/meta/info.json" \
+# The dataset's meta/info.json exists from the first episode on, so a stopped collection is marked
+# finished only by collect.done (a rerun of a finished collection resumes and finds nothing to do).
+collect_demos() {
     $BIN/vpp-robot collect metaworld --tasks "$TASKS" --episodes "$DEMOS_PER_TASK" --image-size 64 --out "$RUN/demos"
+    touch "$RUN/logs/collect.done"
+}
+stage collect "$RUN/logs/collect.done" collect_demos
 # The TVP trains in the background. The VAE ablation needs only its fitted VAE, which the TVP run
 # writes to tvp/base/ (renamed into place when complete) before its first step, so the ablation's
 # training, diagnostics and evaluation run beside the TVP's stages, one core each.
@@ -120,7 +132,7 @@ stage eval-oracle "$RUN/eval-oracle/results.json" policy_eval oracle "MetaWorld 
 # against the real frames beside holding the first frame: tvp-predict/unseen.{png,gif,json}
 stage tvp-predict "$RUN/tvp-predict/unseen.json" env RUN="$RUN" $BIN/python scripts/metaworld_tvp_check.py
 
-export RUN TASKS DEMOS_PER_TASK HELD_OUT_PER_TASK VAE_FIT_STEPS TVP_STEPS TVP_BATCH TVP_LR WINDOW_STRIDE CHUNK POLICY_STEPS \
+export RUN TASKS DEMOS_PER_TASK SKIP_STAGES HELD_OUT_PER_TASK VAE_FIT_STEPS TVP_STEPS TVP_BATCH TVP_LR WINDOW_STRIDE CHUNK POLICY_STEPS \
     POLICY_BATCH POLICY_LR POLICY_FLAGS EVAL_EPISODES EVAL_MAX_STEPS
 $BIN/python scripts/metaworld_summary.py
 log "all stages done; $RUN/summary.json written"

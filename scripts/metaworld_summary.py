@@ -18,6 +18,7 @@ from vpp.robots.collect import CollectionState
 GROUPS = ("easy", "middle", "hard", "average")
 SETTINGS = (
     "TASKS",
+    "SKIP_STAGES",
     "DEMOS_PER_TASK",
     "HELD_OUT_PER_TASK",
     "VAE_FIT_STEPS",
