@@ -15,6 +15,7 @@ from vpp.export.graph_passes import FUSED_DOMAIN
 from vpp.export.quantize import (
     CalibrationDataError,
     QuantizeOptions,
+    agreement,
     fused_op_schemas,
     split_calibration_spec,
 )
@@ -120,6 +121,33 @@ def test_the_dynamic_scheme_leaves_every_convolution_float(tmp_path, dataset, qu
     assert record.held_out.feature_cosine_min >= hybrid.held_out.feature_cosine_min
     with pytest.raises(CalibrationDataError, match="scheme='static'; expected 'hybrid' or 'dynamic'"):
         QuantizeOptions(str(dataset), scheme="static")
+
+
+class _Session:
+    """Stands in for an ORT session: returns the feature array it is fed."""
+
+    def run(self, _outputs, feed):
+        return [feed["x"]]
+
+
+def test_the_search_judges_a_graph_by_the_actions_the_head_makes_of_its_features():
+    """A feature error the cosine barely sees (a small element moved) can move the head's actions
+    a lot: the agreement measures both, and the search's loss is the mean action error."""
+    reference = [np.array([100.0, 0.01]), np.array([100.0, 0.02])]
+    quantized = [{"x": np.array([100.0, 0.11])}, {"x": np.array([100.0, 0.02])}]
+    # a head that standardises the second element by a spread of 0.01, as trained heads do
+
+    def actions(index, features):
+        return np.array([features[0] / 100.0, (features[1] - 0.015) / 0.01])
+
+    expected = [actions(i, f) for i, f in enumerate(reference)]
+    measured = agreement(_Session(), reference, quantized, actions, expected)
+    assert measured.worst_cosine > 0.9999995
+    assert measured.action_errors == pytest.approx([10.0, 0.0])
+    assert measured.loss == pytest.approx(5.0) and measured.mean_action_error == pytest.approx(5.0)
+    # without a head, the loss falls back to the cosine
+    alone = agreement(_Session(), reference, quantized)
+    assert alone.action_errors is None and alone.loss == pytest.approx(1 - alone.worst_cosine)
 
 
 def test_the_manifest_records_the_quantisation_and_its_calibration(quantized, dataset):

@@ -68,7 +68,6 @@ from vpp.export.quantize import (
     CalibrationSource,
     QuantizationError,
     QuantizeOptions,
-    cpu_session,
     graph_feeds,
     open_calibration_source,
     quantize_features,
@@ -549,6 +548,11 @@ def quantize_artifact(
     calibration = [feed for index, feed in enumerate(feature_feeds) if index not in held]
     held_out = sorted(held)
     features_file = artifact.path(artifact.manifest.graphs.features.file)
+
+    def actions(position: int, features: np.ndarray) -> np.ndarray:
+        """The normalised chunk policy.onnx makes of held-out frame ``position``'s features."""
+        return runtime.policy_session.run(None, {**policy_feeds[held_out[position]], "features": features})[0]
+
     with tempfile.TemporaryDirectory(prefix="vpp-fp32-") as tmp:
         fp32_file = Path(tmp) / "features.onnx"
         shutil.copyfile(features_file, fp32_file)
@@ -562,6 +566,7 @@ def quantize_artifact(
                 candidates=options.candidates,
                 keep_fp32=options.keep_fp32,
                 static=options.scheme == "hybrid",
+                actions=actions,
             )
         except QuantizationError:
             raise
@@ -571,16 +576,7 @@ def quantize_artifact(
                 f"ONNX Runtime's quantisation of {features_file} failed ({type(error).__name__}: {error}); the fp32 "
                 "graph was put back. Export without --quantize, or report the error with the policy's config"
             ) from error
-        int8_session = cpu_session(features_file, runtime.custom_ops_library)
-        action_errors = []
-        for index in held_out:
-            fp32_features = runtime.feature_session.run(None, feature_feeds[index])[0]
-            int8_features = int8_session.run(None, feature_feeds[index])[0]
-            chunks = [
-                runtime.policy_session.run(None, {**policy_feeds[index], "features": features})[0]
-                for features in (fp32_features, int8_features)
-            ]
-            action_errors.append(_max_abs(*chunks))
+    action_errors = result.held_out.action_errors
     cosines = result.held_out.feature_cosines
     record = Quantization(
         scheme=f"int8-{options.scheme}",
