@@ -364,6 +364,19 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     direct.fit_feature_statistics(windows, None, batch_size=3, progress=False)
     torch.testing.assert_close(direct.head.feature_mean, head.feature_mean, atol=2e-3, rtol=1e-2)
 
+    # a higher floor: no element is amplified beyond the median element (robust to small errors)
+    robust = make_policy(
+        tvp, windows, feature_noise="fixed", standardize_features=True, feature_spread_floor=1.0
+    )
+    robust.fit_feature_statistics(windows, cache, progress=False)
+    median = float(std.median())
+    torch.testing.assert_close(
+        robust.head.feature_inv_std.double(), 1 / std.clamp_min(median), atol=1e-4, rtol=1e-4
+    )
+    assert float(robust.head.feature_inv_std.max()) <= 1 / median * (1 + 1e-4)
+    with pytest.raises(ConfigError, match="feature_spread_floor=0"):
+        make_policy(tvp, windows, standardize_features=True, feature_spread_floor=0.0)
+
     # the head reads standardised features: the same weights without standardisation, given them
     # already standardised, build the same condition tokens
     from vpp.policy.config import PolicyHeadConfig

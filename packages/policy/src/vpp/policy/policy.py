@@ -174,8 +174,8 @@ class VideoPredictionPolicy(nn.Module):
         """Sets the head's per-element feature mean and spread from (at most ``max_windows``, drawn
         with ``seed``) training windows, read from ``cache`` (a FeatureCache) or encoded from their
         images; windows of an unreadable episode are marked so in ``windows`` and skipped. A spread
-        below a tenth of the median spread is raised to it, so that an element that barely moves
-        in training cannot blow up at test time. Returns the number of windows used."""
+        below ``config.feature_spread_floor`` times the median spread is raised to it, so that an
+        element that barely moves in training cannot blow up at test time. Returns the windows used."""
         from tqdm.auto import tqdm
 
         if not self.config.standardize_features:
@@ -220,7 +220,7 @@ class VideoPredictionPolicy(nn.Module):
         n = used
         mean = total / n
         std = (total_sq / n - mean**2).clamp_min(0).sqrt()
-        floor = max(float(std.median()) * 0.1, 1e-6)
+        floor = max(float(std.median()) * self.config.feature_spread_floor, 1e-6)
         self.head.set_feature_statistics(mean.float(), std.clamp_min(floor).float())
         logger.info(
             "feature statistics from %d windows: median spread %.4g, %d elements raised to the floor %.4g",
