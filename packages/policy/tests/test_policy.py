@@ -335,7 +335,9 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     )
     cache = FeatureCache(tmp_path / "features", tvp, ["corner"], seed=0)
     cache.build(windows, tvp, progress=False)
-    policy = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
+    policy = make_policy(
+        tvp, windows, feature_noise="fixed", standardize_features=True, feature_spread_floor=0.1
+    )
     head = policy.head
     assert head.config.feature_shape == [
         1,
@@ -360,14 +362,15 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
     )
 
     # the cache holds the fixed-noise features the policy computes itself: the same statistics
-    direct = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
+    direct = make_policy(
+        tvp, windows, feature_noise="fixed", standardize_features=True, feature_spread_floor=0.1
+    )
     direct.fit_feature_statistics(windows, None, batch_size=3, progress=False)
     torch.testing.assert_close(direct.head.feature_mean, head.feature_mean, atol=2e-3, rtol=1e-2)
 
-    # a higher floor: no element is amplified beyond the median element (robust to small errors)
-    robust = make_policy(
-        tvp, windows, feature_noise="fixed", standardize_features=True, feature_spread_floor=1.0
-    )
+    # the default floor: no element is amplified beyond the median element (robust to small errors)
+    robust = make_policy(tvp, windows, feature_noise="fixed", standardize_features=True)
+    assert robust.config.feature_spread_floor == 1.0
     robust.fit_feature_statistics(windows, cache, progress=False)
     median = float(std.median())
     torch.testing.assert_close(
@@ -397,7 +400,11 @@ def test_feature_standardization_uses_the_training_features_and_is_saved(tmp_pat
 
     policy.save_pretrained(tmp_path / "policy")
     loaded = VideoPredictionPolicy.from_pretrained(tmp_path / "policy")
-    assert loaded.config.standardize_features
+    assert loaded.config.standardize_features and loaded.config.feature_spread_floor == 0.1
+    # a config saved before the floor was a field loads as what it was trained with
+    saved = policy.config.to_dict()
+    del saved["feature_spread_floor"]
+    assert VPPConfig.from_dict(saved).feature_spread_floor == 0.1
     torch.testing.assert_close(loaded.head.feature_inv_std, head.feature_inv_std, atol=0, rtol=0)
     obs = {"corner": episodes()[0]["frames"]["corner"][0], "state": np.zeros(4, np.float32)}
     a = policy.eval().predict_action_chunk(obs, "open the drawer", torch.Generator().manual_seed(5))
