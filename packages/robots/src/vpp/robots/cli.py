@@ -371,6 +371,27 @@ def eval_metaworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_compare(args: argparse.Namespace) -> int:
+    from vpp.robots.compare import EvaluationFileError, compare, table
+
+    named = []
+    for item in args.runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            print(f"vpp-robot eval compare: {item!r}: expected NAME=FOLDER", file=sys.stderr)
+            return 2
+        named.append((name, folder))
+    try:
+        rows = compare(named)
+    except (EvaluationFileError, ValueError) as error:
+        print(f"vpp-robot eval compare: {error}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=2) + "\n")
+    return 0
+
+
 def eval_grasp(args: argparse.Namespace) -> int:
     from vpp.robots.evaluate import GraspEvalConfig, evaluate_grasps
 
@@ -642,6 +663,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_blind_arguments(grasp)
     grasp.set_defaults(func=eval_grasp)
+    compare = eval_tasks.add_parser(
+        "compare",
+        help="variants against a baseline on the same starts: Wilson 95%% intervals, whether each lies inside the "
+        "baseline's, the starts only one solved and the exact McNemar p",
+    )
+    compare.add_argument(
+        "runs",
+        nargs="+",
+        metavar="NAME=FOLDER",
+        help="evaluation folders (eval grasp or eval metaworld --out), the baseline first",
+    )
+    compare.add_argument("--json", help="also write the comparison to this JSON file")
+    compare.set_defaults(func=eval_compare)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The filter logs every clamp at INFO, 100 times a second while streaming; the readout is the live view.
