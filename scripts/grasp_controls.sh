@@ -60,36 +60,27 @@ import json
 import sys
 from pathlib import Path
 
-from vpp.robots.evaluate import wilson_interval
+from vpp.robots.compare import compare, table
 
 controls = Path(sys.argv[1])
 names = ["deployed", "blind-first", "blind-gray", "int8", "int8-dynamic"]
-runs = {name: json.loads((controls / name / "grasp_eval.json").read_text()) for name in names}
-base = {r["seed"]: r["grasped"] for r in runs["deployed"]["rollouts"]}
-rows, summary = [], {}
-for name in names:
-    result = runs[name]
-    grasped, episodes = result["grasped"], result["episodes"]
-    low, high = wilson_interval(grasped, episodes)
-    paired = {r["seed"]: r["grasped"] for r in result["rollouts"]}
-    only_deployed = sum(base[s] and not paired[s] for s in base)
-    only_this = sum(paired[s] and not base[s] for s in base)
-    summary[name] = {
-        "grasped": grasped,
-        "episodes": episodes,
-        "ci95": [round(low, 3), round(high, 3)],
-        "grasped_only_by_deployed": only_deployed,
-        "grasped_only_by_this": only_this,
+rows = compare([(name, controls / name) for name in names])
+summary = {
+    row.name: {
+        "grasped": row.successes,
+        "episodes": row.episodes,
+        "ci95": [round(row.ci95[0], 3), round(row.ci95[1], 3)],
+        "grasped_only_by_deployed": row.only_baseline,
+        "grasped_only_by_this": row.only_this,
+        "mcnemar_p": row.mcnemar_p,
+        "inside_deployed_ci95": row.within_baseline_ci,
     }
-    rows.append(
-        f"| {name} | {grasped}/{episodes} | [{low:.2f}, {high:.2f}] | {only_deployed} | {only_this} |"
-    )
+    for row in rows
+}
 for name in ("int8", "int8-dynamic"):
     manifest = json.loads((controls / f"artifact-{name}" / "manifest.json").read_text())
     summary[f"{name}_quantization"] = manifest.get("quantization")
 (controls / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-print("| run | grasped | Wilson 95% | grasped by deployed only | by this run only |")
-print("|---|---|---|---|---|")
-print("\n".join(rows))
+print(table(rows))
 print(f"== wrote {controls / 'summary.json'}")
 PY
