@@ -73,7 +73,7 @@ summary = {
         "grasped_only_by_deployed": row.only_baseline,
         "grasped_only_by_this": row.only_this,
         "mcnemar_p": row.mcnemar_p,
-        "inside_deployed_ci95": row.within_baseline_ci,
+        "against_deployed_ci95": row.against_baseline_ci,
     }
     for row in rows
 }

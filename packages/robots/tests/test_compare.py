@@ -46,11 +46,16 @@ def test_a_variant_is_paired_with_the_baseline_start_by_start(tmp_path):
         ("int8", 92, 100),
         ("dyn", 99, 100),
     ]
-    assert rows[0].within_baseline_ci and rows[0].mcnemar_p == 1.0
-    assert not rows[1].within_baseline_ci
+    assert rows[0].against_baseline_ci == "inside" and rows[0].mcnemar_p == 1.0
+    assert rows[1].against_baseline_ci == "below" and not rows[1].at_parity
     assert (rows[1].only_baseline, rows[1].only_this) == (6, 0)
     assert rows[1].mcnemar_p == pytest.approx(2 / 64)
-    assert rows[2].within_baseline_ci and (rows[2].only_baseline, rows[2].only_this) == (1, 2)
+    assert rows[2].against_baseline_ci == "inside" and rows[2].at_parity
+    assert (rows[2].only_baseline, rows[2].only_this) == (1, 2)
+    # above the interval (96/100: [0.90, 0.98]) is reported, and is not a loss of parity
+    lower = write_grasp(tmp_path / "fp32-96", [True] * 96 + [False] * 4)
+    better = compare([("fp32", lower), ("dyn", same)])[1]
+    assert better.against_baseline_ci == "above" and better.at_parity
 
 
 def test_metaworld_episodes_pair_by_task_and_index(tmp_path):
@@ -82,6 +87,6 @@ def test_the_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "comparison.json"
     assert main(["eval", "compare", f"fp32={base}", f"int8={variant}", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| int8 | 15/20 |" in text and "inside the baseline's 95%" in text
+    assert "| int8 | 15/20 |" in text and "against the baseline's 95%" in text
     saved = json.loads(out.read_text())
     assert [row["name"] for row in saved] == ["fp32", "int8"] and saved[1]["only_baseline"] == 3
