@@ -3,6 +3,9 @@ of the saved torch policy and of its exported artifact (vpp-robot eval), and the
 collected demos."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
@@ -147,6 +150,39 @@ def test_collect_train_both_stages_and_evaluate(tmp_path, capsys):
     deployed = json.loads((tmp_path / "eval-artifact" / "results.json").read_text())
     assert [e["rand_vec"] for e in deployed["episodes"]] == [e["rand_vec"] for e in results["episodes"]]
     assert deployed["per_task"]["reach"]["mean_episode_length"] == 8 and deployed["name"] == str(artifact)
+
+    # scripts/metaworld_variants.sh: float32, int8 hybrid and int8-dynamic artifacts of a run's
+    # policy on the same unseen starts, compared against float32 (docs/quantization.md)
+    run = tmp_path / "run"
+    (run / "policy-tvp").mkdir(parents=True)
+    (run / "policy-tvp" / "model").symlink_to(model)
+    (run / "demos").symlink_to(demos)
+    env = {
+        **os.environ,
+        "RUN": str(run),
+        "TASKS": "reach",
+        "EVAL_EPISODES": "1",
+        "EVAL_MAX_STEPS": "8",
+        "JOBS": "2",
+    }
+    script = Path(__file__).parents[1] / "scripts" / "metaworld_variants.sh"
+    done = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    comparison = json.loads((run / "variants" / "comparison.json").read_text())
+    assert [row["name"] for row in comparison] == ["fp32", "int8", "int8-dynamic"]
+    assert all(row["episodes"] == 1 and row["shared"] == 1 for row in comparison)
+    for name, scheme in (("int8", "int8-hybrid"), ("int8-dynamic", "int8-dynamic")):
+        manifest = json.loads((run / "variants" / name / "manifest.json").read_text())
+        assert manifest["quantization"]["scheme"] == scheme
+        starts = json.loads((run / "variants" / f"eval-{name}" / "results.json").read_text())["episodes"]
+        assert [e["rand_vec"] for e in starts] == [e["rand_vec"] for e in results["episodes"]]
+    # run again: everything is kept
+    again = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert again.returncode == 0 and again.stdout.count("done already") == 6
 
 
 @pytest.mark.slow
