@@ -329,6 +329,26 @@ def test_an_early_exit_policy_traces_only_the_up_blocks_it_reads(tmp_path):
     assert np.abs(runtime.act(observation, INSTRUCTIONS[0], noise=noise) - expected).max() < 1e-4
 
 
+def test_a_shorter_feature_pass_exports_and_matches_torch(tmp_path):
+    """features.frames: the artifact's feature noise and features hold that many frames, and the
+    runtime still reproduces torch."""
+    policy = tiny_policy(features={"frames": 4})
+    export_policy(policy, tmp_path, INSTRUCTIONS)
+    manifest = Manifest.read(tmp_path)
+    assert manifest.features.shape[2] == 4 and policy.head.config.video_former.num_frames == 4
+    runtime = Policy.load(tmp_path, threads=1, seed=0)
+    rng = np.random.default_rng(1)
+    observation = {camera: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for camera in CAMERAS}
+    observation["state"] = rng.normal(size=STATE_DIM)
+    noise = runtime.sample_noise(np.random.default_rng(2))
+    assert noise["features"].shape[2] == 4
+    pixels, _ = policy.observation_tensors(observation)
+    expected = reference_actions(
+        policy, pixels, INSTRUCTIONS[0], observation["state"], noise["features"], noise["actions"]
+    )
+    assert np.abs(runtime.act(observation, INSTRUCTIONS[0], noise=noise) - expected).max() < 1e-4
+
+
 def test_ort_quantiser_chatter_is_dropped_but_vpp_logs_and_real_warnings_pass(caplog):
     import logging
 

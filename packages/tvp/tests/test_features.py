@@ -1,5 +1,9 @@
+import dataclasses
+
+import pytest
 import torch
 
+from vpp.data.config import ConfigError
 from vpp.tvp.features import feature_sigma, predictive_features
 
 
@@ -13,6 +17,25 @@ def test_official_blocks_stop_the_unet_early(tiny_model):
     assert calls == []  # the last up-block never ran
     tiny_model.config.features.blocks = None
     predictive_features(tiny_model, torch.zeros(1, 1, 3, 32, 32), ["a"])
+
+
+def test_a_shorter_feature_pass_runs_the_unet_on_fewer_frames(tiny_model):
+    """features.frames: the UNet sees (and the features hold) that many frames; the clip length
+    stays what the TVP was trained on, and asking for more frames than that is refused."""
+    seen = []
+    handle = tiny_model.unet.up_blocks[0].register_forward_hook(lambda _m, _i, out: seen.append(out.shape[0]))
+    images = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    full = predictive_features(tiny_model, images, ["a"], generator=torch.Generator().manual_seed(0))
+    tiny_model.config.features.frames = 3
+    short = predictive_features(tiny_model, images, ["a"], generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert full.shape[2] == tiny_model.config.num_frames == 8 and short.shape == (1, 2, 3, *full.shape[3:])
+    assert seen == [2 * 8, 2 * 3]  # (views x frames) rows through the UNet
+    assert tiny_model.config.feature_frames == 3
+    with pytest.raises(ConfigError, match=r"features\.frames=9; expected at most num_frames=8"):
+        dataclasses.replace(
+            tiny_model.config, features=dataclasses.replace(tiny_model.config.features, frames=9)
+        )
 
 
 def test_blocks_are_interpolated_and_stacked_in_order(tiny_model):

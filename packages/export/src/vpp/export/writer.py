@@ -164,7 +164,7 @@ def feature_noise_shape(policy: VideoPredictionPolicy) -> tuple[int, ...] | None
     if policy.config.encoder == "vae":
         return None
     c = policy.tvp.config
-    return (1, len(policy.config.cameras), c.num_frames, c.latent_channels, c.latent_size, c.latent_size)
+    return (1, len(policy.config.cameras), c.feature_frames, c.latent_channels, c.latent_size, c.latent_size)
 
 
 @torch.no_grad()

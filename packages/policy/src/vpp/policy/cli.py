@@ -71,6 +71,13 @@ def load_tvp(args):
             tvp.config, features=dataclasses.replace(tvp.config.features, blocks=blocks)
         )
         logger.info("predictive features from up-blocks %s of %d", blocks, tvp.config.num_up_blocks)
+    frames = getattr(args, "feature_frames", None)
+    if frames is not None:
+        # checked against the TVP's clip length by TVPConfig; saved with the policy like the blocks
+        tvp.config = dataclasses.replace(
+            tvp.config, features=dataclasses.replace(tvp.config.features, frames=frames)
+        )
+        logger.info("feature pass over %d of the TVP's %d frames", frames, tvp.config.num_frames)
     return tvp
 
 
@@ -239,6 +246,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the TVP up-blocks the predictive features stack, e.g. 0,1: the official code's early exit, which "
         "also stops the UNet after the last of them (about a third less work per act); default: the TVP's own "
         "setting (every up-block, as in the paper)",
+    )
+    train.add_argument(
+        "--feature-frames",
+        type=int,
+        default=None,
+        help="frames of the feature pass (at most the TVP's clip length): the UNet's work per act is linear in "
+        "it, and the head reads this many predicted frames; default: the TVP's own setting (its clip length)",
     )
     train.add_argument(
         "--camera", action="append", default=None, help="camera name (repeatable; default: corner)"

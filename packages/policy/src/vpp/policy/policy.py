@@ -108,10 +108,10 @@ class VideoPredictionPolicy(nn.Module):
         video_former: dict[str, Any] = {"feature_position_embedding": config.feature_position_embedding}
         views = len(config.cameras)
         if config.encoder == "tvp":
-            video_former.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.num_frames)
+            video_former.update(input_channels=tvp_cfg.feature_channels, num_frames=tvp_cfg.feature_frames)
             shape = [
                 views,
-                tvp_cfg.num_frames,
+                tvp_cfg.feature_frames,
                 tvp_cfg.feature_channels,
                 tvp_cfg.feature_size,
                 tvp_cfg.feature_size,
@@ -306,7 +306,7 @@ class VideoPredictionPolicy(nn.Module):
             shape = (
                 batch,
                 len(self.config.cameras),
-                c.num_frames,
+                c.feature_frames,
                 c.latent_channels,
                 c.latent_size,
                 c.latent_size,

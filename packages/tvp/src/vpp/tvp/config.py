@@ -90,12 +90,20 @@ class FeatureConfig(Config):
     interpolation: Literal["bilinear", "nearest"] = config_field(
         "bilinear", help="how blocks are resized to one size"
     )
+    frames: int | None = config_field(
+        None,
+        help="frames the feature pass runs (the first conditioned on the current frame, as in training); None: the "
+        "TVP's num_frames. The UNet's work is linear in it: fewer frames, a cheaper pass and a shorter predicted "
+        "horizon",
+    )
 
     def validate(self) -> None:
         if self.blocks is not None and not self.blocks:
             raise ConfigError("features.blocks=(); expected None (every up-block) or a non-empty tuple")
         if self.size is not None and self.size < 1:
             raise ConfigError(f"features.size={self.size}; expected None or >= 1")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"features.frames={self.frames}; expected None or >= 1")
         if not 0 <= self.schedule_index < self.schedule_steps:
             raise ConfigError(
                 f"features.schedule_index={self.schedule_index} outside 0..{self.schedule_steps - 1}"
@@ -163,6 +171,11 @@ class TVPConfig(Config):
             )
         if self.num_frames < 1:
             raise ConfigError(f"num_frames={self.num_frames}; expected at least 1")
+        if self.features.frames is not None and self.features.frames > self.num_frames:
+            raise ConfigError(
+                f"features.frames={self.features.frames}; expected at most num_frames={self.num_frames} (the clip "
+                "length the TVP was trained on)"
+            )
         blocks = self.features.blocks
         if blocks is not None:
             bad = [b for b in blocks if not 0 <= b < self.num_up_blocks]
@@ -200,6 +213,11 @@ class TVPConfig(Config):
         if self.features.blocks is None:
             return tuple(range(self.num_up_blocks))
         return tuple(self.features.blocks)
+
+    @property
+    def feature_frames(self) -> int:
+        """Frames of the predictive features (and of the feature pass's noise)."""
+        return self.features.frames or self.num_frames
 
     @property
     def feature_size(self) -> int:

@@ -24,7 +24,7 @@ class _EnoughFeatures(Exception):  # noqa: N818 (a control-flow signal, not an e
 def feature_shape(model: TextGuidedVideoPredictor, views: int = 1) -> tuple[int, int, int, int, int]:
     """(V, T, C, S, S) of :func:`predictive_features` for this model."""
     cfg = model.config
-    return (views, cfg.num_frames, cfg.feature_channels, cfg.feature_size, cfg.feature_size)
+    return (views, cfg.feature_frames, cfg.feature_channels, cfg.feature_size, cfg.feature_size)
 
 
 def feature_sigma(model: TextGuidedVideoPredictor) -> float:
@@ -36,7 +36,7 @@ def fixed_noise(model: TextGuidedVideoPredictor, views: int, seed: int) -> torch
     """The one unit-variance starting noise (V, T, C, h, w) that a policy with fixed feature noise
     uses for every forward, and that its feature cache was computed with: seeded by ``seed`` alone."""
     cfg = model.config
-    shape = (views, cfg.num_frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    shape = (views, cfg.feature_frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -80,7 +80,7 @@ def predictive_features(
     first_latent = model.encode_video(images.flatten(0, 1).unsqueeze(1))[:, 0]
     cond = model.condition_latent(first_latent, generator)
     sigma_value = feature_sigma(model)
-    shape = (batch * views, cfg.num_frames, *first_latent.shape[1:])
+    shape = (batch * views, cfg.feature_frames, *first_latent.shape[1:])
     if noise is None:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     elif noise.shape != (batch, views, *shape[1:]):
@@ -129,4 +129,4 @@ def predictive_features(
         ],
         dim=1,
     )
-    return stacked.reshape(batch, views, cfg.num_frames, *stacked.shape[1:])
+    return stacked.reshape(batch, views, cfg.feature_frames, *stacked.shape[1:])
