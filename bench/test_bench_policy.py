@@ -13,13 +13,14 @@ shared 2-core VM, where two threads per process measured noise. Each benchmark f
 two sides agree, so ``--benchmark-disable`` (the test suite's smoke run) is a parity test.
 ``bench/components.py`` splits the same graphs further, into the per-component table.
 
-Groups ``artifact variants {preset}, N thread(s)`` time ``Policy.act`` of six artifacts side by
+Groups ``artifact variants {preset}, N thread(s)`` time ``Policy.act`` of eight artifacts side by
 side, on one and on two ORT threads: ``fp32`` (the artifact above), ``int8`` (``--quantize int8``,
 calibrated on a LeRobot dataset written here; 2 fp32 candidates measured, at most 1 kept, to bound
 the export time), ``early-exit`` (a policy whose TVP reads up-blocks (0, 1), the official code's
 early exit, as the small UNet's three up-blocks allow; (0,) of the tiny UNet's two) and
-``early-exit+int8``, and the ``int8-dynamic`` pair (``--quantize int8-dynamic``: the matrix
-products alone, which kept a trained policy's closed-loop success where the hybrid lost it). Each
+``early-exit+int8``, the ``int8-dynamic`` pair (``--quantize int8-dynamic``: the matrix products
+alone), and ``early-exit+4-frames`` with its int8 hybrid (``--feature-frames 4``: the feature pass
+runs 4 of the TVP's 8 frames). Closed-loop parity of each: docs/quantization.md. Each
 first checks its chunk against PyTorch from the same noise (int8 within
 ``QUANTIZED_PARITY_TOLERANCE``, in normalised units).
 """
@@ -173,7 +174,16 @@ def test_bench_head(benchmark, policies, implementation):
         timed(benchmark, runtime.policy_session.run, None, feed)
 
 
-VARIANTS = ["fp32", "int8", "int8-dynamic", "early-exit", "early-exit+int8", "early-exit+int8-dynamic"]
+VARIANTS = [
+    "fp32",
+    "int8",
+    "int8-dynamic",
+    "early-exit",
+    "early-exit+int8",
+    "early-exit+int8-dynamic",
+    "early-exit+4-frames",
+    "early-exit+4-frames+int8",
+]
 
 
 def build_policy(preset, rng, **tvp_overrides):
@@ -206,11 +216,16 @@ def write_calibration_dataset(root, side, frames=24):
 
 @pytest.fixture(scope="module")
 def variants(policies, tmp_path_factory):
-    """{variant: (torch policy, artifact folder)} for the four artifacts of the preset."""
+    """{variant: (torch policy, artifact folder)} for the artifacts of the preset."""
     preset, eager, runtime, _ = policies
     tvp_config = eager.tvp.config
     early_blocks = (0, 1) if tvp_config.num_up_blocks > 2 else (0,)
     early = build_policy(preset, np.random.default_rng(0), features={"blocks": early_blocks})
+    short = build_policy(
+        preset,
+        np.random.default_rng(0),
+        features={"blocks": early_blocks, "frames": tvp_config.num_frames // 2},
+    )
     calibration = write_calibration_dataset(
         tmp_path_factory.mktemp(f"calibration-{preset}") / "demos", 2 * tvp_config.image_size
     )
@@ -225,6 +240,8 @@ def variants(policies, tmp_path_factory):
         ("early-exit", early, None),
         ("early-exit+int8", early, quantize),
         ("early-exit+int8-dynamic", early, dynamic),
+        ("early-exit+4-frames", short, None),
+        ("early-exit+4-frames+int8", short, quantize),
     ):
         folder = tmp_path_factory.mktemp(f"artifact-{preset}-{name}")
         export_policy(policy, folder, [INSTRUCTION], quantize=options)
@@ -245,7 +262,7 @@ def check_variant(policy, runtime, observation, variant):
     assert error < tolerance, f"{variant}: normalised action error {error:.3g} >= {tolerance}"
 
 
-# slow: building the six artifacts (four int8 exports with calibration) takes ~3 minutes on 2 cores
+# slow: building the eight artifacts (five int8 exports with calibration) takes ~4 minutes on 2 cores
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS)
