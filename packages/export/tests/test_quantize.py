@@ -16,7 +16,12 @@ from vpp.export.quantize import (
     CalibrationDataError,
     QuantizeOptions,
     agreement,
+    cpu_session,
     fused_op_schemas,
+    graph_feeds,
+    open_calibration_source,
+    quantize_features,
+    read_frames,
     split_calibration_spec,
 )
 from vpp.export.writer import QUANTIZED_PARITY_TOLERANCE, export_policy, reference_actions
@@ -148,6 +153,45 @@ def test_the_search_judges_a_graph_by_the_actions_the_head_makes_of_its_features
     # without a head, the loss falls back to the cosine
     alone = agreement(_Session(), reference, quantized)
     assert alone.action_errors is None and alone.loss == pytest.approx(1 - alone.worst_cosine)
+
+
+def test_the_search_keeps_the_best_of_all_int8_each_candidate_and_the_helpful_set(tmp_path, dataset):
+    """The graph written is the one with the lowest held-out action error among every Conv int8,
+    each candidate kept fp32 alone, and the helpful candidates together."""
+    policy = tiny_policy()
+    export_policy(policy, tmp_path / "fp32", INSTRUCTIONS)
+    runtime = Policy.load(tmp_path / "fp32", threads=1, seed=0)
+    options = QuantizeOptions(str(dataset), calibration_frames=8, held_out_frames=3)
+    source = open_calibration_source(options, runtime.cameras, STATE_DIM)
+    feature_feeds, policy_feeds, _ = graph_feeds(runtime, read_frames(source, 11, None), 0)
+    held = [1, 5, 9]
+
+    def actions(position, features):
+        return runtime.policy_session.run(None, {**policy_feeds[held[position]], "features": features})[0]
+
+    held_feeds = [feature_feeds[i] for i in held]
+    out = tmp_path / "int8.onnx"
+    result = quantize_features(
+        tmp_path / "fp32" / "features.onnx",
+        out,
+        [feed for i, feed in enumerate(feature_feeds) if i not in held],
+        held_feeds,
+        runtime.custom_ops_library,
+        candidates=3,
+        keep_fp32=2,
+        actions=actions,
+    )
+    assert len(result.sensitivity) == 3 and len(result.fp32_nodes) <= 2
+    singles = [result.all_int8.loss - gain for gain in result.sensitivity.values()]
+    assert result.held_out.loss <= min([result.all_int8.loss, *singles]) + 1e-9
+    assert result.held_out.action_errors is not None and len(result.held_out.action_errors) == 3
+    # what was written is what was measured
+    reference = [runtime.feature_session.run(None, feed)[0] for feed in held_feeds]
+    expected = [actions(i, f) for i, f in enumerate(reference)]
+    written = agreement(
+        cpu_session(out, runtime.custom_ops_library), reference, held_feeds, actions, expected
+    )
+    assert written.loss == pytest.approx(result.held_out.loss, rel=1e-6, abs=1e-9)
 
 
 def test_the_manifest_records_the_quantisation_and_its_calibration(quantized, dataset):

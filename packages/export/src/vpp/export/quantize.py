@@ -22,9 +22,11 @@ calibration to measure the result.
 Sensitive nodes stay fp32, chosen by measurement: ORT's QDQ debugging tools give each quantised
 convolution input's signal-to-quantisation-noise ratio on a calibration frame; the
 ``candidates`` lowest are each kept fp32 in turn, the action chunks the head makes of the features
-compared with fp32's on the held-out frames (same noise), and the ``keep_fp32`` whose exclusion
-lowered the mean action error most (and at all) stay fp32. (Judged by the feature cosine, as
-before 2026-12-03, the gains were ~1e-7: the cosine cannot see what moves the head.)
+compared with fp32's on the held-out frames (same noise). The graph kept is the one with the
+lowest mean action error among: every Conv int8, each candidate alone in fp32, and the
+``keep_fp32`` candidates that helped most, together (their gains need not add up: one held-out
+frame whose chunk flips can dominate the mean). Judged by the feature cosine, as before
+2026-12-03, the gains were ~1e-7: the cosine cannot see what moves the head.
 MatMul/Gemm are not candidates: dynamic quantisation alone kept the feature cosine at 0.9998.
 On the small preset (random weights, 2 views) the noisiest inputs were the VAE encoder's
 convolutions, and keeping two of them fp32 raised the worst held-out cosine from 0.99749 to
@@ -519,8 +521,11 @@ class QuantizationResult:
 
     node_counts: dict[str, int]
     fp32_nodes: tuple[str, ...]
+    # per candidate: how much keeping it fp32 lowered the loss of ``all_int8``
     sensitivity: dict[str, float]
     held_out: Agreement
+    # every Conv int8 (the search's starting point)
+    all_int8: Agreement
 
 
 def quantize_features(
@@ -571,31 +576,40 @@ def quantize_features(
         )
         # gain: how much lower the loss is with the node kept fp32 (action error, or cosine)
         sensitivity: dict[str, float] = {}
+        # the best graph so far: (loss, fp32 nodes, agreement); `out` holds the baseline's
+        best: tuple[float, tuple[str, ...], Agreement] = (baseline.loss, (), baseline)
         if static and candidates and keep_fp32:
             noise = conv_input_noise(work / "static.onnx", prepared, calibration[0], library, work)
             for name in sorted(noise, key=noise.get)[:candidates]:
-                gain = baseline.loss - measure([name], work / "candidate.onnx").loss
-                sensitivity[name] = gain
-                logger.info("  %s (input SQNR %.1f dB) kept fp32: loss %+.5f", name, noise[name], -gain)
-        fp32_nodes = tuple(
+                measured = measure([name], work / "candidate.onnx")
+                sensitivity[name] = baseline.loss - measured.loss
+                logger.info(
+                    "  %s (input SQNR %.1f dB) kept fp32: loss %+.5f", name, noise[name], -sensitivity[name]
+                )
+                if measured.loss < best[0]:
+                    best = (measured.loss, (name,), measured)
+                    shutil.copyfile(work / "candidate.onnx", work / "best.onnx")
+        helpful = tuple(
             name
             for name in sorted(sensitivity, key=sensitivity.get, reverse=True)[:keep_fp32]
             if sensitivity[name] > 0
         )
-        final = baseline
+        if len(helpful) > 1:
+            # the exclusions' gains need not add up (a loss dominated by one frame whose chunk flips
+            # is not additive): the set competes with the best single node and the baseline
+            together = measure(helpful, work / "together.onnx")
+            if together.loss < best[0]:
+                best = (together.loss, helpful, together)
+                shutil.copyfile(work / "together.onnx", work / "best.onnx")
+        _, fp32_nodes, final = best
         if fp32_nodes:
-            chosen = measure(fp32_nodes, work / "chosen.onnx")
-            # the exclusions' gains need not add up: keep the better of the two graphs
-            if chosen.loss <= baseline.loss:
-                shutil.copyfile(work / "chosen.onnx", out)
-                final = chosen
-            else:
-                fp32_nodes = ()
+            shutil.copyfile(work / "best.onnx", out)
     return QuantizationResult(
         node_counts=quantized_node_counts(fp32_model, out),
         fp32_nodes=fp32_nodes,
         sensitivity=sensitivity,
         held_out=final,
+        all_int8=baseline,
     )
 
 
