@@ -22,7 +22,12 @@ early exit, as the small UNet's three up-blocks allow; (0,) of the tiny UNet's t
 alone), and ``early-exit+4-frames`` with its int8 hybrid (``--feature-frames 4``: the feature pass
 runs 4 of the TVP's 8 frames). Closed-loop parity of each: docs/quantization.md. Each
 first checks its chunk against PyTorch from the same noise (int8 within
-``QUANTIZED_PARITY_TOLERANCE``, in normalised units).
+``QUANTIZED_PARITY_TOLERANCE``, in normalised units). On two threads the runtime runs the two
+views' feature passes one per thread (``parallel_views``, its default with two threads).
+
+Under ``--benchmark-disable`` (the test suite) the ``small`` preset's variants are skipped: the
+``tiny`` preset's run the same export, quantisation and parity code, and building the small
+ones took ~3 of CI's minutes for no other check.
 """
 
 from __future__ import annotations
@@ -102,13 +107,19 @@ def test_bench_end_to_end(benchmark, policies, implementation):
         timed(benchmark, runtime.act, observation, INSTRUCTION)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", [*IMPLEMENTATIONS, "onnxruntime-views-in-one-call"])
 def test_bench_end_to_end_on_both_cores(benchmark, policies, implementation):
     """The same, with two threads on each side: what a robot PC with this CPU and nothing
-    else to run would see (noisier on the shared bench VM than the one-thread groups)."""
+    else to run would see (noisier on the shared bench VM than the one-thread groups).
+    ``onnxruntime`` runs the two views' feature passes one per thread (``parallel_views``, the
+    runtime's choice here); ``onnxruntime-views-in-one-call`` both in one call on ORT's two
+    intra-op threads, as before 2026-12-03."""
     preset, eager, runtime, observation = policies
     benchmark.group = f"end-to-end {preset} 2 views, 2 threads"
-    two_threads = Policy.load(runtime.folder, threads=2, seed=0)
+    two_threads = Policy.load(
+        runtime.folder, threads=2, seed=0, parallel_views=implementation == "onnxruntime"
+    )
+    assert two_threads.parallel_views == (implementation == "onnxruntime")
     noise = runtime.sample_noise(np.random.default_rng(1))
     np.testing.assert_allclose(
         two_threads.act(observation, INSTRUCTION, noise=noise),
@@ -266,8 +277,11 @@ def check_variant(policy, runtime, observation, variant):
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bench_artifact_variants(benchmark, policies, variants, variant, threads):
+def test_bench_artifact_variants(request, benchmark, policies, variant, threads):
     preset, _, _, observation = policies
+    if preset == "small" and request.config.getoption("benchmark_disable"):
+        pytest.skip("the small preset's variants are timed by --benchmark-only; tiny's check their parity")
+    variants = request.getfixturevalue("variants")
     benchmark.group = f"artifact variants {preset} 2 views, {threads} thread{'s' if threads > 1 else ''}"
     policy, folder = variants[variant]
     runtime = Policy.load(folder, threads=threads, seed=0)

@@ -8,7 +8,9 @@ threads can take the cores ORT's threads need; this measures the artifacts alone
 
 Each artifact: 3 warm-up calls, then ``--calls`` timed ``Policy.act`` calls on random uint8 views
 at twice the artifact's image size (the resize is part of the time), on 1 and on 2 ORT threads;
-the JSON holds every call's wall time, the medians, the load average and the machine.
+on 2 threads both ways the runtime can run the views' feature passes where the artifact allows
+it (``parallel_views``: one view per thread, and all in one call). The JSON holds every call's
+wall time, the medians, the load average and the machine.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from vpp.runtime import Policy
 WARM_UP_CALLS = 3
 
 
-def time_act(folder: str, threads: int, calls: int) -> list[float]:
-    policy = Policy.load(folder, threads=threads, seed=0)
+def time_act(folder: str, threads: int, calls: int, parallel_views: bool | None = None) -> list[float]:
+    policy = Policy.load(folder, threads=threads, seed=0, parallel_views=parallel_views)
     rng = np.random.default_rng(0)
     side = 2 * policy.image_size
     observation = {camera: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for camera in policy.cameras}
@@ -72,21 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, folder in named:
         for threads in (int(t) for t in args.threads.split(",")):
-            times = time_act(folder, threads, args.calls)
-            median = statistics.median(times)
-            results.append(
-                {
-                    "name": name,
-                    "folder": folder,
-                    "threads": threads,
-                    "median_ms": 1000 * median,
-                    "times_s": times,
-                }
-            )
-            print(
-                f"{name:32s} {threads} thread(s): median {1000 * median:7.1f} ms ({1 / median:5.1f} Hz)",
-                flush=True,
-            )
+            modes = [None]
+            if threads > 1 and Policy.load(folder, threads=threads).parallel_views:
+                modes = [True, False]
+            for parallel in modes:
+                times = time_act(folder, threads, args.calls, parallel)
+                median = statistics.median(times)
+                results.append(
+                    {
+                        "name": name,
+                        "folder": folder,
+                        "threads": threads,
+                        "parallel_views": bool(parallel),
+                        "median_ms": 1000 * median,
+                        "times_s": times,
+                    }
+                )
+                how = {True: ", views in parallel", False: ", views in one call", None: ""}[parallel]
+                print(
+                    f"{name:32s} {threads} thread(s){how}: median {1000 * median:7.1f} ms ({1 / median:5.1f} Hz)",
+                    flush=True,
+                )
     if "torch" in sys.modules:
         raise SystemExit("torch was imported: the measurement is not torch-free")
     record = {

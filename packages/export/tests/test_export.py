@@ -107,6 +107,27 @@ def test_act_hands_the_features_over_bound_and_equals_two_plain_runs(exported):
     np.testing.assert_array_equal(runtime.act(obs, INSTRUCTIONS[1], noise=noise), expected)
 
 
+def test_the_views_run_one_per_call_on_parallel_threads_as_torch_runs_them_together(exported):
+    """features.onnx keeps a symbolic view axis: the runtime may run each camera's feature pass
+    on its own thread (docs/runtime.md), and still matches PyTorch's batched pass."""
+    policy, folder = exported
+    graph = onnx.load(str(folder / "features.onnx"), load_external_data=False).graph
+    for value in [*graph.input, *graph.output]:
+        if value.name != "text_hidden":
+            assert value.type.tensor_type.shape.dim[1].dim_param == "views", value.name
+    assert Manifest.read(folder).features.view_axis == "views"
+    runtime = Policy.load(folder, threads=2, seed=0, parallel_views=True)
+    together = Policy.load(folder, threads=1, seed=0, parallel_views=False)
+    obs = observation(np.random.default_rng(6))
+    assert_runtime_matches_torch(runtime, policy, obs, INSTRUCTIONS[0])
+    noise = runtime.sample_noise(np.random.default_rng(7))
+    np.testing.assert_allclose(
+        runtime.act(obs, INSTRUCTIONS[0], noise=noise),
+        together.act(obs, INSTRUCTIONS[0], noise=noise),
+        atol=1e-5,
+    )
+
+
 def test_manifest_records_shapes_hashes_and_parity(exported):
     policy, folder = exported
     manifest = Manifest.read(folder)

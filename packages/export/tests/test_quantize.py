@@ -185,8 +185,9 @@ def test_the_search_keeps_the_best_of_all_int8_each_candidate_and_the_helpful_se
     singles = [result.all_int8.loss - gain for gain in result.sensitivity.values()]
     assert result.held_out.loss <= min([result.all_int8.loss, *singles]) + 1e-9
     assert result.held_out.action_errors is not None and len(result.held_out.action_errors) == 3
-    # what was written is what was measured
-    reference = [runtime.feature_session.run(None, feed)[0] for feed in held_feeds]
+    # what was written is what was measured (against the fp32 graph opened as the search opens it)
+    fp32_session = cpu_session(tmp_path / "fp32" / "features.onnx", runtime.custom_ops_library)
+    reference = [fp32_session.run(None, feed)[0] for feed in held_feeds]
     expected = [actions(i, f) for i, f in enumerate(reference)]
     written = agreement(
         cpu_session(out, runtime.custom_ops_library), reference, held_feeds, actions, expected

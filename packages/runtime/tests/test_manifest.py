@@ -303,7 +303,8 @@ def test_a_text_cache_of_another_shape_is_refused(artifact_copy, rewrite_manifes
         (
             {"feature_shape": (1, 2, 2, 3, 4, 4)},
             "features.noise_shape",
-            r"features.onnx's input 'noise' has shape \[1, 2, 2, 3, 4, 4\]",
+            # (one view a call when the runtime runs the views in parallel)
+            r"features.onnx's input 'noise' has shape \[1, [12], 2, 3, 4, 4\]",
         ),
     ],
     ids=["chunk", "feature-grid"],

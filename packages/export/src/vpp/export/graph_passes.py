@@ -33,6 +33,7 @@ exporter, whose reshapes after it then stay dynamic.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -45,8 +46,16 @@ logger = logging.getLogger(__name__)
 BROADCASTS = ("Expand", "Tile")
 
 
-def _last_dims(model: onnx.ModelProto) -> dict[str, int | None]:
-    """tensor name -> its last dimension where static shape inference knows it."""
+def _last_dims(model: onnx.ModelProto, sizes: Mapping[str, int] | None = None) -> dict[str, int | None]:
+    """tensor name -> its last dimension where static shape inference knows it, with the graph
+    inputs' symbolic dimensions named in ``sizes`` fixed to those sizes (a symbolic view axis
+    hides every broadcast's shape from the inference)."""
+    if sizes:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        for value in model.graph.input:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param in sizes:
+                    dim.dim_value = sizes[dim.dim_param]
     inferred = shape_inference.infer_shapes(model, data_prop=True)
     graph = inferred.graph
     dims: dict[str, int | None] = {}
@@ -74,11 +83,17 @@ def _remove_unused_nodes(graph: onnx.GraphProto) -> int:
     return removed
 
 
-def project_before_broadcast(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Returns the rewritten model (a copy) and how many MatMuls now run before the broadcast."""
+def project_before_broadcast(
+    model: onnx.ModelProto, sizes: Mapping[str, int] | None = None
+) -> tuple[onnx.ModelProto, int]:
+    """Returns the rewritten model (a copy) and how many MatMuls now run before the broadcast.
+    ``sizes``: example sizes of the inputs' symbolic dimensions ({"views": 2}), for the shape
+    proof only: the last axis it proves is the text width, which no view count changes, and the
+    rewritten nodes read the actual shapes at run time (the export's parity check runs the graph
+    at all views and at one)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    last = _last_dims(model)
+    last = _last_dims(model, sizes)
     producer = {name: node for node in graph.node for name in node.output}
     weights = {t.name: t for t in graph.initializer}
     constants: dict[tuple[int, ...], str] = {}

@@ -11,6 +11,11 @@ PyTorch model.
 - :func:`multi_head_attention_nodes`: each plain attention as one ONNX Runtime
   ``com.microsoft.MultiHeadAttention`` node instead of the exporter's reshapes, transposes,
   scalings, two MatMuls and a Softmax.
+- :func:`repeat_interleave_as_expand`: ``Tensor.repeat_interleave(int, dim)`` traced as
+  Unsqueeze, Expand and Reshape. On an axis of symbolic size (the features graph's view axis
+  reaches the UNet's batch) the exporter writes it with OneHot, Tile and shape arithmetic that
+  hide every later shape from ONNX shape inference, and with them the broadcasts that
+  ``vpp.export.graph_passes.project_before_broadcast`` rewrites.
 """
 
 from __future__ import annotations
@@ -264,3 +269,34 @@ def fold_temporal_cross_attention(
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _repeat_interleave_as_expand(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def repeat_interleave(
+        self: torch.Tensor, repeats: Any, dim: int | None = None, *, output_size: Any = None
+    ) -> torch.Tensor:
+        # output_size (the result's length on dim, a hint diffusers passes) is implied here
+        # while tracing, a count read off a shape is a 0-dim tensor
+        single = isinstance(repeats, int) or (isinstance(repeats, torch.Tensor) and repeats.dim() == 0)
+        if not single or dim is None:
+            return original(self, repeats, dim, output_size=output_size)
+        dim = dim % self.dim()
+        shape = list(self.shape)
+        expanded = self.unsqueeze(dim + 1).expand(*shape[: dim + 1], repeats, *shape[dim + 1 :])
+        return expanded.reshape(*shape[:dim], shape[dim] * repeats, *shape[dim + 1 :])
+
+    return repeat_interleave
+
+
+@contextlib.contextmanager
+def repeat_interleave_as_expand() -> Iterator[None]:
+    """``torch.Tensor.repeat_interleave`` with an int count and an axis, replaced while the
+    block runs by the same values made as ``unsqueeze``, ``expand`` and ``reshape`` (see the
+    module docstring); any other call goes to the original."""
+    original = torch.Tensor.repeat_interleave
+    torch.Tensor.repeat_interleave = _repeat_interleave_as_expand(original)
+    try:
+        yield
+    finally:
+        torch.Tensor.repeat_interleave = original

@@ -61,7 +61,12 @@ from vpp.export.graph_passes import (
     fuse_group_norms,
     project_before_broadcast,
 )
-from vpp.export.patches import fold_temporal_cross_attention, multi_head_attention_nodes, split_geglu
+from vpp.export.patches import (
+    fold_temporal_cross_attention,
+    multi_head_attention_nodes,
+    repeat_interleave_as_expand,
+    split_geglu,
+)
 from vpp.export.quantize import (
     DYNAMIC_OP_TYPES,
     STATIC_OP_TYPES,
@@ -104,6 +109,9 @@ from vpp.tvp.features import feature_sigma, predictive_features
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+# features.onnx's symbolic view dimension (axis 1 of images, noise and features), recorded as
+# manifest.features.view_axis.
+VIEW_AXIS = "views"
 # Max-abs error allowed between ONNX Runtime and PyTorch on the same inputs and noise. Features
 # are compared relative to their largest magnitude (an untrained UNet's can be large).
 PARITY_TOLERANCE = {"features_relative": 1e-3, "normalized_actions": 1e-3, "text": 1e-3}
@@ -193,7 +201,12 @@ def reference_actions(
 
 
 def _onnx_export(
-    module: nn.Module, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str]
+    module: nn.Module,
+    args: tuple[Any, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
     with warnings.catch_warnings():
         # The legacy exporter is deprecated in favour of dynamo=True, which does not yet trace
@@ -208,6 +221,7 @@ def _onnx_export(
             input_names=inputs,
             output_names=outputs,
             opset_version=OPSET,
+            dynamic_axes=dynamic_axes,
             dynamo=False,
         )
 
@@ -326,6 +340,7 @@ def trace_graphs(
     feature_args = (images, text.hidden[:1], feature_noise) if feature_noise is not None else (images,)
     module_patches = {"geglu_split": 0, "temporal_cross_attention_folded": 0}
     with contextlib.ExitStack() as patches:
+        patches.enter_context(repeat_interleave_as_expand())
         # The patches rewire the TVP's UNet, which a VAE-encoder graph never calls.
         if cfg.encoder != "vae":
             module_patches["geglu_split"] = patches.enter_context(split_geglu(feature_graph))
@@ -335,7 +350,12 @@ def trace_graphs(
             )
             if attention_nodes:
                 patches.enter_context(multi_head_attention_nodes(feature_graph))
-        _onnx_export(feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"])
+        # The view axis stays symbolic: the views never mix in the feature pass, so a runtime
+        # may run them one per call, in parallel (vpp.runtime.Policy's parallel_views).
+        view_axes = {name: {1: VIEW_AXIS} for name in [*feature_inputs, "features"] if name != "text_hidden"}
+        _onnx_export(
+            feature_graph, feature_args, out / "features.onnx", feature_inputs, ["features"], view_axes
+        )
     features = feature_graph(*feature_args)
 
     state = (
@@ -361,17 +381,22 @@ def trace_graphs(
     )
 
 
-def apply_graph_passes(path: Path, fused_kernels: bool, fused_geglu: bool = False) -> dict[str, int]:
+def apply_graph_passes(
+    path: Path, fused_kernels: bool, fused_geglu: bool = False, views: int | None = None
+) -> dict[str, int]:
     """Applies :func:`project_before_broadcast` in place, with ``fused_kernels`` also
     :func:`fuse_group_norms` and :func:`fuse_group_norm_silu`, and with ``fused_geglu``
     :func:`fuse_geglu`. Returns how many MatMuls the first moved, how many SiLUs and GEGLU
     activations became fused nodes, and how many ``MultiHeadAttention`` and fused GroupNorm
     nodes the graph holds. The weights stay where the exporter put them (external files for
     graphs over 2 GB): only the graph is loaded and rewritten. The parity check that follows
-    runs the rewritten graph."""
+    runs the rewritten graph. ``views``: the camera count, the size of the symbolic view axis
+    for the first pass's shape proof."""
     import onnx
 
-    model, projected = project_before_broadcast(onnx.load(str(path), load_external_data=False))
+    model, projected = project_before_broadcast(
+        onnx.load(str(path), load_external_data=False), None if views is None else {VIEW_AXIS: views}
+    )
     norms = silus = geglus = 0
     if fused_kernels:
         model, norms = fuse_group_norms(model, FUSED_DOMAIN)
@@ -440,6 +465,7 @@ def build_manifest(
             fixed_noise_file=traced.fixed_noise_file,
             sigma=None if noise_shape is None else feature_sigma(policy.tvp),
             shape=tuple(traced.features.shape),
+            view_axis=VIEW_AXIS,
         ),
         sampler=SamplerSpec(
             name="ddim",
@@ -492,14 +518,19 @@ def check_parity(
     runtime = Policy(artifact, providers=["CPUExecutionProvider"])
     features, actions = traced.features.numpy(), traced.actions.numpy()
     feature_feed = {name: value.numpy() for name, value in zip(traced.feature_inputs, traced.feature_args)}
-    onnx_features = runtime.feature_session.run(None, feature_feed)[0]
+    onnx_features = runtime.run_features(feature_feed)
     features_error = float(np.abs(onnx_features - features).max() / max(1.0, float(np.abs(features).max())))
     policy_feed = {name: value.numpy() for name, value in zip(traced.policy_inputs, traced.policy_args)}
     policy_error = _max_abs(runtime.policy_session.run(None, policy_feed)[0], actions)
-    # Both graphs as act() runs them: the features handed over where the first graph left them.
-    end_to_end_error = _max_abs(
-        runtime.run_graphs(feature_feed, {k: v for k, v in policy_feed.items() if k != "features"}), actions
-    )
+    # Both graphs as act() runs them: the features handed over where the first graph left them,
+    # and, with two or more views, also one view per call on parallel threads.
+    head_feed = {k: v for k, v in policy_feed.items() if k != "features"}
+    end_to_end_error = _max_abs(runtime.run_graphs(feature_feed, head_feed), actions)
+    if len(artifact.manifest.cameras) > 1 and artifact.manifest.features.view_axis is not None:
+        by_view = Policy(artifact, providers=["CPUExecutionProvider"], threads=2, parallel_views=True)
+        end_to_end_error = max(
+            end_to_end_error, _max_abs(by_view.run_graphs(feature_feed, head_feed), actions)
+        )
     text_error = None
     if runtime.text_session is not None:
         text_error = max(
@@ -680,7 +711,9 @@ def export_policy(
     traced = trace_graphs(policy, out, text, seed, attention_nodes)
     rewrites = {
         **traced.module_patches,
-        **apply_graph_passes(out / "features.onnx", fused_kernels, fused_kernels and fused_geglu),
+        **apply_graph_passes(
+            out / "features.onnx", fused_kernels, fused_kernels and fused_geglu, len(policy.config.cameras)
+        ),
     }
     export_seconds = time.perf_counter() - started
     manifest = build_manifest(policy, out, instructions, text, traced, rewrites, export_seconds)

@@ -331,13 +331,17 @@ class StateSpec(_Record):
 class FeatureSpec(_Record):
     """features.onnx's output (1, V, T, C, h, w) and the TVP's starting noise: ``noise`` is
     "random" (drawn per chunk, ``noise_shape``), "fixed" (``fixed_noise_file``) or None (the VAE
-    encoder, which takes none); ``sigma`` is the noise level of the TVP's one forward."""
+    encoder, which takes none); ``sigma`` is the noise level of the TVP's one forward.
+    ``view_axis``: the symbolic name of the graph's view dimension (axis 1 of ``images``,
+    ``noise`` and the features), so a runtime may run the views one per call; null for graphs
+    whose view axis is fixed (exported before 2026-12-03), which take all views at once."""
 
     noise: Literal["random", "fixed"] | None
     noise_shape: tuple[int, ...] | None
     fixed_noise_file: str | None
     sigma: float | None
     shape: tuple[int, ...]
+    view_axis: str | None = None
 
     def _check(self) -> None:
         _positive(self.shape, "shape")
@@ -734,10 +738,18 @@ class Manifest(_Record):
 
     # -- checking the graphs ---------------------------------------------------------------
 
-    def graph_signature(self, graph: str) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    def graph_signature(
+        self, graph: str, views_per_call: int | None = None
+    ) -> tuple[dict[str, tuple], dict[str, tuple]]:
         """({input: dims}, {output: dims}) that ``graph`` ("features", "policy" or
-        "text_encoder") must have, each dim a (size or None for any, manifest field) pair."""
+        "text_encoder") must have, each dim a (size or None for any, manifest field) pair.
+        ``views_per_call``: the views a features session was opened for, when its symbolic view
+        axis (``features.view_axis``) was fixed to fewer than all cameras."""
         views, size = (len(self.cameras), "cameras"), (self.image_size, "image_size")
+        if views_per_call is not None and graph == "features":
+            if self.features.view_axis is None:
+                raise ValueError("views_per_call for a features graph without a symbolic view axis")
+            views = (views_per_call, "cameras")
         text = self.text
         hidden = (
             (1, None),
@@ -749,8 +761,9 @@ class Manifest(_Record):
             inputs: dict[str, tuple] = {"images": ((1, None), views, (3, None), size, size)}
             if self.features.noise_shape is not None:
                 inputs["text_hidden"] = hidden
-                inputs["noise"] = tuple((dim, "features.noise_shape") for dim in self.features.noise_shape)
-            return inputs, {self.graphs.features.output: features}
+                noise = tuple((dim, "features.noise_shape") for dim in self.features.noise_shape)
+                inputs["noise"] = (noise[0], views, *noise[2:])
+            return inputs, {self.graphs.features.output: (features[0], views, *features[2:])}
         actions = ((1, None), (self.action.chunk, "action.chunk"), (self.action.dim, "action.dim"))
         if graph == "policy":
             inputs = {
@@ -767,12 +780,17 @@ class Manifest(_Record):
         raise ValueError(f"graph {graph!r}; expected 'features', 'policy' or 'text_encoder'")
 
     def check_graph(
-        self, graph: str, inputs: Mapping[str, Sequence], outputs: Mapping[str, Sequence]
+        self,
+        graph: str,
+        inputs: Mapping[str, Sequence],
+        outputs: Mapping[str, Sequence],
+        views_per_call: int | None = None,
     ) -> None:
         """Raises :class:`ManifestGraphMismatchError`, naming the manifest field, when ``graph``'s
         ``inputs`` and ``outputs`` ({name: shape} as ONNX Runtime reports them, a dimension
-        that is not a fixed integer matching anything) disagree with the manifest."""
-        expected_inputs, expected_outputs = self.graph_signature(graph)
+        that is not a fixed integer matching anything) disagree with the manifest
+        (``views_per_call``: see :meth:`graph_signature`)."""
+        expected_inputs, expected_outputs = self.graph_signature(graph, views_per_call)
         files = {"features": self.graphs.features.file, "policy": self.graphs.policy.file}
         file = files.get(graph) or (self.text.encoder.file if self.text.encoder else graph)
         if list(inputs) != list(expected_inputs):
@@ -804,5 +822,6 @@ class Manifest(_Record):
                         implied = [s if s is not None else "?" for s, _ in expected]
                         raise ManifestGraphMismatchError(
                             field or fields[0],
-                            f"{file}'s {kind} {name!r} has shape {actual}; the manifest implies {implied}",
+                            f"{file}'s {kind} {name!r} has shape {actual}; the manifest implies {implied}"
+                            + (f" (opened for {views_per_call} view a call)" if views_per_call else ""),
                         )

@@ -13,8 +13,10 @@ install instead of failing on ``import onnxruntime``.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,9 @@ TEXT_CACHE_SIZE = 256
 # A normalised state beyond this magnitude is far outside the training range ([-1, 1]); named
 # when it explains non-finite actions.
 FAR_OUT_OF_RANGE = 100.0
+# features.onnx's inputs that hold one entry per camera view on axis 1 (the rest, the text, is
+# shared by all views).
+VIEW_INPUTS = ("images", "noise")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -145,7 +150,15 @@ class Policy:
     (``max(MAX_IMAGE_SIDE, IMAGE_SIDE_FACTOR * image_size)``), a state that is not
     ``state_dim`` finite numbers, an instruction that is not a str. It never returns NaN or
     infinite actions: it raises :class:`NonFiniteActionsError` instead. New instructions (with a
-    text encoder) stay encoded in an LRU cache of ``text_cache_size`` entries."""
+    text encoder) stay encoded in an LRU cache of ``text_cache_size`` entries.
+
+    ``threads``: ONNX Runtime's intra-op threads per graph (None: ORT's default, one per core).
+    ``parallel_views``: on the CPU, with two or more cameras and an artifact whose features.onnx
+    has a symbolic view axis (``manifest.features.view_axis``), run the feature pass one view per
+    call, the calls on parallel threads, each with ``threads // views`` ORT threads (at least
+    one). None (default): do so when the thread budget (``threads``, else the cores this process
+    may use) is at least 2; True: always (ValueError naming why not, when impossible); False:
+    never. The actions are the same either way (the views never mix in the feature pass)."""
 
     def __init__(
         self,
@@ -154,6 +167,7 @@ class Policy:
         threads: int | None = None,
         seed: int | None = None,
         text_cache_size: int = TEXT_CACHE_SIZE,
+        parallel_views: bool | None = None,
     ) -> None:
         if not (isinstance(text_cache_size, int) and text_cache_size >= 0):
             raise ValueError(
@@ -162,15 +176,30 @@ class Policy:
         ort = onnxruntime_module()
         self.artifact = artifact
         manifest = artifact.manifest
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
         self.providers = list(providers) if providers is not None else default_providers()
         graphs = manifest.graphs
+        self.threads = threads
+        self.parallel_views = self._parallel_views(parallel_views)
+        views = len(manifest.cameras)
+        options = self._session_options(threads)
         self.custom_ops_library = self._register_custom_ops(options, [graphs.features, graphs.policy])
+        view_axis = manifest.features.view_axis
+        if self.parallel_views:
+            # one view per call, each call on its own share of the threads
+            feature_options = self._session_options(max(1, self._thread_budget() // views))
+            feature_options.add_free_dimension_override_by_name(view_axis, 1)
+        else:
+            feature_options = self._session_options(threads)
+            if view_axis is not None:
+                # all views in one call: the symbolic axis fixed, so ORT plans the graph as static
+                feature_options.add_free_dimension_override_by_name(view_axis, views)
+        if self.custom_ops_library is not None:
+            feature_options.register_custom_ops_library(str(self.custom_ops_library))
         self.feature_session = ort.InferenceSession(
-            str(artifact.path(graphs.features.file)), options, providers=self.providers
+            str(artifact.path(graphs.features.file)), feature_options, providers=self.providers
+        )
+        self._view_pool = (
+            ThreadPoolExecutor(views, thread_name_prefix="vpp-view") if self.parallel_views else None
         )
         self.policy_session = ort.InferenceSession(
             str(artifact.path(graphs.policy.file)), options, providers=self.providers
@@ -191,7 +220,10 @@ class Policy:
         for name, session in sessions.items():
             if session is not None:
                 manifest.check_graph(
-                    name, _signature(session.get_inputs()), _signature(session.get_outputs())
+                    name,
+                    _signature(session.get_inputs()),
+                    _signature(session.get_outputs()),
+                    views_per_call=1 if name == "features" and self.parallel_views else None,
                 )
         # Where features.onnx leaves its output: the memory of the provider that runs it.
         self.device = "cuda" if self.feature_session.get_providers()[0] in ACCELERATED_PROVIDERS else "cpu"
@@ -210,6 +242,44 @@ class Policy:
         self.feature_noise_shape = manifest.features.noise_shape
         self.fixed_feature_noise = artifact.fixed_feature_noise()
         self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def _session_options(threads: int | None) -> ort.SessionOptions:
+        ort = onnxruntime_module()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        return options
+
+    def _thread_budget(self) -> int:
+        """The cores act may use: ``threads``, or those this process may run on."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+
+    def _parallel_views(self, wanted: bool | None) -> bool:
+        """Whether features.onnx runs one view per call, the views on parallel threads (see
+        ``parallel_views`` in the class docstring); raises ValueError when asked for and impossible."""
+        manifest = self.artifact.manifest
+        reasons = []
+        if len(manifest.cameras) < 2:
+            reasons.append(f"the artifact has one camera ({manifest.cameras[0]!r})")
+        if manifest.features.view_axis is None:
+            reasons.append(
+                "its features.onnx has a fixed view axis (exported before vpp-export gave it a symbolic "
+                "one): re-export it"
+            )
+        if self.providers[0] != "CPUExecutionProvider":
+            reasons.append(f"it runs on {self.providers[0]}, where all views go in one call")
+        if wanted and reasons:
+            raise ValueError(f"parallel_views=True, but {'; '.join(reasons)}")
+        if wanted is None:
+            return not reasons and self._thread_budget() >= 2
+        return bool(wanted)
 
     def _register_custom_ops(self, options: ort.SessionOptions, graphs: Sequence[GraphSpec]) -> Path | None:
         """Registers vpp-runtime's custom-op library when a graph uses its ops; warns when a
@@ -248,6 +318,7 @@ class Policy:
         seed: int | None = None,
         verify: bool = True,
         text_cache_size: int = TEXT_CACHE_SIZE,
+        parallel_views: bool | None = None,
     ) -> Policy:
         """Opens an artifact folder (checking its hashes unless ``verify=False``) and builds one
         ORT session per graph. ``providers=None``: TensorRT/CUDA when this ORT has them, else CPU."""
@@ -258,6 +329,7 @@ class Policy:
             threads=threads,
             seed=seed,
             text_cache_size=text_cache_size,
+            parallel_views=parallel_views,
         )
 
     @property
@@ -448,15 +520,42 @@ class Policy:
         providers. The paper preset's features are ~115 MB a chunk for two views; handing them
         over as numpy would add two PCIe copies per chunk."""
         graphs = self.artifact.manifest.graphs
-        feature_binding = self.feature_session.io_binding()
-        for name, value in feature_feed.items():
-            feature_binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        feature_binding.bind_output(graphs.features.output, self.device)
-        self.feature_session.run_with_iobinding(feature_binding)
         policy_binding = self.policy_session.io_binding()
-        policy_binding.bind_ortvalue_input("features", feature_binding.get_outputs()[0])
+        if self.parallel_views:
+            policy_binding.bind_cpu_input("features", self.features_by_view(feature_feed))
+        else:
+            feature_binding = self.feature_session.io_binding()
+            for name, value in feature_feed.items():
+                feature_binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            feature_binding.bind_output(graphs.features.output, self.device)
+            self.feature_session.run_with_iobinding(feature_binding)
+            policy_binding.bind_ortvalue_input("features", feature_binding.get_outputs()[0])
         for name, value in policy_feed.items():
             policy_binding.bind_cpu_input(name, np.ascontiguousarray(value))
         policy_binding.bind_output(graphs.policy.output, "cpu")
         self.policy_session.run_with_iobinding(policy_binding)
         return policy_binding.copy_outputs_to_cpu()[0]
+
+    def run_features(self, feature_feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """features.onnx's output for the feed of all views (1, V, ...), as a numpy array, as
+        ``act`` computes it: in one call, or one view per call (``parallel_views``)."""
+        if self.parallel_views:
+            return self.features_by_view(feature_feed)
+        return self.feature_session.run(None, dict(feature_feed))[0]
+
+    def features_by_view(self, feature_feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """features.onnx's output for all views (1, V, ...), each view computed by its own call
+        on its own thread (ONNX Runtime releases the GIL while it runs): the views are
+        independent through the whole feature pass, and two single-threaded calls on two cores
+        measured 1.8-1.9x one call, where ORT's own second thread inside one call gave 1.1-1.2x
+        (docs/runtime.md)."""
+        views = len(self.cameras)
+        per_view = [
+            {
+                name: np.ascontiguousarray(value[:, v : v + 1] if name in VIEW_INPUTS else value)
+                for name, value in feature_feed.items()
+            }
+            for v in range(views)
+        ]
+        outputs = self._view_pool.map(lambda feed: self.feature_session.run(None, feed)[0], per_view)
+        return np.concatenate(list(outputs), axis=1)

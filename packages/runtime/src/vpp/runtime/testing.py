@@ -3,7 +3,8 @@ without torch, an export or a trained model.
 
 A stand-in has a real artifact's files, inputs, outputs and typed manifest, written by
 :class:`vpp.runtime.manifest.Manifest` as vpp-export writes it, but its graphs are arithmetic:
-``features.onnx`` adds the mean image and the mean text state to the noise, ``policy.onnx`` adds
+``features.onnx`` adds each view's mean image and the mean text state to the noise (the views
+stay apart, as in a real feature pass, so the runtime may run them one per call), ``policy.onnx`` adds
 the means of its other inputs to half the action noise, so every input moves the actions, and
 :meth:`vpp.runtime.Policy.act` returns chunks on the scale of the manifest's action range (not
 clipped to it: the runtime does not clip). Writing one needs the ``onnx`` package
@@ -61,6 +62,9 @@ class StandInArtifact:
     pooled_dim: int = 7
     text_scale: float = 1.0
     producer: str = "vpp.runtime.testing"
+    # features.onnx's symbolic view dimension (manifest.features.view_axis); None: a fixed one, as
+    # in artifacts exported before 2026-12-03
+    view_axis: str | None = "views"
     # the stand-in's own feature tensor: (batch, views, frames, channels, height, width)
     feature_frames_channels_size: tuple[int, int, int] = field(default=(2, 3, 2))
 
@@ -108,21 +112,35 @@ class StandInArtifact:
         feature_shape = graph_feature_shape or self.feature_shape
         chunk = graph_chunk or self.chunk
         encoder = self._write_text_encoder(folder) if text_encoder else None
+        views = len(self.cameras)
+
+        def view_axis(shape: tuple) -> tuple:
+            """``shape`` with the symbolic view axis (a deliberately wrong size stays as given)."""
+            return (shape[0], self.view_axis, *shape[2:]) if self.view_axis and shape[1] == views else shape
+
+        if self.view_axis is None:
+            image_mean = [_mean("images")]
+        else:  # each view's mean, (1, V, 1, 1, 1, 1)
+            image_mean = [
+                helper.make_node("ReduceMean", ["images"], ["view_means"], axes=[2, 3, 4], keepdims=1),
+                helper.make_node("Unsqueeze", ["view_means", "last_axis"], ["images_mean"]),
+            ]
         _graph(
             folder / "features.onnx",
             [
-                _mean("images"),
+                *image_mean,
                 _mean("text_hidden"),
                 helper.make_node("Add", ["noise", "images_mean"], ["lit"]),
                 helper.make_node("Add", ["lit", "text_hidden_mean"], ["features"]),
             ],
             {
-                "images": (1, len(self.cameras), 3, self.image_size, self.image_size),
+                "images": view_axis((1, views, 3, self.image_size, self.image_size)),
                 "text_hidden": (1, self.text_tokens, self.text_width),
-                "noise": feature_shape,
+                "noise": view_axis(feature_shape),
             },
             "features",
-            feature_shape,
+            view_axis(feature_shape),
+            initializers={"last_axis": [5]} if self.view_axis else None,
         )
         policy_inputs = {
             "features": feature_shape,
@@ -172,7 +190,9 @@ class StandInArtifact:
             state=None
             if self.state_dim is None
             else StateSpec(self.state_dim, Normalizer("min_max", self.state_low, self.state_high)),
-            features=FeatureSpec("random", self.feature_shape, None, 700.0, self.feature_shape),
+            features=FeatureSpec(
+                "random", self.feature_shape, None, 700.0, self.feature_shape, view_axis=self.view_axis
+            ),
             sampler=SamplerSpec("ddim", 2, 0.5, 80.0, 1.0, (80.0, 1.0, 0.0)),
             text=TextSpec(
                 self.instructions,
@@ -236,7 +256,16 @@ class StandInArtifact:
         return TextEncoderSpec("text_encoder.onnx", "tokenizer.json")
 
 
-def _graph(path: Path, nodes: list, inputs: dict[str, tuple], output: str, output_shape: tuple) -> None:
+def _graph(
+    path: Path,
+    nodes: list,
+    inputs: dict[str, tuple],
+    output: str,
+    output_shape: tuple,
+    initializers: dict[str, list[int]] | None = None,
+) -> None:
+    """Writes a float graph; ``initializers``: int64 constants by name. A dimension may be a
+    str (a symbolic one)."""
     from onnx import TensorProto, helper, save
 
     graph = helper.make_graph(
@@ -247,6 +276,10 @@ def _graph(path: Path, nodes: list, inputs: dict[str, tuple], output: str, outpu
             for name, shape in inputs.items()
         ],
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(output_shape))],
+        initializer=[
+            helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+            for name, values in (initializers or {}).items()
+        ],
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
