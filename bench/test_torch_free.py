@@ -9,6 +9,7 @@ from pathlib import Path
 from vpp.runtime.testing import StandInArtifact
 
 SCRIPT = Path(__file__).parent / "torch_free.py"
+GAIN = [sys.executable, str(Path(__file__).parent / "thread_gain.py")]
 
 
 def test_the_torch_free_timing_writes_medians_per_artifact_and_thread_count(tmp_path):
@@ -59,30 +60,38 @@ def test_a_malformed_artifact_argument_is_refused(tmp_path):
 
 
 def test_the_thread_gain_run_times_each_way_of_using_two_threads(tmp_path):
-    """bench/thread_gain.py: one thread, two in one call and (two views) one view per thread."""
+    """bench/thread_gain.py: one thread, two in one call and (two views) one view per thread,
+    each in processes of its own, round by round."""
     folder = StandInArtifact(image_size=16).write(tmp_path / "two-views")
     out = tmp_path / "gain.json"
     done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT.parent / "thread_gain.py"),
-            str(folder),
-            "--calls",
-            "2",
-            "--out",
-            str(out),
-        ],
+        [*GAIN, str(folder), "--rounds", "2", "--calls", "2", "--torch", "none,import", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert list(record["median_ms"]) == [
-        "1 thread",
-        "2 threads, views in one call",
-        "2 threads, one view per thread",
-    ]
-    assert all(len(times) == 2 for times in record["times_s"].values())
-    assert record["gain_over_one_thread"]["1 thread"] == 1.0 and record["torch"] == "none"
+    assert [r["torch"] for r in record["results"]] == ["none", "import"]
+    for result in record["results"]:
+        assert len(result["rounds_ms"]) == 2
+        assert list(result["summary"]) == [
+            "1 thread",
+            "2 threads, views in one call",
+            "2 threads, one view per thread",
+        ]
+        assert result["summary"]["1 thread"]["gain_median"] == 1.0
+        assert all(way["median_ms"] > 0 for way in result["summary"].values())
+    assert "one view per thread" in done.stdout
+
+
+def test_the_thread_gain_refuses_an_unknown_torch_mode(tmp_path):
+    done = subprocess.run(
+        [*GAIN, str(tmp_path), "--torch", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "expected none, import and/or ops" in done.stderr

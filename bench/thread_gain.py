@@ -1,14 +1,18 @@
 """What a second thread gains ``Policy.act``, and whether torch in the process changes that.
 
-    .venv/bin/python bench/thread_gain.py ARTIFACT [--torch none|import|ops] [--calls 20] [--out F]
+    .venv/bin/python bench/thread_gain.py ARTIFACT [--torch none,import,ops] [--rounds 5]
+        [--calls 10] [--out F]
 
-One process per run. ``--torch``: never import torch (as on a robot PC), import it, or import it
-and run matrix products on two torch threads first (as a training or benchmark process has).
-Then the artifact is opened three times: one ORT thread; two ORT threads with all views in one
-call; two threads with one view per thread (``parallel_views``, when the artifact allows it).
-The three are timed call by call in turn (the order alternating), so a noisy neighbour on a
-shared VM slows all of them alike and the ratios hold where absolute times drift. Prints and
-writes (``--out``, JSON) each median and the gain of each two-thread way over one thread.
+Three ways to use the threads: one ORT thread; two with all views in one call; two with one
+view per thread (``parallel_views``, when the artifact allows it). Each is timed in a process of
+its own, as a robot PC runs one policy: sessions of other ways in the same process would leave
+ORT worker threads spinning into the next way's calls. The processes run in rounds, the ways'
+order alternating, so a noisy neighbour on a shared VM slows every way alike; the gain of a way
+is taken round by round (its median against the one-thread median of the same round).
+
+``--torch``: the child never imports torch (as on a robot PC), imports it, or imports it and
+runs matrix products on two torch threads before timing (as a training or benchmark process).
+Prints and writes (``--out``, JSON) every round's medians and the gains.
 """
 
 from __future__ import annotations
@@ -17,68 +21,120 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 WARM_UP_CALLS = 3
+WAYS = {
+    "1 thread": (1, False),
+    "2 threads, views in one call": (2, False),
+    "2 threads, one view per thread": (2, True),
+}
+
+
+def child(artifact: str, threads: int, parallel_views: bool, calls: int, torch_mode: str) -> None:
+    """Times ``calls`` acts of one way in this process; prints their wall times as JSON."""
+    if torch_mode != "none":
+        import torch
+
+        if torch_mode == "ops":
+            torch.set_num_threads(2)
+            x = torch.randn(512, 512)
+            for _ in range(50):
+                x = torch.tanh(x @ x)
+    import numpy as np
+
+    from vpp.runtime import Policy
+
+    policy = Policy.load(artifact, threads=threads, seed=0, parallel_views=parallel_views)
+    rng = np.random.default_rng(0)
+    side = 2 * policy.image_size
+    observation = {camera: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for camera in policy.cameras}
+    if policy.state_normalizer is not None:
+        observation["state"] = policy.state_normalizer.midpoint()
+    instruction = policy.instructions[0]
+    for _ in range(WARM_UP_CALLS):
+        policy.act(observation, instruction)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        policy.act(observation, instruction)
+        times.append(time.perf_counter() - start)
+    print(json.dumps(times))
+
+
+def run_way(artifact: str, way: str, calls: int, torch_mode: str) -> list[float]:
+    threads, parallel = WAYS[way]
+    command = [sys.executable, __file__, artifact, "--child", f"{threads},{int(parallel)}"]
+    done = subprocess.run(
+        [*command, "--calls", str(calls), "--torch", torch_mode],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{way} (torch={torch_mode}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
-    parser.add_argument("--torch", choices=["none", "import", "ops"], default="none")
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--torch", default="none", help="comma-separated: none, import, ops")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per process")
     parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.torch != "none":
-        import torch
+    torch_modes = args.torch.split(",")
+    if not set(torch_modes) <= {"none", "import", "ops"}:
+        parser.error(f"--torch {args.torch}: expected none, import and/or ops")
+    if args.child:
+        threads, parallel = (int(v) for v in args.child.split(","))
+        child(args.artifact, threads, bool(parallel), args.calls, torch_modes[0])
+        return 0
 
-        if args.torch == "ops":
-            torch.set_num_threads(2)
-            x = torch.randn(512, 512)
-            for _ in range(50):
-                x = torch.tanh(x @ x)
     from vpp.runtime import Policy
 
-    ways = {
-        "1 thread": Policy.load(args.artifact, threads=1, seed=0, parallel_views=False),
-        "2 threads, views in one call": Policy.load(args.artifact, threads=2, seed=0, parallel_views=False),
-    }
-    parallel = Policy.load(args.artifact, threads=2, seed=0)
-    if parallel.parallel_views:
-        ways["2 threads, one view per thread"] = parallel
-    first = ways["1 thread"]
-    rng = np.random.default_rng(0)
-    side = 2 * first.image_size
-    observation = {camera: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for camera in first.cameras}
-    if first.state_normalizer is not None:
-        observation["state"] = first.state_normalizer.midpoint()
-    instruction = first.instructions[0]
-    for policy in ways.values():
-        for _ in range(WARM_UP_CALLS):
-            policy.act(observation, instruction)
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for call in range(args.calls):
-        order = list(ways.items()) if call % 2 == 0 else list(reversed(ways.items()))
-        for name, policy in order:
-            start = time.perf_counter()
-            policy.act(observation, instruction)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: 1000 * statistics.median(values) for name, values in times.items()}
+    ways = list(WAYS)
+    if not Policy.load(args.artifact, threads=2).parallel_views:
+        ways.remove("2 threads, one view per thread")
+    results = []
+    for torch_mode in torch_modes:
+        rounds = []
+        for index in range(args.rounds):
+            order = ways if index % 2 == 0 else ways[::-1]
+            medians = {
+                way: 1000 * statistics.median(run_way(args.artifact, way, args.calls, torch_mode))
+                for way in order
+            }
+            rounds.append({way: medians[way] for way in ways})
+        summary = {}
+        for way in ways:
+            gains = [r["1 thread"] / r[way] for r in rounds]
+            summary[way] = {
+                "median_ms": statistics.median(r[way] for r in rounds),
+                "gain_median": statistics.median(gains),
+                "gain_min": min(gains),
+                "gain_max": max(gains),
+            }
+            print(
+                f"torch={torch_mode:6s} {way:32s} {summary[way]['median_ms']:7.1f} ms  "
+                f"gain x{summary[way]['gain_median']:.2f} (rounds {min(gains):.2f}-{max(gains):.2f})",
+                flush=True,
+            )
+        results.append({"torch": torch_mode, "rounds_ms": rounds, "summary": summary})
     record = {
+        "what": "Policy.act per way of using two threads, one process per way and round (bench/thread_gain.py)",
         "artifact": args.artifact,
-        "torch": args.torch,
-        "calls": args.calls,
-        "median_ms": medians,
-        "gain_over_one_thread": {name: medians["1 thread"] / ms for name, ms in medians.items()},
-        "times_s": times,
+        "calls_per_process": args.calls,
+        "rounds": args.rounds,
+        "cores": os.cpu_count(),
         "load_average_end": os.getloadavg(),
+        "results": results,
     }
-    for name, ms in medians.items():
-        print(f"torch={args.torch:6s} {name:32s} {ms:7.1f} ms  x{medians['1 thread'] / ms:.2f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0
