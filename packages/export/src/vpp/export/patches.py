@@ -276,8 +276,8 @@ def _repeat_interleave_as_expand(original: Callable[..., Any]) -> Callable[..., 
     def repeat_interleave(
         self: torch.Tensor, repeats: Any, dim: int | None = None, *, output_size: Any = None
     ) -> torch.Tensor:
-        # output_size (the result's length on dim, a hint diffusers passes) is implied here
-        # while tracing, a count read off a shape is a 0-dim tensor
+        # While tracing, a count read off a shape is a 0-dim tensor. output_size (the result's
+        # length on dim, a hint diffusers passes) is implied by the reshape.
         single = isinstance(repeats, int) or (isinstance(repeats, torch.Tensor) and repeats.dim() == 0)
         if not single or dim is None:
             return original(self, repeats, dim, output_size=output_size)

@@ -515,7 +515,7 @@ def check_parity(
     """Runs the written graphs through ``vpp.runtime.Policy`` (on the CPU, as the runtime
     opens them: custom ops registered, the manifest checked against the graphs) on the traced
     inputs, and compares with PyTorch; raises :class:`ExportError` beyond ``tolerance``."""
-    runtime = Policy(artifact, providers=["CPUExecutionProvider"])
+    runtime = Policy(artifact, providers=["CPUExecutionProvider"], parallel_views=False)
     features, actions = traced.features.numpy(), traced.actions.numpy()
     feature_feed = {name: value.numpy() for name, value in zip(traced.feature_inputs, traced.feature_args)}
     onnx_features = runtime.run_features(feature_feed)
