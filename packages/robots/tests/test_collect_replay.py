@@ -71,8 +71,10 @@ def test_replayed_episodes_are_recorded_with_the_camera_and_resume(
     tmp_path, source, camera, fake_xarm, capsys
 ):
     out = tmp_path / "demos"
-    assert collect(source, camera, out) == 0
-    assert "2 expert episodes kept, 0 unsuccessful attempts dropped" in capsys.readouterr().out
+    # On a loaded machine (Pants runs test batches side by side) a replay may miss a 10 Hz tick;
+    # the collector drops such an attempt and replays again, which extra attempts leave room for.
+    assert collect(source, camera, out, "--max-attempts", "6") == 0
+    assert "2 expert episodes kept" in capsys.readouterr().out
     dataset = LeRobotDataset(out)
     assert dataset.num_episodes == 2 and dataset.fps == 10 and dataset.robot_type == "xarm"
     for index, (task, actions) in enumerate(source_actions()):
@@ -93,10 +95,12 @@ def test_replayed_episodes_are_recorded_with_the_camera_and_resume(
         assert abs(float(frames[..., 2].mean()) - 30) < 4  # the video's blue, not an empty frame
     state = json.loads((out / "collection_state.json").read_text())
     assert state["source"] == "replayed-actions" and state["settings"]["cameras"] == ["scene"]
-    assert {task: [attempt["seed"] for attempt in attempts] for task, attempts in state["tasks"].items()} == {
-        "episode-000000": [0],
-        "episode-000001": [1],
-    }
+    assert sorted(state["tasks"]) == ["episode-000000", "episode-000001"]
+    for attempts in state["tasks"].values():
+        # every attempt but the last was dropped (an overrun); the last one was kept
+        assert [attempt.get("episode_index") is not None for attempt in attempts] == [False] * (
+            len(attempts) - 1
+        ) + [True]
     # Resumed: nothing is replayed twice; a wider selection adds only what is new.
     received = len(fake_xarm.received)
     assert collect(source, camera, out, "--episodes", "0-1") == 0
