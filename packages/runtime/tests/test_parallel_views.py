@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from vpp.runtime.manifest import ManifestValueError
 from vpp.runtime.policy import Policy
 from vpp.runtime.testing import StandInArtifact
 
@@ -98,3 +99,8 @@ def test_a_manifest_without_view_axis_reads_as_a_fixed_one(tiny_artifact):
     data = manifest.to_json_dict()
     del data["features"]["view_axis"]
     assert type(manifest).from_json_dict(data).features.view_axis is None
+    data["features"]["view_axis"] = ""
+    with pytest.raises(
+        ManifestValueError, match=r"'features\.view_axis': ''; expected the graph's dimension name"
+    ):
+        type(manifest).from_json_dict(data)

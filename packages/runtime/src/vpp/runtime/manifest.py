@@ -345,6 +345,11 @@ class FeatureSpec(_Record):
 
     def _check(self) -> None:
         _positive(self.shape, "shape")
+        if self.view_axis is not None and not self.view_axis.isidentifier():
+            raise ManifestValueError(
+                "view_axis",
+                f"{self.view_axis!r}; expected the graph's dimension name (an identifier) or null",
+            )
         if len(self.shape) != 6:
             raise ManifestValueError(
                 "shape", f"{list(self.shape)}; expected (1, views, frames, channels, height, width)"
