@@ -8,31 +8,34 @@ from pathlib import Path
 
 from vpp.runtime.testing import StandInArtifact
 
-SCRIPT = Path(__file__).parent / "torch_free.py"
-GAIN = [sys.executable, str(Path(__file__).parent / "thread_gain.py")]
+BENCH = Path(__file__).parent
+
+
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """bench/<script> with ``args``, in a child process of this interpreter."""
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_the_torch_free_timing_writes_medians_per_artifact_and_thread_count(tmp_path):
     folder = StandInArtifact(cameras=("scene",), image_size=16).write(tmp_path / "artifact")
     two_views = StandInArtifact(image_size=16).write(tmp_path / "two-views")
     out = tmp_path / "timing.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--calls",
-            "3",
-            "--threads",
-            "1,2",
-            "--out",
-            str(out),
-            f"stand-in={folder}",
-            f"two-views={two_views}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run(
+        "torch_free.py",
+        "--calls",
+        "3",
+        "--threads",
+        "1,2",
+        "--out",
+        str(out),
+        f"stand-in={folder}",
+        f"two-views={two_views}",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -49,13 +52,7 @@ def test_the_torch_free_timing_writes_medians_per_artifact_and_thread_count(tmp_
 
 
 def test_a_malformed_artifact_argument_is_refused(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "no-equals-sign"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run("torch_free.py", "no-equals-sign", timeout=60)
     assert done.returncode == 2 and "NAME=FOLDER" in done.stderr
 
 
@@ -64,12 +61,18 @@ def test_the_thread_gain_run_times_each_way_of_using_two_threads(tmp_path):
     each in processes of its own, round by round."""
     folder = StandInArtifact(image_size=16).write(tmp_path / "two-views")
     out = tmp_path / "gain.json"
-    done = subprocess.run(
-        [*GAIN, str(folder), "--rounds", "2", "--calls", "2", "--torch", "none,import", "--out", str(out)],
-        capture_output=True,
-        text=True,
+    done = run(
+        "thread_gain.py",
+        str(folder),
+        "--rounds",
+        "2",
+        "--calls",
+        "2",
+        "--torch",
+        "none,import",
+        "--out",
+        str(out),
         timeout=300,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -87,11 +90,5 @@ def test_the_thread_gain_run_times_each_way_of_using_two_threads(tmp_path):
 
 
 def test_the_thread_gain_refuses_an_unknown_torch_mode(tmp_path):
-    done = subprocess.run(
-        [*GAIN, str(tmp_path), "--torch", "cuda"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run("thread_gain.py", str(tmp_path), "--torch", "cuda", timeout=60)
     assert done.returncode == 2 and "expected none, import and/or ops" in done.stderr

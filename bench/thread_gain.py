@@ -23,10 +23,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-WARM_UP_CALLS = 3
 WAYS = {
     "1 thread": (1, False),
     "2 threads, views in one call": (2, False),
@@ -44,24 +42,10 @@ def child(artifact: str, threads: int, parallel_views: bool, calls: int, torch_m
             x = torch.randn(512, 512)
             for _ in range(50):
                 x = torch.tanh(x @ x)
-    import numpy as np
+    # after torch, if asked for: torch_free's module imports the runtime, not torch
+    from torch_free import time_act
 
-    from vpp.runtime import Policy
-
-    policy = Policy.load(artifact, threads=threads, seed=0, parallel_views=parallel_views)
-    rng = np.random.default_rng(0)
-    side = 2 * policy.image_size
-    observation = {camera: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for camera in policy.cameras}
-    if policy.state_normalizer is not None:
-        observation["state"] = policy.state_normalizer.midpoint()
-    instruction = policy.instructions[0]
-    for _ in range(WARM_UP_CALLS):
-        policy.act(observation, instruction)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        policy.act(observation, instruction)
-        times.append(time.perf_counter() - start)
+    times = time_act(artifact, threads, calls, parallel_views)
     print(json.dumps(times))
 
 
